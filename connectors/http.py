@@ -1,0 +1,96 @@
+"""What the REST and GraphQL connectors share: one pooled aiohttp session per connector,
+a per-connector timeout, and one place that turns transport failures into SourceUnavailable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from connectors.base import Health, SourceUnavailable
+
+# Extra headers per outgoing call (e.g. W3C traceparent); set by the gateway.
+HeaderHook = Callable[[], Mapping[str, str]]
+
+
+class HttpClient:
+    def __init__(
+        self,
+        source: str,
+        base_url: str,
+        *,
+        timeout_s: float,
+        max_connections: int,
+        headers: Mapping[str, str] | None = None,
+        header_hook: HeaderHook | None = None,
+    ) -> None:
+        self.source = source
+        self.base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
+        self._max_connections = max_connections
+        self._headers = dict(headers or {})
+        self.header_hook = header_hook
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        # Created lazily: an aiohttp session belongs to the running event loop.
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                headers={"accept": "application/json", **self._headers},
+                json_serialize=lambda value: orjson.dumps(value).decode(),
+            )
+        return self._session
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        missing_ok: bool = False,
+    ) -> Any:
+        """The decoded JSON body; None for a 404 when missing_ok. Anything else that is not
+        a 2xx JSON answer raises SourceUnavailable."""
+        headers = dict(self.header_hook()) if self.header_hook else None
+        url = self.base_url + path
+        try:
+            async with self._get_session().request(
+                method, url, params=params, json=json, headers=headers
+            ) as response:
+                if missing_ok and response.status == 404:
+                    return None
+                if response.status >= 400:
+                    raise SourceUnavailable(self.source, f"HTTP {response.status} from {path}")
+                body = await response.read()
+        except TimeoutError as error:
+            raise SourceUnavailable(
+                self.source, f"timed out after {self._timeout_s:.1f}s on {path}"
+            ) from error
+        except aiohttp.ClientError as error:
+            raise SourceUnavailable(self.source, f"{type(error).__name__}: {error}") from error
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as error:
+            raise SourceUnavailable(self.source, f"answered with invalid JSON on {path}") from error
+
+    async def health(self, path: str) -> Health:
+        try:
+            await self.request_json("GET", path)
+        except SourceUnavailable as error:
+            return Health(False, error.reason)
+        return Health(True)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+            # Let aiohttp finish closing the transports before the loop moves on.
+            await asyncio.sleep(0)

@@ -1,0 +1,1 @@
+"""The identity crosswalk: which records in which systems are the same customer (CUID)."""

@@ -1,0 +1,56 @@
+"""The crosswalk held in memory for query time: one dictionary lookup gives every
+system's key for a customer, so all systems can be asked at once."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from connectors.identity.keys import IdentityKeys
+from connectors.identity.normalize import normalize_email
+from connectors.identity.store import Link
+
+
+def page_after(ordered: Sequence[str], after: str | None, first: int) -> tuple[list[str], bool]:
+    """Up to `first` ids of a sorted sequence after the cursor, and whether more follow."""
+    start = 0 if after is None else bisect.bisect_right(ordered, after)
+    return list(ordered[start : start + first]), start + first < len(ordered)
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityIndex:
+    systems: Mapping[str, Mapping[str, str]]  # cuid -> system -> primary system id
+    ordered: tuple[str, ...]  # every cuid, sorted: the order of `customers`
+    by_email: Mapping[str, str]  # email hash -> cuid
+    by_record: Mapping[tuple[str, str], str]  # (system, system id) -> cuid
+    keys: IdentityKeys
+
+    @classmethod
+    def build(cls, links: Iterable[Link], keys: IdentityKeys) -> IdentityIndex:
+        systems: dict[str, dict[str, str]] = {}
+        by_email: dict[str, str] = {}
+        by_record: dict[tuple[str, str], str] = {}
+        for link in links:
+            by_record[(link.system, link.system_id)] = link.cuid
+            entry = systems.setdefault(link.cuid, {})
+            if link.is_primary:
+                entry[link.system] = link.system_id
+            if link.email_hash:
+                by_email.setdefault(link.email_hash, link.cuid)
+        return cls(systems, tuple(sorted(systems)), by_email, by_record, keys)
+
+    def links(self, cuid: str) -> Mapping[str, str] | None:
+        return self.systems.get(cuid)
+
+    def find_email(self, email: str) -> str | None:
+        normalized = normalize_email(email)
+        if normalized is None:
+            return None
+        return self.by_email.get(self.keys.match_hash("email", normalized))
+
+    def page(self, after: str | None, first: int) -> tuple[list[str], bool]:
+        return page_after(self.ordered, after, first)
+
+    def __len__(self) -> int:
+        return len(self.ordered)

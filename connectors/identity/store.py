@@ -1,0 +1,156 @@
+"""The crosswalk's own small store (SQLite by default, PostgreSQL when configured).
+
+It keeps only CUID <-> (system, system id) and keyed hashes of the normalised match
+keys, never an email or phone in clear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    MetaData,
+    String,
+    Table,
+    delete,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+metadata = MetaData()
+
+links = Table(
+    "c360_identity_links",
+    metadata,
+    Column("system", String(64), primary_key=True),
+    Column("system_id", String(128), primary_key=True),
+    Column("cuid", String(32), nullable=False, index=True),
+    Column("is_primary", Boolean, nullable=False),
+    Column("email_hash", String(64), index=True),
+    Column("phone_hash", String(64), index=True),
+)
+
+cursors = Table(
+    "c360_identity_cursors",
+    metadata,
+    Column("system", String(64), primary_key=True),
+    Column("after", String(128)),
+)
+
+issues = Table(
+    "c360_identity_issues",
+    metadata,
+    Column("system", String(64), primary_key=True),
+    Column("system_id", String(128), primary_key=True),
+    Column("kind", String(16), primary_key=True),  # unlinkable | conflict | duplicate
+    Column("cuid", String(32)),
+    Column("detail", String(256), nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    system: str
+    system_id: str
+    cuid: str
+    is_primary: bool
+    email_hash: str | None
+    phone_hash: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    system: str
+    system_id: str
+    kind: str
+    cuid: str | None
+    detail: str
+
+
+class CrosswalkStore:
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._engine: AsyncEngine | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            self._engine = create_async_engine(self.dsn)
+        return self._engine
+
+    async def create(self) -> None:
+        async with self.engine.begin() as connection:
+            await connection.run_sync(metadata.create_all)
+
+    async def links(self) -> list[Link]:
+        async with self.engine.connect() as connection:
+            result = await connection.execute(select(links).order_by(links.c.cuid))
+            return [Link(**row) for row in result.mappings()]
+
+    async def cursors(self) -> dict[str, str | None]:
+        async with self.engine.connect() as connection:
+            result = await connection.execute(select(cursors))
+            return {row.system: row.after for row in result}
+
+    async def issues(self) -> list[Issue]:
+        async with self.engine.connect() as connection:
+            result = await connection.execute(
+                select(issues).order_by(issues.c.kind, issues.c.system, issues.c.system_id)
+            )
+            return [Issue(**row) for row in result.mappings()]
+
+    async def save_page(
+        self,
+        system: str,
+        new_links: list[Link],
+        new_issues: list[Issue],
+        after: str | None,
+    ) -> None:
+        """One page of a sync, atomically: its links, its issues and the resume cursor."""
+        async with self.engine.begin() as connection:
+            if new_links:
+                await connection.execute(
+                    links.insert(),
+                    [
+                        {
+                            "system": link.system,
+                            "system_id": link.system_id,
+                            "cuid": link.cuid,
+                            "is_primary": link.is_primary,
+                            "email_hash": link.email_hash,
+                            "phone_hash": link.phone_hash,
+                        }
+                        for link in new_links
+                    ],
+                )
+            for issue in new_issues:
+                await connection.execute(
+                    delete(issues).where(
+                        issues.c.system == issue.system,
+                        issues.c.system_id == issue.system_id,
+                        issues.c.kind == issue.kind,
+                    )
+                )
+            if new_issues:
+                await connection.execute(
+                    issues.insert(),
+                    [
+                        {
+                            "system": issue.system,
+                            "system_id": issue.system_id,
+                            "kind": issue.kind,
+                            "cuid": issue.cuid,
+                            "detail": issue.detail,
+                        }
+                        for issue in new_issues
+                    ],
+                )
+            await connection.execute(delete(cursors).where(cursors.c.system == system))
+            await connection.execute(cursors.insert(), [{"system": system, "after": after}])
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None

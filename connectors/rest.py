@@ -1,0 +1,239 @@
+"""REST department systems: a batch endpoint when the system offers one, otherwise a
+bounded concurrent fan-out over its single-record endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from connectors.base import (
+    EntitySpec,
+    Fetched,
+    Health,
+    IdentityPage,
+    IdentityRow,
+    Record,
+    SourceUnavailable,
+    dig,
+    group_records,
+)
+from connectors.http import HttpClient
+from connectors.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class RestBatch:
+    path: str
+    param: str
+    method: str
+    max_keys: int
+
+
+@dataclass(frozen=True, slots=True)
+class RestEntity:
+    spec: EntitySpec
+    items: str
+    batch: RestBatch | None
+    single_path: str | None
+    single_items: str
+
+
+@dataclass(frozen=True, slots=True)
+class RestScan:
+    path: str
+    items: str
+    next_field: str
+    cursor_param: str
+    limit_param: str
+    id_field: str
+    email_field: str
+    phone_field: str
+
+
+def _records(payload: Any, path: str, source: str) -> list[Record]:
+    found = dig(payload, path)
+    if not isinstance(found, list) or not all(isinstance(item, dict) for item in found):
+        raise SourceUnavailable(source, f"answer has no list of records at '{path}'")
+    return found
+
+
+class RestConnector:
+    def __init__(
+        self,
+        name: str,
+        client: HttpClient,
+        entities: dict[str, RestEntity],
+        scan: RestScan | None,
+        *,
+        health_path: str = "/healthz",
+        fanout: int = 8,
+    ) -> None:
+        self.name = name
+        self.client = client
+        self._entities = entities
+        self._scan = scan
+        self._health_path = health_path
+        self._fanout = fanout
+
+    @classmethod
+    def from_settings(cls, name: str, settings: Settings) -> RestConnector:
+        settings.reject_unknown(
+            {
+                "kind",
+                "base_url",
+                "timeout_ms",
+                "max_connections",
+                "headers",
+                "health_path",
+                "fanout",
+                "entities",
+                "scan",
+            }
+        )
+        entities: dict[str, RestEntity] = {}
+        for entity_name, entity in settings.tables("entities").items():
+            entity.reject_unknown({"key_field", "many", "items", "batch", "single"})
+            batch = None
+            if (batch_settings := entity.opt_table("batch")) is not None:
+                batch_settings.reject_unknown({"path", "param", "method", "max_keys"})
+                batch = RestBatch(
+                    path=batch_settings.string("path"),
+                    param=batch_settings.string("param"),
+                    method=batch_settings.choice("method", ("GET", "POST"), "GET"),
+                    max_keys=batch_settings.integer("max_keys", 100, minimum=1),
+                )
+            single_path, single_items = None, ""
+            if (single := entity.opt_table("single")) is not None:
+                single.reject_unknown({"path", "items"})
+                single_path = single.string("path")
+                if "{key}" not in single_path:
+                    raise single.error("path", "must contain {key}")
+                single_items = single.data.get("items", "")
+            if batch is None and single_path is None:
+                raise entity.error("batch", "an entity needs a batch or a single endpoint")
+            entities[entity_name] = RestEntity(
+                spec=EntitySpec(
+                    entity_name, entity.string("key_field"), entity.flag("many", False)
+                ),
+                items=entity.string("items", "items"),
+                batch=batch,
+                single_path=single_path,
+                single_items=str(single_items),
+            )
+        scan = None
+        if (scan_settings := settings.opt_table("scan")) is not None:
+            scan_settings.reject_unknown(
+                {
+                    "path",
+                    "items",
+                    "next_field",
+                    "cursor_param",
+                    "limit_param",
+                    "id_field",
+                    "email_field",
+                    "phone_field",
+                }
+            )
+            scan = RestScan(
+                path=scan_settings.string("path"),
+                items=scan_settings.string("items", "items"),
+                next_field=scan_settings.string("next_field", "next_cursor"),
+                cursor_param=scan_settings.string("cursor_param", "after"),
+                limit_param=scan_settings.string("limit_param", "limit"),
+                id_field=scan_settings.string("id_field", "id"),
+                email_field=scan_settings.string("email_field", "email"),
+                phone_field=scan_settings.string("phone_field", "phone"),
+            )
+        client = HttpClient(
+            name,
+            settings.string("base_url"),
+            timeout_s=settings.integer("timeout_ms", 2000, minimum=1) / 1000,
+            max_connections=settings.integer("max_connections", 64, minimum=1),
+            headers=settings.str_map("headers"),
+        )
+        return cls(
+            name,
+            client,
+            entities,
+            scan,
+            health_path=settings.string("health_path", "/healthz"),
+            fanout=settings.integer("fanout", 8, minimum=1),
+        )
+
+    def entities(self) -> Mapping[str, EntitySpec]:
+        return {name: entity.spec for name, entity in self._entities.items()}
+
+    async def fetch(self, entity: str, keys: Sequence[str]) -> dict[str, Fetched]:
+        spec = self._entities[entity]
+        if spec.batch is not None:
+            chunks = [
+                keys[i : i + spec.batch.max_keys] for i in range(0, len(keys), spec.batch.max_keys)
+            ]
+            parts = await asyncio.gather(*(self._fetch_batch(spec, chunk) for chunk in chunks))
+            merged: dict[str, Fetched] = {}
+            for part in parts:
+                merged.update(part)
+            return merged
+        return await self._fetch_each(spec, keys)
+
+    async def _fetch_batch(self, entity: RestEntity, keys: Sequence[str]) -> dict[str, Fetched]:
+        assert entity.batch is not None
+        batch = entity.batch
+        if batch.method == "GET":
+            payload = await self.client.request_json(
+                "GET", batch.path, params={batch.param: ",".join(keys)}
+            )
+        else:
+            payload = await self.client.request_json("POST", batch.path, json={batch.param: keys})
+        return group_records(_records(payload, entity.items, self.name), entity.spec, keys)
+
+    async def _fetch_each(self, entity: RestEntity, keys: Sequence[str]) -> dict[str, Fetched]:
+        assert entity.single_path is not None
+        path_template = entity.single_path
+        gate = asyncio.Semaphore(self._fanout)
+
+        async def one(key: str) -> tuple[str, Any]:
+            async with gate:
+                path = path_template.replace("{key}", quote(key, safe=""))
+                return key, await self.client.request_json("GET", path, missing_ok=True)
+
+        found: dict[str, Fetched] = {}
+        for key, payload in await asyncio.gather(*(one(key) for key in keys)):
+            if payload is None:
+                continue
+            value = dig(payload, entity.single_items)
+            if entity.spec.many:
+                found[key] = _records({"v": value}, "v", self.name)
+            elif isinstance(value, dict):
+                found[key] = value
+            else:
+                raise SourceUnavailable(self.name, "single lookup answered without a record")
+        return found
+
+    async def scan(self, after: str | None, limit: int) -> IdentityPage:
+        if self._scan is None:
+            raise SourceUnavailable(self.name, "identity scan is not configured")
+        scan = self._scan
+        params = {scan.limit_param: str(limit)}
+        if after is not None:
+            params[scan.cursor_param] = after
+        payload = await self.client.request_json("GET", scan.path, params=params)
+        rows = [
+            IdentityRow(
+                system_id=str(item[scan.id_field]),
+                email=item.get(scan.email_field),
+                phone=item.get(scan.phone_field),
+            )
+            for item in _records(payload, scan.items, self.name)
+        ]
+        next_cursor = dig(payload, scan.next_field)
+        return IdentityPage(rows, str(next_cursor) if next_cursor else None)
+
+    async def health(self) -> Health:
+        return await self.client.health(self._health_path)
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -1,0 +1,204 @@
+"""SQL department systems through SQLAlchemy async (sqlite+aiosqlite, postgresql+asyncpg).
+
+Each entity is one parameterised query with an expanding `:keys` parameter, so a whole
+batch of keys is one round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import TextClause
+
+from connectors.base import (
+    ConnectorConfigError,
+    EntitySpec,
+    Fetched,
+    Health,
+    IdentityPage,
+    IdentityRow,
+    Record,
+    SourceUnavailable,
+    group_records,
+)
+from connectors.settings import Settings
+
+KEY_TYPES = ("str", "int")
+
+
+@dataclass(frozen=True, slots=True)
+class SqlEntity:
+    spec: EntitySpec
+    query: TextClause
+    key_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class SqlScan:
+    query: TextClause
+    start: Any
+    key_type: str
+    id_field: str
+    email_field: str
+    phone_field: str
+
+
+def json_value(value: Any) -> Any:
+    """Records leave a connector JSON-shaped (they may be cached in Redis as JSON):
+    numbers as int/float, timestamps as ISO 8601 in UTC."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:  # the demo CRM stores naive UTC, as many CRMs do
+            value = value.replace(tzinfo=dt.UTC)
+        return value.isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+def row_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: json_value(value) for key, value in row.items()}
+
+
+def _cast(key: str, key_type: str) -> Any:
+    return int(key) if key_type == "int" else key
+
+
+class SqlConnector:
+    def __init__(
+        self,
+        name: str,
+        dsn: str,
+        entities: dict[str, SqlEntity],
+        scan: SqlScan | None,
+        *,
+        timeout_s: float = 2.0,
+        pool_size: int = 5,
+        simulated_latency_s: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.dsn = dsn
+        self._entities = entities
+        self._scan = scan
+        self._timeout_s = timeout_s
+        self._pool_size = pool_size
+        # Demo and benchmark knob only: a database in a file has no network latency.
+        self._latency_s = simulated_latency_s
+        self._engine: AsyncEngine | None = None
+
+    @classmethod
+    def from_settings(cls, name: str, settings: Settings) -> SqlConnector:
+        settings.reject_unknown(
+            {"kind", "dsn", "timeout_ms", "pool_size", "simulated_latency_ms", "entities", "scan"}
+        )
+        entities: dict[str, SqlEntity] = {}
+        for entity_name, entity in settings.tables("entities").items():
+            entity.reject_unknown({"key_field", "many", "query", "key_type"})
+            query = entity.string("query")
+            if ":keys" not in query:
+                raise ConnectorConfigError(f"{entity.path}.query: must use the :keys parameter")
+            entities[entity_name] = SqlEntity(
+                spec=EntitySpec(
+                    entity_name, entity.string("key_field"), entity.flag("many", False)
+                ),
+                query=text(query).bindparams(bindparam("keys", expanding=True)),
+                key_type=entity.choice("key_type", KEY_TYPES, "str"),
+            )
+        scan = None
+        if (scan_settings := settings.opt_table("scan")) is not None:
+            scan_settings.reject_unknown(
+                {"query", "start", "key_type", "id_field", "email_field", "phone_field"}
+            )
+            key_type = scan_settings.choice("key_type", KEY_TYPES, "str")
+            scan = SqlScan(
+                query=text(scan_settings.string("query")),
+                start=_cast(
+                    str(scan_settings.data.get("start", "0" if key_type == "int" else "")), key_type
+                ),
+                key_type=key_type,
+                id_field=scan_settings.string("id_field", "id"),
+                email_field=scan_settings.string("email_field", "email"),
+                phone_field=scan_settings.string("phone_field", "phone"),
+            )
+        return cls(
+            name,
+            settings.string("dsn"),
+            entities,
+            scan,
+            timeout_s=settings.integer("timeout_ms", 2000, minimum=1) / 1000,
+            pool_size=settings.integer("pool_size", 5, minimum=1),
+            simulated_latency_s=settings.integer("simulated_latency_ms", 0) / 1000,
+        )
+
+    def entities(self) -> Mapping[str, EntitySpec]:
+        return {name: entity.spec for name, entity in self._entities.items()}
+
+    def _get_engine(self) -> AsyncEngine:
+        if self._engine is None:
+            options: dict[str, Any] = {}
+            if not self.dsn.startswith("sqlite"):
+                options = {"pool_size": self._pool_size, "pool_pre_ping": True}
+            self._engine = create_async_engine(self.dsn, **options)
+        return self._engine
+
+    async def _rows(self, query: TextClause, params: dict[str, Any]) -> list[Record]:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                if self._latency_s:
+                    await asyncio.sleep(self._latency_s)
+                async with self._get_engine().connect() as connection:
+                    result = await connection.execute(query, params)
+                    return [row_record(dict(row)) for row in result.mappings()]
+        except TimeoutError as error:
+            raise SourceUnavailable(self.name, f"timed out after {self._timeout_s:.1f}s") from error
+        except (SQLAlchemyError, OSError, ValueError) as error:
+            raise SourceUnavailable(self.name, f"{type(error).__name__}: {error}") from error
+
+    async def fetch(self, entity: str, keys: Sequence[str]) -> dict[str, Fetched]:
+        spec = self._entities[entity]
+        try:
+            bound = [_cast(key, spec.key_type) for key in keys]
+        except ValueError:
+            # A key that cannot be of the column's type cannot match any row.
+            bound = [_cast(key, spec.key_type) for key in keys if key.lstrip("-").isdigit()]
+        if not bound:
+            return group_records([], spec.spec, keys)
+        rows = await self._rows(spec.query, {"keys": bound})
+        return group_records(rows, spec.spec, keys)
+
+    async def scan(self, after: str | None, limit: int) -> IdentityPage:
+        if self._scan is None:
+            raise ConnectorConfigError(f"sources.{self.name}.scan: not configured")
+        scan = self._scan
+        start = scan.start if after is None else _cast(after, scan.key_type)
+        rows = await self._rows(scan.query, {"after": start, "limit": limit})
+        page = [
+            IdentityRow(
+                system_id=str(row[scan.id_field]),
+                email=row.get(scan.email_field),
+                phone=row.get(scan.phone_field),
+            )
+            for row in rows
+        ]
+        return IdentityPage(page, page[-1].system_id if len(page) == limit else None)
+
+    async def health(self) -> Health:
+        try:
+            await self._rows(text("SELECT 1 AS ok"), {})
+        except SourceUnavailable as error:
+            return Health(False, error.reason)
+        return Health(True)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None

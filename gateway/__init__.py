@@ -1,0 +1,1 @@
+"""The gateway server: app assembly, configuration, CLI, and the parts that wrap every request."""

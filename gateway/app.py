@@ -1,0 +1,157 @@
+"""`build_app(config)`: the one place where the gateway's parts are made and wired."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from strawberry.extensions import ParserCache, ValidationCache
+
+from connectors.base import Connector, ConnectorConfigError
+from connectors.identity.index import IdentityIndex
+from connectors.identity.keys import IdentityKeys
+from connectors.identity.store import CrosswalkStore
+from connectors.identity.sync import SyncReport, sync_identity
+from connectors.registry import build_connector
+from gateway.config import Config, ConfigError
+from gateway.metrics import Metrics
+from gateway.sources import SourceHub
+from gateway.view import GraphQLView
+from resolvers.bindings import BindingError, parse_bindings
+from resolvers.context import GraphContext
+from resolvers.schema import build_schema
+
+log = logging.getLogger("c360.app")
+
+# Keys of a `[sources.X]` table that the gateway reads; the rest belongs to the connector.
+GATEWAY_SOURCE_KEYS = {"required"}
+
+
+class Gateway:
+    """The long-lived parts of one gateway instance."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        try:
+            connectors: dict[str, Connector] = {
+                name: build_connector(
+                    name, {k: v for k, v in table.items() if k not in GATEWAY_SOURCE_KEYS}
+                )
+                for name, table in config.sources.items()
+            }
+            self.bindings = parse_bindings(
+                config.graph, {name: c.entities() for name, c in connectors.items()}
+            )
+        except (ConnectorConfigError, BindingError) as error:
+            raise ConfigError(str(error)) from error
+        self.required = {
+            name for name, table in config.sources.items() if table.get("required", True)
+        }
+        self.hub = SourceHub(connectors, self.metrics)
+        self.keys = IdentityKeys(config.identity.key)
+        self.store = CrosswalkStore(config.identity.dsn)
+        self.identity = IdentityIndex.build([], self.keys)
+        self.schema = build_schema(
+            extensions=[lambda: ParserCache(maxsize=256), lambda: ValidationCache(maxsize=256)]
+        )
+
+    async def start(self) -> None:
+        await self.store.create()
+        if self.config.identity.sync_on_start:
+            await self.sync()
+        await self.reload_identity()
+
+    async def sync(self, *, full: bool = False) -> SyncReport:
+        report = await sync_identity(
+            self.store,
+            [self.hub.connectors[name] for name in self.config.identity.systems],
+            self.keys,
+            page_size=self.config.identity.page_size,
+            full=full,
+        )
+        await self.reload_identity()
+        return report
+
+    async def reload_identity(self) -> None:
+        self.identity = IdentityIndex.build(await self.store.links(), self.keys)
+        log.info("identity crosswalk loaded", extra={"customers": len(self.identity)})
+
+    async def stop(self) -> None:
+        await self.hub.close()
+        await self.store.close()
+
+    def context(self, request: Request) -> GraphContext:
+        return GraphContext(
+            sources=self.hub,
+            identity=self.identity,
+            bindings=self.bindings,
+            max_page_size=self.config.max_page_size,
+            request=request,
+        )
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
+    gw = gateway or Gateway(config)
+
+    def observe(status: int, seconds: float) -> None:
+        gw.metrics.request_duration.observe(seconds)
+        gw.metrics.requests.labels("ok" if status < 400 else "error").inc()
+
+    view = GraphQLView(
+        gw.schema,
+        graphql_ide="graphiql" if config.server.graphiql else None,
+        context_factory=gw.context,
+        max_body_bytes=config.server.max_body_bytes,
+        observe=observe,
+    )
+
+    async def healthz(request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        health = await gw.hub.health()
+        down = sorted(name for name, h in health.items() if not h.ok and name in gw.required)
+        body = {
+            "status": "unavailable" if down else "ready",
+            "customers": len(gw.identity),
+            "sources": {
+                name: {"ok": h.ok, "required": name in gw.required, "detail": h.detail}
+                for name, h in health.items()
+            },
+        }
+        return _json(body, 503 if down else 200)
+
+    async def metrics(request: Request) -> Response:
+        return Response(gw.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/graphql", view, methods=["GET", "POST"]),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.gateway = gw
+    return app

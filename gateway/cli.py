@@ -1,0 +1,239 @@
+"""The `c360` command line. Errors are one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from connectors.base import SourceUnavailable
+from gateway.config import Config, ConfigError, load_config, parse_config
+from gateway.logs import configure_logging
+
+log = logging.getLogger("c360.cli")
+DEFAULT_CONFIG = Path("c360.toml")
+
+
+class CliError(Exception):
+    """A failure to report as one line, with exit status 1."""
+
+
+def _schema_sdl() -> str:
+    from resolvers.schema import build_schema
+
+    return build_schema().as_str() + "\n"
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    sdl = _schema_sdl()
+    target = Path(args.output if args.action == "export" else args.file)
+    if args.action == "export":
+        if args.output == "-":
+            sys.stdout.write(sdl)
+        else:
+            target.write_text(sdl, encoding="utf-8")
+            print(f"wrote {target}")
+        return 0
+    if not target.exists() or target.read_text(encoding="utf-8") != sdl:
+        print(f"{target} is out of date: run `c360 schema export -o {target}`", file=sys.stderr)
+        return 1
+    print(f"{target} is up to date")
+    return 0
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(Path(args.config))
+
+
+async def _identity(args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+
+    gateway = Gateway(_load(args))
+    try:
+        await gateway.store.create()
+        if args.action == "sync":
+            report = await gateway.sync(full=args.full)
+            for name, stats in report.systems.items():
+                status = f"error: {stats.error}" if stats.error else "ok"
+                print(
+                    f"{name}: scanned {stats.scanned}, linked {stats.linked}, "
+                    f"new customers {stats.new_customers}, issues {stats.issues} ({status})"
+                )
+            print(f"customers: {len(gateway.identity)}")
+            return 1 if any(stats.error for stats in report.systems.values()) else 0
+        issues = await gateway.store.issues()
+        if args.json:
+            for issue in issues:
+                sys.stdout.write(orjson.dumps(dataclasses.asdict(issue)).decode() + "\n")
+        else:
+            for issue in issues:
+                where = f"{issue.system}:{issue.system_id}"
+                print(f"{issue.kind:<10} {where} -> {issue.cuid}  {issue.detail}")
+            print(f"{len(issues)} records need attention")
+        return 0
+    finally:
+        await gateway.stop()
+
+
+def cmd_identity(args: argparse.Namespace) -> int:
+    return asyncio.run(_identity(args))
+
+
+def _serve(app: Any, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, loop="auto", http="auto", log_config=None)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    if args.workers > 1:
+        import uvicorn
+
+        # Each worker process builds its own app from the same file.
+        os.environ["C360_CONFIG"] = str(Path(args.config).resolve())
+        uvicorn.run(
+            "gateway.asgi:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=args.workers,
+            log_config=None,
+        )
+        return 0
+    from gateway.app import build_app
+
+    _serve(build_app(config), host, port)
+    return 0
+
+
+async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
+    from gateway.app import Gateway, build_app
+    from gateway.demo import DemoOptions, demo_config, demo_systems, to_toml
+    from gateway.serving import bind, start_server
+
+    sock = bind("127.0.0.1", args.port)
+    options = DemoOptions(
+        data_dir=data_dir,
+        latency_ms=args.latency_ms,
+        down=tuple(args.down or ()),
+        sales_dsn=args.sales_dsn,
+    )
+    async with demo_systems(options) as systems:
+        data = demo_config(systems.endpoints, port=args.port)
+        config_path = data_dir / "c360.toml"
+        config_path.write_text(to_toml(data), encoding="utf-8")
+        config = parse_config(data, base_dir=data_dir)
+        gateway = Gateway(config)
+        running = await start_server(build_app(config, gateway), sock)
+        print(demo_banner(running.url, len(gateway.identity), systems.endpoints, options.down))
+        await running.task
+    return 0
+
+
+def demo_banner(
+    base: str, customers: int, endpoints: dict[str, dict[str, str]], down: Sequence[str]
+) -> str:
+    systems = [
+        f"  {name:<10} {next(iter(ep.values()))}" + ("  (down)" if name in down else "")
+        for name, ep in endpoints.items()
+    ]
+    query = "{ customers(first: 2) { edges { node { id name segment tickets { subject } } } } }"
+    return "\n".join(
+        [
+            "",
+            f"c360 demo is running ({customers} customers)",
+            f"  GraphiQL:  {base}/graphql",
+            f"  health:    {base}/readyz   metrics: {base}/metrics",
+            *systems,
+            "",
+            "Try:",
+            f"  curl -s {base}/graphql -H 'content-type: application/json' \\",
+            f'    -d \'{{"query": "{query}"}}\'',
+            "",
+            "Ctrl-C stops everything.",
+        ]
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(_demo(args, data_dir))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="c360", description="A GraphQL gateway over the customer data of department systems."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run the demo department systems and the gateway")
+    demo.add_argument("--port", type=int, default=8000, help="the gateway's port (default 8000)")
+    demo.add_argument("--data-dir", default="data", help="state: SQLite files, config (./data)")
+    demo.add_argument("--latency-ms", type=int, default=0, help="added to every system's answers")
+    demo.add_argument(
+        "--down", action="append", choices=["sales", "service", "marketing"], help="leave out"
+    )
+    demo.add_argument("--sales-dsn", help="a PostgreSQL DSN for the sales database")
+    demo.set_defaults(handler=cmd_demo)
+
+    serve = commands.add_parser("serve", help="run the gateway against configured systems")
+    serve.add_argument("--config", default=str(DEFAULT_CONFIG))
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(handler=cmd_serve)
+
+    schema = commands.add_parser("schema", help="export or check schema.graphql")
+    schema_actions = schema.add_subparsers(dest="action", required=True)
+    export = schema_actions.add_parser("export", help="write the SDL")
+    export.add_argument("-o", "--output", default="schema.graphql", help="file, or - for stdout")
+    check = schema_actions.add_parser("check", help="exit 1 when schema.graphql is out of date")
+    check.add_argument("--file", default="schema.graphql")
+    schema.set_defaults(handler=cmd_schema)
+
+    identity = commands.add_parser("identity", help="the identity crosswalk")
+    identity_actions = identity.add_subparsers(dest="action", required=True)
+    sync = identity_actions.add_parser("sync", help="link new records of every system")
+    sync.add_argument("--config", default=str(DEFAULT_CONFIG))
+    sync.add_argument("--full", action="store_true", help="rescan every system from the start")
+    report = identity_actions.add_parser("report", help="unlinked, conflicting, duplicate records")
+    report.add_argument("--config", default=str(DEFAULT_CONFIG))
+    report.add_argument("--json", action="store_true")
+    identity.set_defaults(handler=cmd_identity)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(os.environ.get("C360_LOG_LEVEL", "WARNING"))
+    try:
+        code: int = args.handler(args)
+    except (ConfigError, CliError) as error:
+        print(f"c360: {error}", file=sys.stderr)
+        return 1
+    except SourceUnavailable as error:
+        print(f"c360: {error.source} is unavailable: {error.reason}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"c360: {error}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

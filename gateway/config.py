@@ -1,0 +1,168 @@
+"""`c360.toml`: sources, graph bindings, identity, server (and later auth, cache, log).
+
+Any key can be overridden from the environment: `C360_SOURCES__SALES__DSN=...` sets
+`sources.sales.dsn` (segments joined by `__`, values parsed as TOML where they can be).
+A broken configuration stops start-up with one message naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "C360_"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message starts with the offending key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    graphiql: bool = False
+    max_body_bytes: int = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    dsn: str
+    key: bytes
+    systems: tuple[str, ...]
+    page_size: int = 500
+    sync_on_start: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig
+    identity: IdentityConfig
+    sources: Mapping[str, Mapping[str, Any]]
+    graph: Mapping[str, Any]
+    max_page_size: int = 100
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in nested tables, creating tables as needed."""
+    *parents, last = dotted.split(".")
+    table = data
+    for part in parents:
+        nxt = table.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{dotted}: '{part}' is not a table")
+        table = nxt
+    table[last] = value
+
+
+def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    merged = copy.deepcopy(data)
+    for name, text in sorted(environ.items()):
+        if name.startswith(ENV_PREFIX) and "__" in name:
+            path = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+            set_path(merged, path, _env_value(text))
+    return merged
+
+
+class _Reader:
+    def __init__(self, data: Mapping[str, Any], path: str) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path}: expected a table")
+        self.data, self.path = data, path
+
+    def get(self, key: str, kind: type, default: Any) -> Any:
+        value = self.data.get(key, default)
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{self.path}.{key}: expected an integer")
+        if not isinstance(value, kind):
+            raise ConfigError(f"{self.path}.{key}: expected {kind.__name__}")
+        return value
+
+    def table(self, key: str) -> _Reader:
+        return _Reader(self.data.get(key, {}), f"{self.path}.{key}" if self.path else key)
+
+    def only(self, allowed: set[str]) -> None:
+        unknown = sorted(set(self.data) - allowed)
+        if unknown:
+            where = f"{self.path}.{unknown[0]}" if self.path else unknown[0]
+            raise ConfigError(f"{where}: unknown key")
+
+
+def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Config:
+    root = _Reader(data, "")
+    root.only({"server", "identity", "sources", "graph"})
+    server = root.table("server")
+    server.only({"host", "port", "graphiql", "max_body_bytes"})
+    port = server.get("port", int, 8000)
+    if not 0 <= port <= 65535:
+        raise ConfigError("server.port: must be between 0 and 65535")
+    sources = root.table("sources")
+    if not sources.data:
+        raise ConfigError("sources: at least one department system must be configured")
+    for name, table in sources.data.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"sources.{name}: expected a table")
+    identity = root.table("identity")
+    identity.only({"dsn", "key", "systems", "page_size", "sync_on_start"})
+    key = identity.get("key", str, "")
+    if len(key.encode()) < 16:
+        raise ConfigError("identity.key: required, at least 16 bytes (or set C360_IDENTITY__KEY)")
+    systems = identity.get("systems", list, list(sources.data))
+    for system in systems:
+        if system not in sources.data:
+            raise ConfigError(f"identity.systems: no source named '{system}'")
+    dsn = identity.get("dsn", str, "sqlite+aiosqlite:///c360-identity.db")
+    if (
+        base_dir is not None
+        and dsn.startswith("sqlite+aiosqlite:///")
+        and not dsn.startswith("sqlite+aiosqlite:////")
+    ):
+        # Relative SQLite paths are relative to the config file, not to the cwd.
+        dsn = "sqlite+aiosqlite:///" + str(base_dir / dsn.removeprefix("sqlite+aiosqlite:///"))
+    graph = root.table("graph")
+    max_page_size = graph.get("max_page_size", int, 100)
+    if max_page_size < 1:
+        raise ConfigError("graph.max_page_size: must be at least 1")
+    return Config(
+        server=ServerConfig(
+            host=server.get("host", str, "127.0.0.1"),
+            port=port,
+            graphiql=server.get("graphiql", bool, False),
+            max_body_bytes=server.get("max_body_bytes", int, 1_000_000),
+        ),
+        identity=IdentityConfig(
+            dsn=dsn,
+            key=key.encode(),
+            systems=tuple(systems),
+            page_size=identity.get("page_size", int, 500),
+            sync_on_start=identity.get("sync_on_start", bool, False),
+        ),
+        sources=dict(sources.data),
+        graph={k: v for k, v in graph.data.items() if k != "max_page_size"},
+        max_page_size=max_page_size,
+        raw=data,
+    )
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise ConfigError(f"config: no file at {path}") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config: {path} is not valid TOML ({error})") from error
+    data = apply_env(data, os.environ if environ is None else environ)
+    return parse_config(data, base_dir=path.parent)

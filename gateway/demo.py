@@ -1,0 +1,140 @@
+"""`c360 demo`: the three demo department systems in their own process, and the gateway
+in front of them, configured from `gateway/demo.toml`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import tomllib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.config import ConfigError, set_path
+
+DEMO_TEMPLATE = Path(__file__).with_name("demo.toml")
+SYSTEMS = ("sales", "service", "marketing")
+
+
+@dataclass
+class DemoOptions:
+    data_dir: Path
+    latency_ms: int = 0
+    system_latency: Mapping[str, int] = field(default_factory=dict)
+    down: tuple[str, ...] = ()
+    sales_dsn: str | None = None
+    seed: int = 42
+    customers: int = 1000
+
+
+@dataclass
+class DemoSystemsProcess:
+    process: asyncio.subprocess.Process
+    endpoints: dict[str, dict[str, str]]
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+
+
+async def start_demo_systems(options: DemoOptions) -> DemoSystemsProcess:
+    """Start `python -m demo.systems` and wait for the line announcing its endpoints."""
+    for name in options.down:
+        if name not in SYSTEMS:
+            raise ConfigError(f"--down: unknown system '{name}' (known: {', '.join(SYSTEMS)})")
+    args = [
+        "-m",
+        "demo.systems",
+        "--data-dir",
+        str(options.data_dir),
+        "--seed",
+        str(options.seed),
+        "--customers",
+        str(options.customers),
+        "--latency-ms",
+        str(options.latency_ms),
+    ]
+    for name, ms in options.system_latency.items():
+        args += ["--system-latency", f"{name}={ms}"]
+    for name in options.down:
+        args += ["--down", name]
+    if options.sales_dsn:
+        args += ["--sales-dsn", options.sales_dsn]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), 120)
+        endpoints = orjson.loads(line)
+    except (TimeoutError, orjson.JSONDecodeError) as error:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+        raise ConfigError(f"demo systems: did not start (exit {process.returncode})") from error
+    return DemoSystemsProcess(process, endpoints)
+
+
+def demo_config(
+    endpoints: Mapping[str, Mapping[str, str]], *, port: int, overrides: Mapping[str, Any] = {}
+) -> dict[str, Any]:
+    """The demo template with the running systems' addresses filled in."""
+    data = tomllib.loads(DEMO_TEMPLATE.read_text(encoding="utf-8"))
+    set_path(data, "server.port", port)
+    set_path(data, "identity.sync_on_start", True)
+    set_path(data, "sources.sales.dsn", endpoints["sales"]["dsn"])
+    set_path(data, "sources.service.base_url", endpoints["service"]["url"])
+    set_path(data, "sources.marketing.url", endpoints["marketing"]["url"])
+    for path, value in overrides.items():
+        set_path(data, path, value)
+    return data
+
+
+def to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
+    """A small TOML writer for the demo's generated config (tables of scalars and tables)."""
+    scalars = {k: v for k, v in data.items() if not isinstance(v, Mapping)}
+    tables = {k: v for k, v in data.items() if isinstance(v, Mapping)}
+    lines = [f"[{prefix}]"] if prefix and scalars else []
+    for key, value in scalars.items():
+        lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    out = "\n".join(lines) + ("\n\n" if lines else "")
+    for key, value in tables.items():
+        out += to_toml(value, f"{prefix}.{_toml_key(key)}" if prefix else _toml_key(key))
+    return out
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else orjson.dumps(key).decode()
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return orjson.dumps(str(value)).decode()
+
+
+@contextlib.asynccontextmanager
+async def demo_systems(options: DemoOptions) -> AsyncIterator[DemoSystemsProcess]:
+    systems = await start_demo_systems(options)
+    try:
+        yield systems
+    finally:
+        await systems.stop()

@@ -1,0 +1,43 @@
+"""Prometheus metrics, one registry per app (tests build many apps in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "c360_requests", "GraphQL requests", ["outcome"], registry=self.registry
+        )
+        self.request_duration = Histogram(
+            "c360_request_duration_seconds",
+            "Time to answer a GraphQL request",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.source_requests = Counter(
+            "c360_source_requests",
+            "Calls to a department system",
+            ["source"],
+            registry=self.registry,
+        )
+        self.source_errors = Counter(
+            "c360_source_errors",
+            "Failed calls to a department system",
+            ["source"],
+            registry=self.registry,
+        )
+        self.source_duration = Histogram(
+            "c360_source_duration_seconds",
+            "Time a department system took to answer",
+            ["source"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

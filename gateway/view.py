@@ -1,0 +1,166 @@
+"""GraphQL over HTTP, as the spec asks, on strawberry's documented view hooks.
+
+- `application/graphql-response+json` when the client accepts it; a request error
+  (parse, validation, variables: no `data`, no error with a path) is then HTTP 400.
+- Request errors never carry a `data` entry.
+- Transport errors (malformed JSON, unsupported content type, oversized body) are JSON
+  error bodies, not plain text.
+- An unexpected exception inside a resolver reaches the client as "internal error" with
+  no message of its own (it could carry a raw value); the gateway's log keeps it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from cross_web import HTTPException
+from graphql import GraphQLError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import StrawberryGraphQLError
+from strawberry.http import GraphQLHTTPResponse
+from strawberry.types import ExecutionResult
+
+log = logging.getLogger("c360.graphql")
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+JSON = "application/json"
+# Errors we raise on purpose carry a code; anything else is a bug and is masked.
+KNOWN_CODES = {
+    "BAD_USER_INPUT",
+    "FORBIDDEN",
+    "SOURCE_UNAVAILABLE",
+    "QUERY_TOO_COMPLEX",
+    "RATE_LIMITED",
+    "UNAUTHENTICATED",
+}
+
+
+def error_body(message: str, code: str) -> bytes:
+    return orjson.dumps({"errors": [{"message": message, "extensions": {"code": code}}]})
+
+
+def wants_graphql_response(accept: str) -> bool:
+    """True when the client lists application/graphql-response+json before (or without)
+    application/json."""
+    media = [part.split(";")[0].strip() for part in accept.split(",")]
+    if GRAPHQL_RESPONSE not in media:
+        return False
+    return JSON not in media or media.index(GRAPHQL_RESPONSE) < media.index(JSON)
+
+
+def _is_request_error(result: ExecutionResult) -> bool:
+    return (
+        result.data is None
+        and bool(result.errors)
+        and all(error.path is None for error in result.errors or [])
+    )
+
+
+def _safe_error(error: GraphQLError) -> GraphQLError:
+    code = (error.extensions or {}).get("code")
+    original = error.original_error
+    if code in KNOWN_CODES or original is None or isinstance(original, StrawberryGraphQLError):
+        return error
+    if isinstance(original, GraphQLError):
+        return error
+    log.error("resolver failed", exc_info=original, extra={"path": error.path})
+    return GraphQLError(
+        "Internal error.", path=error.path, extensions={"code": "INTERNAL_SERVER_ERROR"}
+    )
+
+
+class GraphQLView(GraphQL[Any, None]):
+    def __init__(
+        self,
+        *args: Any,
+        context_factory: Callable[[Request], Any],
+        max_body_bytes: int,
+        observe: Callable[[int, float], None] = lambda status, seconds: None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._context_factory = context_factory
+        self._max_body_bytes = max_body_bytes
+        self._observe = observe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        started = time.perf_counter()
+        response = await self._respond(Request(scope, receive))
+        self._observe(response.status_code, time.perf_counter() - started)
+        await response(scope, receive, send)
+
+    async def _respond(self, request: Request) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self._max_body_bytes):
+            return Response(
+                error_body(
+                    f"Request body is larger than {self._max_body_bytes} bytes.", "BAD_REQUEST"
+                ),
+                status_code=413,
+                media_type=JSON,
+            )
+        try:
+            return await self.run(request)
+        except HTTPException as error:
+            return Response(
+                error_body(error.reason, "BAD_REQUEST"),
+                status_code=error.status_code,
+                media_type=self._media_type(request),
+            )
+
+    def _media_type(self, request: Request) -> str:
+        return (
+            GRAPHQL_RESPONSE if wants_graphql_response(request.headers.get("accept", "")) else JSON
+        )
+
+    async def get_sub_response(self, request: Any) -> Response:
+        # The sub-response carries per-request answers (media type, status) from
+        # process_result, which sees the request, to create_response, which does not.
+        sub_response = await super().get_sub_response(request)
+        sub_response.media_type = self._media_type(request)
+        request.state.sub_response = sub_response
+        return sub_response
+
+    async def get_context(self, request: Any, response: Any) -> Any:
+        return self._context_factory(request)
+
+    async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
+        body: GraphQLHTTPResponse = {}
+        request_error = _is_request_error(result)
+        if request_error:
+            if request.state.sub_response.media_type == GRAPHQL_RESPONSE:
+                request.state.sub_response.status_code = 400
+        else:
+            body["data"] = result.data
+        if result.errors:
+            body["errors"] = [_safe_error(error).formatted for error in result.errors]
+        if result.extensions:
+            body["extensions"] = result.extensions
+        return body
+
+    def create_response(
+        self,
+        response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse],
+        sub_response: Response,
+    ) -> Response:
+        response = Response(
+            orjson.dumps(response_data),
+            status_code=sub_response.status_code or 200,
+            media_type=sub_response.media_type or JSON,
+        )
+        response.headers.raw.extend(
+            (k, v)
+            for k, v in sub_response.headers.raw
+            if k not in (b"content-type", b"content-length")
+        )
+        return response

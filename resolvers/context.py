@@ -1,0 +1,63 @@
+"""What every resolver sees of one request: the principal, the per-request loaders, and
+the failures to report. The gateway builds one per request."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from strawberry.dataloader import DataLoader
+
+from connectors.base import Fetched, SourceUnavailable
+from connectors.identity.index import IdentityIndex
+from resolvers.bindings import GraphBindings
+
+
+class SourceFetcher(Protocol):
+    """The gateway's way to a department system (cache, metrics and tracing included)."""
+
+    async def fetch(self, source: str, entity: str, keys: Sequence[str]) -> dict[str, Fetched]: ...
+
+
+@dataclass(slots=True)
+class SourceFailure:
+    source: str
+    reason: str
+    path: list[str | int] | None = None
+
+
+@dataclass
+class GraphContext:
+    sources: SourceFetcher
+    identity: IdentityIndex
+    bindings: GraphBindings
+    max_page_size: int = 100
+    principal: Any = None
+    request: Any = None
+    failures: dict[str, SourceFailure] = field(default_factory=dict)
+    loaders: dict[tuple[str, str], DataLoader[str, Fetched | None]] = field(default_factory=dict)
+
+    def loader(self, source: str, entity: str) -> DataLoader[str, Fetched | None]:
+        """One batching loader per (source, entity) per request: all keys asked for in the
+        same tick become one call to the system."""
+        slot = (source, entity)
+        loader = self.loaders.get(slot)
+        if loader is None:
+
+            async def load(keys: list[str]) -> list[Fetched | BaseException | None]:
+                try:
+                    found = await self.sources.fetch(source, entity, keys)
+                except SourceUnavailable as error:
+                    return [error] * len(keys)
+                return [found.get(key) for key in keys]
+
+            loader = self.loaders[slot] = DataLoader(load_fn=load)
+        return loader
+
+    def fail(self, error: SourceUnavailable, path: list[str | int] | None = None) -> None:
+        failure = self.failures.get(error.source)
+        if failure is None:
+            self.failures[error.source] = SourceFailure(error.source, error.reason, path)
+        elif failure.path is None:
+            failure.path = path

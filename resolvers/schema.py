@@ -1,0 +1,141 @@
+"""The Query type and the schema factory."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import SchemaExtension
+from strawberry.types import Info
+
+from connectors.base import SourceUnavailable
+from connectors.identity.index import page_after
+from connectors.identity.keys import is_cuid
+from resolvers.context import GraphContext
+from resolvers.loading import load_customers
+from resolvers.selection import selected_names
+from resolvers.types import (
+    Customer,
+    CustomerConnection,
+    CustomerEdge,
+    PageInfo,
+    bad_input,
+    page_size,
+)
+
+CURSOR_PREFIX = "c360:"
+
+
+def encode_cursor(cuid: str) -> str:
+    return base64.urlsafe_b64encode((CURSOR_PREFIX + cuid).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    cuid = raw.removeprefix(CURSOR_PREFIX)
+    if not raw.startswith(CURSOR_PREFIX) or not is_cuid(cuid):
+        raise bad_input("after", "'after' is not a cursor this API issued")
+    return cuid
+
+
+async def _one(info: Info[GraphContext, None], cuid: str | None) -> Customer | None:
+    if cuid is None or info.context.identity.links(cuid) is None:
+        return None
+    fields = selected_names(info.selected_fields[0].selections)
+    [customer] = await load_customers(info.context, [cuid], fields)
+    return customer
+
+
+async def _segment_members(ctx: GraphContext, segment: str) -> list[str] | None:
+    """CUIDs of a marketing segment, in CUID order; None when the source failed."""
+    binding = ctx.bindings.filters.get("segment")
+    if binding is None:
+        raise bad_input("segment", "filtering by segment is not configured")
+    try:
+        record = await ctx.loader(*binding.slot).load(segment)
+    except SourceUnavailable as error:
+        ctx.fail(error, ["customers"])
+        return None
+    members = binding.pick(record) or []
+    cuids = {
+        cuid
+        for member in members
+        if (cuid := ctx.identity.by_record.get((binding.source, str(member)))) is not None
+    }
+    return sorted(cuids)
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="One customer by CUID; null when unknown.")
+    async def customer(self, info: Info[GraphContext, None], id: strawberry.ID) -> Customer | None:
+        if not is_cuid(id):
+            raise bad_input("id", "'id' is not a customer id (expected cus_ and 16 characters)")
+        return await _one(info, id)
+
+    @strawberry.field(description="One customer by email, matched through the identity crosswalk.")
+    async def customer_by_email(
+        self, info: Info[GraphContext, None], email: str
+    ) -> Customer | None:
+        if len(email) > 320 or "@" not in email:
+            raise bad_input("email", "'email' is not an email address")
+        return await _one(info, info.context.identity.find_email(email))
+
+    @strawberry.field(description="Customers in CUID order, optionally one marketing segment.")
+    async def customers(
+        self,
+        info: Info[GraphContext, None],
+        first: int | None = 20,
+        after: str | None = None,
+        segment: str | None = None,
+    ) -> CustomerConnection:
+        ctx = info.context
+        limit = page_size(first, "first", ctx.max_page_size, 20)
+        start = decode_cursor(after) if after is not None else None
+        if segment is None:
+            cuids, has_next = ctx.identity.page(start, limit)
+        else:
+            members = await _segment_members(ctx, segment)
+            cuids, has_next = page_after(members or [], start, limit)
+        fields = selected_names(info.selected_fields[0].selections, ("edges", "node"))
+        customers = await load_customers(ctx, cuids, fields)
+        edges = [CustomerEdge(cursor=encode_cursor(c.id), node=c) for c in customers]
+        return CustomerConnection(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=has_next, end_cursor=edges[-1].cursor if edges else None
+            ),
+        )
+
+
+class SourceErrors(SchemaExtension):
+    """Adds one SOURCE_UNAVAILABLE error per failing department system, at the first path
+    it left null, however many fields and customers it affected."""
+
+    def on_execute(self) -> Any:
+        yield
+        ctx = self.execution_context.context
+        result = self.execution_context.result
+        if not isinstance(ctx, GraphContext) or not ctx.failures or result is None:
+            return
+        errors = list(result.errors or [])
+        for failure in ctx.failures.values():
+            errors.append(
+                GraphQLError(
+                    f"The {failure.source} system is unavailable; its fields are null.",
+                    path=failure.path,
+                    extensions={"code": "SOURCE_UNAVAILABLE", "source": failure.source},
+                )
+            )
+        result.errors = errors
+
+
+def build_schema(extensions: Sequence[Any] = ()) -> strawberry.Schema:
+    return strawberry.Schema(query=Query, extensions=[SourceErrors, *extensions])

@@ -1,0 +1,301 @@
+"""The unified types: Customer and the records nested in it.
+
+A Customer holds its CUID, the system keys the crosswalk gave for it, and the source
+records its parent resolver fetched in advance. Each field reads its binding's record;
+a field whose source failed is null, and the failure is reported once per source.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.types import Info
+
+from connectors.base import SourceUnavailable
+from policies.directive import Policy
+from resolvers.bindings import Binding
+from resolvers.context import GraphContext
+
+
+def bad_input(argument: str, message: str) -> GraphQLError:
+    return GraphQLError(message, extensions={"code": "BAD_USER_INPUT", "argument": argument})
+
+
+def page_size(value: int | None, argument: str, maximum: int, default: int) -> int:
+    if value is None:
+        return default
+    if value < 0:
+        raise bad_input(argument, f"'{argument}' must not be negative")
+    if value > maximum:
+        raise bad_input(argument, f"'{argument}' must be at most {maximum}")
+    return value
+
+
+@strawberry.enum
+class TicketStatus(enum.Enum):
+    OPEN = "OPEN"
+    PENDING = "PENDING"
+    CLOSED = "CLOSED"
+
+
+def _timestamp(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("not a timestamp")
+    parsed = dt.datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _optional_timestamp(value: Any) -> dt.datetime | None:
+    return None if value is None else _timestamp(value)
+
+
+def _number(value: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("not a finite number")
+    return number
+
+
+@strawberry.type
+class Order:
+    id: strawberry.ID
+    placed_at: dt.datetime
+    total: float
+    status: str
+
+
+@strawberry.type
+class Ticket:
+    id: strawberry.ID
+    subject: str
+    status: TicketStatus
+    satisfaction: int | None
+    opened_at: dt.datetime
+    closed_at: dt.datetime | None
+
+
+@strawberry.type
+class Consent:
+    channel: str
+    granted: bool
+    updated_at: dt.datetime
+
+
+class RecordShape:
+    """Reads a nested record by graph field name, through the configured renames."""
+
+    def __init__(self, ctx: GraphContext, type_name: str, record: Mapping[str, Any]) -> None:
+        self.renames = ctx.bindings.renames.get(type_name, {})
+        self.record = record
+
+    def __getitem__(self, graph_field: str) -> Any:
+        return self.record.get(self.renames.get(graph_field, graph_field))
+
+
+def _order(ctx: GraphContext, record: Mapping[str, Any]) -> Order:
+    r = RecordShape(ctx, "Order", record)
+    return Order(
+        id=strawberry.ID(str(r["id"])),
+        placed_at=_timestamp(r["placedAt"]),
+        total=_number(r["total"]),
+        status=str(r["status"]),
+    )
+
+
+def _ticket(ctx: GraphContext, record: Mapping[str, Any]) -> Ticket:
+    r = RecordShape(ctx, "Ticket", record)
+    csat = r["satisfaction"]
+    return Ticket(
+        id=strawberry.ID(str(r["id"])),
+        subject=str(r["subject"]),
+        status=TicketStatus(str(r["status"]).strip().upper()),
+        satisfaction=None if csat is None else int(csat),
+        opened_at=_timestamp(r["openedAt"]),
+        closed_at=_optional_timestamp(r["closedAt"]),
+    )
+
+
+def _consent(ctx: GraphContext, record: Mapping[str, Any]) -> Consent:
+    r = RecordShape(ctx, "Consent", record)
+    return Consent(
+        channel=str(r["channel"]),
+        granted=bool(r["granted"]),
+        updated_at=_timestamp(r["updatedAt"]),
+    )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value).strip() or None
+
+
+# Fetched records (or the failure) per (source, entity), filled by the parent resolver.
+Records = dict[tuple[str, str], Any]
+
+
+@strawberry.type
+class Customer:
+    id: strawberry.ID
+    links: strawberry.Private[Mapping[str, str]]
+    records: strawberry.Private[Records]
+
+    def _resolve(
+        self, info: Info[GraphContext, None], field: str, shape: Callable[[Any], Any]
+    ) -> Any:
+        """The field's value, or an awaitable of it when the parent did not prefetch."""
+        ctx = info.context
+        binding = ctx.bindings.customer.get(field)
+        if binding is None:
+            return None
+        if binding.slot in self.records:
+            return self._shape(ctx, info, binding, self.records[binding.slot], shape)
+        return self._load(ctx, info, binding, shape)
+
+    async def _load(
+        self,
+        ctx: GraphContext,
+        info: Info[GraphContext, None],
+        binding: Binding,
+        shape: Callable[[Any], Any],
+    ) -> Any:
+        key = self.links.get(binding.source)
+        fetched: Any = None
+        if key is not None:
+            try:
+                fetched = await ctx.loader(*binding.slot).load(key)
+            except SourceUnavailable as error:
+                fetched = error
+        self.records[binding.slot] = fetched
+        return self._shape(ctx, info, binding, fetched, shape)
+
+    @staticmethod
+    def _shape(
+        ctx: GraphContext,
+        info: Info[GraphContext, None],
+        binding: Binding,
+        fetched: Any,
+        shape: Callable[[Any], Any],
+    ) -> Any:
+        if isinstance(fetched, SourceUnavailable):
+            ctx.fail(fetched, info.path.as_list())
+            return None
+        value = binding.pick(fetched)
+        if value is None:
+            return None
+        try:
+            return shape(value)
+        except (TypeError, ValueError, KeyError, AttributeError) as error:
+            garbage = SourceUnavailable(
+                binding.source, f"malformed {binding.entity} record: {error}"
+            )
+            ctx.fail(garbage, info.path.as_list())
+            return None
+
+    @strawberry.field(directives=[Policy(name="customer.name")])
+    def name(self, info: Info[GraphContext, None]) -> str | None:
+        return self._resolve(info, "name", _text)
+
+    @strawberry.field(directives=[Policy(name="customer.email")])
+    def email(self, info: Info[GraphContext, None]) -> str | None:
+        return self._resolve(info, "email", _text)
+
+    @strawberry.field(directives=[Policy(name="customer.phone")])
+    def phone(self, info: Info[GraphContext, None]) -> str | None:
+        return self._resolve(info, "phone", _text)
+
+    @strawberry.field(
+        directives=[Policy(name="customer.nationalId")],
+        description="18-character PRC resident identity number.",
+    )
+    def national_id(self, info: Info[GraphContext, None]) -> str | None:
+        return self._resolve(info, "nationalId", _text)
+
+    @strawberry.field(directives=[Policy(name="customer.address")])
+    def address(self, info: Info[GraphContext, None]) -> str | None:
+        return self._resolve(info, "address", _text)
+
+    @strawberry.field(directives=[Policy(name="customer.lifetimeValue")])
+    def lifetime_value(self, info: Info[GraphContext, None]) -> float | None:
+        return self._resolve(info, "lifetimeValue", _number)
+
+    @strawberry.field(directives=[Policy(name="customer.orders")], description="Newest first.")
+    def orders(self, info: Info[GraphContext, None], first: int | None = 10) -> list[Order] | None:
+        ctx = info.context
+        limit = page_size(first, "first", ctx.max_page_size, 10)
+
+        def shape(records: list[Mapping[str, Any]]) -> list[Order]:
+            orders = [_order(ctx, record) for record in records]
+            orders.sort(key=lambda order: order.placed_at, reverse=True)
+            return orders[:limit]
+
+        return self._resolve(info, "orders", shape)
+
+    @strawberry.field(directives=[Policy(name="customer.tickets")], description="Newest first.")
+    def tickets(
+        self,
+        info: Info[GraphContext, None],
+        status: TicketStatus | None = None,
+        first: int | None = 10,
+    ) -> list[Ticket] | None:
+        ctx = info.context
+        limit = page_size(first, "first", ctx.max_page_size, 10)
+
+        def shape(records: list[Mapping[str, Any]]) -> list[Ticket]:
+            tickets = [_ticket(ctx, record) for record in records]
+            if status is not None:
+                tickets = [ticket for ticket in tickets if ticket.status == status]
+            tickets.sort(key=lambda ticket: ticket.opened_at, reverse=True)
+            return tickets[:limit]
+
+        return self._resolve(info, "tickets", shape)
+
+    @strawberry.field(
+        directives=[Policy(name="customer.tickets")],
+        description="Mean satisfaction score (1-5) of the customer's closed tickets.",
+    )
+    def satisfaction(self, info: Info[GraphContext, None]) -> float | None:
+        ctx = info.context
+
+        def shape(records: list[Mapping[str, Any]]) -> float | None:
+            scores = [
+                ticket.satisfaction
+                for ticket in (_ticket(ctx, record) for record in records)
+                if ticket.status == TicketStatus.CLOSED and ticket.satisfaction is not None
+            ]
+            return round(sum(scores) / len(scores), 2) if scores else None
+
+        return self._resolve(info, "satisfaction", shape)
+
+    @strawberry.field(directives=[Policy(name="customer.segment")])
+    def segment(self, info: Info[GraphContext, None]) -> str | None:
+        return self._resolve(info, "segment", _text)
+
+    @strawberry.field(directives=[Policy(name="customer.segment")])
+    def consents(self, info: Info[GraphContext, None]) -> list[Consent] | None:
+        ctx = info.context
+        return self._resolve(info, "consents", lambda records: [_consent(ctx, r) for r in records])
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type
+class CustomerEdge:
+    cursor: str
+    node: Customer
+
+
+@strawberry.type(description="A Relay cursor connection over customers, in CUID order.")
+class CustomerConnection:
+    edges: list[CustomerEdge]
+    page_info: PageInfo
