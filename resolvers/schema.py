@@ -137,5 +137,13 @@ class SourceErrors(SchemaExtension):
         result.errors = errors
 
 
+class GatewaySchema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        # strawberry's default logs each error with the query document, whose literals may
+        # be personal data. Client mistakes are not server errors, and unexpected ones are
+        # logged (without the document) where the response masks them (gateway/view.py).
+        return None
+
+
 def build_schema(extensions: Sequence[Any] = ()) -> strawberry.Schema:
-    return strawberry.Schema(query=Query, extensions=[SourceErrors, *extensions])
+    return GatewaySchema(query=Query, extensions=[SourceErrors, *extensions])

@@ -1,0 +1,129 @@
+"""Running gateways over HTTP against the demo systems, for the integration tests."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from demo.systems import DemoSystems
+from gateway.app import Gateway, build_app
+from gateway.config import parse_config
+from gateway.demo import demo_config
+from gateway.serving import bind, start_server
+
+
+@dataclass
+class GraphQLReply:
+    status: int
+    headers: Mapping[str, str]
+    body: dict[str, Any]
+
+    @property
+    def data(self) -> Any:
+        return self.body.get("data")
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return list(self.body.get("errors") or [])
+
+    def codes(self) -> list[str]:
+        return [error.get("extensions", {}).get("code") for error in self.errors]
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    gateway: Gateway
+    http: aiohttp.ClientSession
+
+    async def post(
+        self, body: bytes | str, headers: Mapping[str, str] | None = None
+    ) -> GraphQLReply:
+        headers = {"content-type": "application/json", **(headers or {})}
+        async with self.http.post(self.url + "/graphql", data=body, headers=headers) as response:
+            raw = await response.read()
+            headers = {k.lower(): v for k, v in response.headers.items()}
+            return GraphQLReply(response.status, headers, orjson.loads(raw))
+
+    async def query(
+        self,
+        query: str,
+        variables: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> GraphQLReply:
+        payload = {"query": query, "variables": dict(variables or {})}
+        return await self.post(orjson.dumps(payload), headers)
+
+    async def get(self, path: str, headers: Mapping[str, str] | None = None) -> tuple[int, str]:
+        async with self.http.get(self.url + path, headers=headers) as response:
+            return response.status, await response.text()
+
+    def source_calls(self, source: str) -> float:
+        value = self.gateway.metrics.registry.get_sample_value(
+            "c360_source_requests_total", {"source": source}
+        )
+        return value or 0.0
+
+
+def gateway_config(
+    systems: DemoSystems, state_dir: Path, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    return demo_config(
+        systems.endpoints,
+        port=0,
+        overrides={
+            "identity.dsn": f"sqlite+aiosqlite:///{state_dir}/identity.db",
+            **(overrides or {}),
+        },
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    systems: DemoSystems, state_dir: Path, overrides: Mapping[str, Any] | None = None
+) -> AsyncIterator[RunningGateway]:
+    """A gateway over the demo systems, served by uvicorn on an ephemeral port."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    config = parse_config(gateway_config(systems, state_dir, overrides), base_dir=state_dir)
+    gateway = Gateway(config)
+    server = await start_server(build_app(config, gateway), bind("127.0.0.1", 0))
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            yield RunningGateway(server.url, gateway, http)
+    finally:
+        await server.stop()
+
+
+class SourceAdmin:
+    """The demo HTTP systems' admin hooks: request counts and injected faults."""
+
+    def __init__(self, systems: DemoSystems, http: aiohttp.ClientSession) -> None:
+        self.systems = systems
+        self.http = http
+
+    async def stats(self, system: str) -> dict[str, Any]:
+        async with self.http.get(self.systems.admin_url(system) + "/_admin/stats") as response:
+            return dict(await response.json())
+
+    async def calls(self, system: str) -> int:
+        return int((await self.stats(system))["total"])
+
+    async def fault(self, system: str, mode: str, latency_ms: int | None = None) -> None:
+        body: dict[str, Any] = {"mode": mode}
+        if latency_ms is not None:
+            body["latency_ms"] = latency_ms
+        async with self.http.post(
+            self.systems.admin_url(system) + "/_admin/fault", json=body
+        ) as response:
+            assert response.status == 200, await response.text()
+
+    async def reset(self) -> None:
+        for system in ("service", "marketing"):
+            async with self.http.post(self.systems.admin_url(system) + "/_admin/reset") as resp:
+                assert resp.status == 200
