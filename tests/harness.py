@@ -89,7 +89,6 @@ async def running_gateway(
     systems: DemoSystems, state_dir: Path, overrides: Mapping[str, Any] | None = None
 ) -> AsyncIterator[RunningGateway]:
     """A gateway over the demo systems, served by uvicorn on an ephemeral port."""
-    state_dir.mkdir(parents=True, exist_ok=True)
     config = parse_config(gateway_config(systems, state_dir, overrides), base_dir=state_dir)
     gateway = Gateway(config)
     server = await start_server(build_app(config, gateway), bind("127.0.0.1", 0))

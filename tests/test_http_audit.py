@@ -14,14 +14,14 @@ from harness import RunningGateway
 AUDIT_DIR = Path(__file__).with_name("http_audit")
 
 
-async def _run(*command: str, timeout: float) -> tuple[int, bytes]:
+async def _run(*command: str, limit_s: float) -> tuple[int, bytes]:
     process = await asyncio.create_subprocess_exec(
         *command,
         cwd=AUDIT_DIR,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    output, _ = await asyncio.wait_for(process.communicate(), timeout)
+    output, _ = await asyncio.wait_for(process.communicate(), limit_s)
     return process.returncode or 0, output
 
 
@@ -33,7 +33,7 @@ async def audit_tool() -> Path:
             pytest.fail("node and npm are needed for the graphql-http audit")
         pytest.skip("node/npm not installed")
     if not (AUDIT_DIR / "node_modules" / "graphql-http").exists():
-        code, output = await _run(npm, "install", "--no-audit", "--no-fund", timeout=300)
+        code, output = await _run(npm, "install", "--no-audit", "--no-fund", limit_s=300)
         assert code == 0, output.decode(errors="replace")
     return Path(node)
 
@@ -41,7 +41,7 @@ async def audit_tool() -> Path:
 async def test_graphql_http_audit_passes_without_warnings(
     gateway: RunningGateway, audit_tool: Path
 ) -> None:
-    code, output = await _run(str(audit_tool), "audit.mjs", gateway.url + "/graphql", timeout=120)
+    code, output = await _run(str(audit_tool), "audit.mjs", gateway.url + "/graphql", limit_s=120)
     assert code == 0, output.decode(errors="replace")
     summary = orjson.loads(output.splitlines()[-1])
     assert summary["problems"] == [], summary["problems"]
