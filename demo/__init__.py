@@ -1,0 +1,1 @@
+"""Stand-ins for the department systems: sales DB, helpdesk REST API, marketing GraphQL API."""
