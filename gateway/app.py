@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,12 +21,23 @@ from connectors.identity.keys import IdentityKeys
 from connectors.identity.store import CrosswalkStore
 from connectors.identity.sync import SyncReport, sync_identity
 from connectors.registry import build_connector
+from gateway.auth import Authenticator
 from gateway.config import Config, ConfigError
 from gateway.metrics import Metrics
 from gateway.sources import SourceHub
 from gateway.view import GraphQLView
+from policies.masks import masks_with_hash
+from policies.rules import (
+    PolicyFileError,
+    PolicySet,
+    load_default_policy,
+    load_policy_file,
+    validate_against,
+)
 from resolvers.bindings import BindingError, parse_bindings
 from resolvers.context import GraphContext
+from resolvers.guard import FieldGuard
+from resolvers.loading import CUSTOMER_POLICIES, record_facts
 from resolvers.schema import build_schema
 
 log = logging.getLogger("c360.app")
@@ -62,6 +74,38 @@ class Gateway:
         self.schema = build_schema(
             extensions=[lambda: ParserCache(maxsize=256), lambda: ValidationCache(maxsize=256)]
         )
+        self.authenticator = Authenticator(config.auth)
+        try:
+            self.masks = masks_with_hash(config.policies.hash_key, config.policies.hash_key_id)
+        except ValueError as error:
+            raise ConfigError(f"policies.hash_key_id: {error}") from error
+        self.policies = self.load_policies()
+
+    def load_policies(self) -> PolicySet:
+        """Read and check the policy file: every policy a field names must exist."""
+        path = self.config.policies.file
+        try:
+            policy_set = load_policy_file(path) if path else load_default_policy()
+        except (PolicyFileError, OSError) as error:
+            raise ConfigError(f"policies.file: {error}") from error
+        coverage = validate_against(policy_set, set(CUSTOMER_POLICIES.values()))
+        if not coverage.ok:
+            missing = ", ".join(coverage.missing)
+            raise ConfigError(f"policies.file: policies used by the schema are missing: {missing}")
+        return policy_set
+
+    def reload_policies(self) -> bool:
+        """Swap in the policy file as it is now; a broken file is refused and the old
+        rules stay. Requests in flight keep the set they started with."""
+        try:
+            self.policies = self.load_policies()
+        except ConfigError as error:
+            log.error(
+                "policy reload refused, keeping the previous rules", extra={"reason": str(error)}
+            )
+            return False
+        log.warning("policy file reloaded", extra={"policies": len(self.policies.policies)})
+        return True
 
     async def start(self) -> None:
         await self.store.create()
@@ -88,11 +132,21 @@ class Gateway:
         await self.hub.close()
         await self.store.close()
 
-    def context(self, request: Request) -> GraphContext:
+    def context(self, request: Request) -> GraphContext | None:
+        principal = getattr(request.state, "principal", None)
+        if principal is None:
+            return None  # only the GraphiQL page is served without a principal
+        guard = FieldGuard(
+            policies=self.policies,
+            principal=principal,
+            masks=self.masks,
+            facts_of=functools.partial(record_facts, self.bindings),
+        )
         return GraphContext(
             sources=self.hub,
             identity=self.identity,
             bindings=self.bindings,
+            guard=guard,
             max_page_size=self.config.max_page_size,
             request=request,
         )
@@ -113,6 +167,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
         gw.schema,
         graphql_ide="graphiql" if config.server.graphiql else None,
         context_factory=gw.context,
+        authenticator=gw.authenticator,
         max_body_bytes=config.server.max_body_bytes,
         observe=observe,
     )

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -137,9 +138,38 @@ async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
         config = parse_config(data, base_dir=data_dir)
         gateway = Gateway(config)
         running = await start_server(build_app(config, gateway), sock)
+        reload_on_sighup(gateway)
         print(demo_banner(running.url, len(gateway.identity), systems.endpoints, options.down))
+        print(demo_tokens(config))
         await running.task
     return 0
+
+
+DEMO_PRINCIPALS = (
+    ("alice", ["sales"], ["sales"]),
+    ("rep-01", ["sales"], ["sales"]),
+    ("maria", ["sales_manager"], ["sales"]),
+    ("bob", ["service"], ["service"]),
+    ("carol", ["marketing"], ["marketing", "sales"]),
+    ("sam", ["security"], ["audit"]),
+)
+
+
+def demo_tokens(config: Config) -> str:
+    from gateway.auth import mint_token
+
+    lines = ["Tokens (valid 12 h; send as Authorization: Bearer <token>):"]
+    for subject, roles, purposes in DEMO_PRINCIPALS:
+        token = mint_token(config.auth, subject, roles, purposes, ttl_s=12 * 3600)
+        lines.append(f"  {'/'.join(roles):<14} {subject:<7} purposes={','.join(purposes)}")
+        lines.append(f"    {token}")
+    return "\n".join(lines)
+
+
+def reload_on_sighup(gateway: Any) -> None:
+    """SIGHUP re-reads the policy file atomically (a broken file is refused)."""
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reload_policies)
 
 
 def demo_banner(
@@ -150,6 +180,7 @@ def demo_banner(
         for name, ep in endpoints.items()
     ]
     query = "{ customers(first: 2) { edges { node { id name segment tickets { subject } } } } }"
+    auth = '-H "authorization: Bearer $TOKEN"'
     return "\n".join(
         [
             "",
@@ -159,7 +190,8 @@ def demo_banner(
             *systems,
             "",
             "Try:",
-            f"  curl -s {base}/graphql -H 'content-type: application/json' \\",
+            "  TOKEN=<a token from below>",
+            f"  curl -s {base}/graphql -H 'content-type: application/json' {auth} \\",
             f'    -d \'{{"query": "{query}"}}\'',
             "",
             "Ctrl-C stops everything.",
@@ -172,6 +204,74 @@ def cmd_demo(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(_demo(args, data_dir))
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from gateway.auth import mint_token
+
+    config = _load(args)
+    print(
+        mint_token(
+            config.auth,
+            args.sub,
+            args.role,
+            args.purpose or [],
+            ttl_s=args.ttl,
+            department=args.department,
+        )
+    )
+    return 0
+
+
+def _policy_set(args: argparse.Namespace) -> Any:
+    from policies.rules import PolicyFileError, load_default_policy, load_policy_file
+
+    try:
+        if getattr(args, "file", None):
+            return load_policy_file(args.file)
+        if Path(args.config).exists():
+            from gateway.app import Gateway
+
+            return Gateway(_load(args)).policies
+        return load_default_policy()
+    except PolicyFileError as error:
+        raise CliError(str(error)) from error
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from policies.engine import explain
+    from policies.rules import validate_against
+    from resolvers.loading import CUSTOMER_POLICIES
+
+    policy_set = _policy_set(args)
+    if args.action == "check":
+        coverage = validate_against(policy_set, set(CUSTOMER_POLICIES.values()))
+        for message in coverage.messages():
+            print(message, file=sys.stderr)
+        if not coverage.ok:
+            return 1
+        print(f"{args.file or 'policy file'}: {len(policy_set.policies)} policies, valid")
+        return 0
+    try:
+        rows = {row.policy: row for row in explain(policy_set, args.role)}
+    except ValueError as error:
+        raise CliError(str(error)) from error
+    fields = [
+        (f"Customer.{name}", policy) for name, policy in CUSTOMER_POLICIES.items() if policy in rows
+    ]
+    if args.json:
+        for field, policy in fields:
+            entry = {"field": field, **rows[policy].as_dict()}
+            sys.stdout.write(orjson.dumps(entry).decode() + "\n")
+        return 0
+    roles = list(rows[fields[0][1]].cells) if fields else []
+    table = [("field", "policy", *roles)] + [
+        (field, policy, *rows[policy].cells.values()) for field, policy in fields
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
     return 0
 
 
@@ -215,6 +315,26 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--config", default=str(DEFAULT_CONFIG))
     report.add_argument("--json", action="store_true")
     identity.set_defaults(handler=cmd_identity)
+
+    token = commands.add_parser("token", help="mint a development token (HS256 dev key)")
+    token.add_argument("--config", default=str(DEFAULT_CONFIG))
+    token.add_argument("--sub", required=True, help="the subject (a person or service)")
+    token.add_argument("--role", action="append", required=True, help="repeatable")
+    token.add_argument("--purpose", action="append", help="allowed purpose; repeatable")
+    token.add_argument("--department")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
+    token.set_defaults(handler=cmd_token)
+
+    policy = commands.add_parser("policy", help="read and check the policy file")
+    policy_actions = policy.add_subparsers(dest="action", required=True)
+    explain_cmd = policy_actions.add_parser("explain", help="the field x role matrix")
+    explain_cmd.add_argument("--config", default=str(DEFAULT_CONFIG))
+    explain_cmd.add_argument("--role", action="append", help="only these roles")
+    explain_cmd.add_argument("--json", action="store_true")
+    check_cmd = policy_actions.add_parser("check", help="validate a policy file")
+    check_cmd.add_argument("file", nargs="?", help="default: the configured or shipped file")
+    check_cmd.add_argument("--config", default=str(DEFAULT_CONFIG))
+    policy.set_defaults(handler=cmd_policy, file=None)
     return parser
 
 

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.auth import AuthConfig
+from gateway.errors import ConfigError
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_config"]
+
 ENV_PREFIX = "C360_"
-
-
-class ConfigError(ValueError):
-    """The configuration cannot be used; the message starts with the offending key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +40,19 @@ class IdentityConfig:
     sync_on_start: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class PoliciesConfig:
+    file: Path | None  # None: the shipped policies/default.toml
+    hash_key: bytes
+    hash_key_id: str
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig
     identity: IdentityConfig
+    auth: AuthConfig
+    policies: PoliciesConfig
     sources: Mapping[str, Mapping[str, Any]]
     graph: Mapping[str, Any]
     max_page_size: int = 100
@@ -103,7 +113,7 @@ class _Reader:
 
 def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     root = _Reader(data, "")
-    root.only({"server", "identity", "sources", "graph"})
+    root.only({"server", "identity", "sources", "graph", "auth", "policies"})
     server = root.table("server")
     server.only({"host", "port", "graphiql", "max_body_bytes"})
     port = server.get("port", int, 8000)
@@ -132,6 +142,15 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
     ):
         # Relative SQLite paths are relative to the config file, not to the cwd.
         dsn = "sqlite+aiosqlite:///" + str(base_dir / dsn.removeprefix("sqlite+aiosqlite:///"))
+    if "auth" not in data:
+        raise ConfigError("auth: required (issuer, audience and hs256, public_keys or jwks_url)")
+    auth = AuthConfig.parse(root.table("auth").data)
+    policies = root.table("policies")
+    policies.only({"file", "hash_key", "hash_key_id"})
+    policy_file = policies.get("file", str, "")
+    hash_key = policies.get("hash_key", str, "")
+    if len(hash_key.encode()) < 16:
+        raise ConfigError("policies.hash_key: required, at least 16 bytes (the hash mask's key)")
     graph = root.table("graph")
     max_page_size = graph.get("max_page_size", int, 100)
     if max_page_size < 1:
@@ -149,6 +168,14 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
             systems=tuple(systems),
             page_size=identity.get("page_size", int, 500),
             sync_on_start=identity.get("sync_on_start", bool, False),
+        ),
+        auth=auth,
+        policies=PoliciesConfig(
+            file=(base_dir / policy_file if base_dir else Path(policy_file))
+            if policy_file
+            else None,
+            hash_key=hash_key.encode(),
+            hash_key_id=policies.get("hash_key_id", str, "k1"),
         ),
         sources=dict(sources.data),
         graph={k: v for k, v in graph.data.items() if k != "max_page_size"},

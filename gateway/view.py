@@ -27,6 +27,8 @@ from strawberry.exceptions import StrawberryGraphQLError
 from strawberry.http import GraphQLHTTPResponse
 from strawberry.types import ExecutionResult
 
+from gateway.auth import Authenticator, AuthError
+
 log = logging.getLogger("c360.graphql")
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
@@ -81,12 +83,14 @@ class GraphQLView(GraphQL[Any, None]):
         self,
         *args: Any,
         context_factory: Callable[[Request], Any],
+        authenticator: Authenticator,
         max_body_bytes: int,
         observe: Callable[[int, float], None] = lambda status, seconds: None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._context_factory = context_factory
+        self._authenticator = authenticator
         self._max_body_bytes = max_body_bytes
         self._observe = observe
 
@@ -109,6 +113,20 @@ class GraphQLView(GraphQL[Any, None]):
                 status_code=413,
                 media_type=JSON,
             )
+        if not self._is_ide_request(request):
+            try:
+                request.state.principal = await self._authenticator.authenticate(
+                    request.headers.get("authorization"), request.headers.get("x-purpose")
+                )
+            except AuthError as error:
+                code = "UNAUTHENTICATED" if error.status == 401 else "FORBIDDEN"
+                headers = {"www-authenticate": "Bearer"} if error.status == 401 else None
+                return Response(
+                    error_body(str(error), code),
+                    status_code=error.status,
+                    media_type=self._media_type(request),
+                    headers=headers,
+                )
         try:
             return await self.run(request)
         except HTTPException as error:
@@ -117,6 +135,15 @@ class GraphQLView(GraphQL[Any, None]):
                 status_code=error.status_code,
                 media_type=self._media_type(request),
             )
+
+    def _is_ide_request(self, request: Request) -> bool:
+        # The GraphiQL page itself holds no data; the queries it sends carry a token.
+        return (
+            self.graphql_ide is not None
+            and request.method == "GET"
+            and "text/html" in request.headers.get("accept", "")
+            and "query" not in request.query_params
+        )
 
     def _media_type(self, request: Request) -> str:
         return (

@@ -44,18 +44,28 @@ CUSTOMER_FIELDS = (
     "address",
     "lifetimeValue",
     "orders",
+    "opportunities",
     "tickets",
     "satisfaction",
     "segment",
     "consents",
 )
-LIST_FIELDS = {"orders", "tickets", "satisfaction"}  # bound to a one-to-many entity
+LIST_FIELDS = {
+    "orders",
+    "opportunities",
+    "tickets",
+    "satisfaction",
+}  # bound to a one-to-many entity
 NESTED_TYPES = {
     "Order": ("id", "placedAt", "total", "status"),
     "Ticket": ("id", "subject", "status", "satisfaction", "openedAt", "closedAt"),
+    "Opportunity": ("id", "stage", "amount", "owner", "updatedAt"),
     "Consent": ("channel", "granted", "updatedAt"),
 }
 FILTERS = ("segment",)
+# Record facts that policy conditions read: the customer's owner (a principal subject)
+# and consents (records with channel and granted).
+FACTS = ("owner", "consents")
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,7 @@ class GraphBindings:
     customer: Mapping[str, Binding]
     renames: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     filters: Mapping[str, Binding] = field(default_factory=dict)
+    facts: Mapping[str, Binding] = field(default_factory=dict)
 
     def attribute(self, type_name: str, graph_field: str) -> str:
         return self.renames.get(type_name, {}).get(graph_field, graph_field)
@@ -93,7 +104,7 @@ def parse_bindings(
             raise BindingError(f"{path}: '{binding.entity}' must be {kind} entity")
         return binding
 
-    known = {"Customer", "filters", *NESTED_TYPES}
+    known = {"Customer", "filters", "facts", *NESTED_TYPES}
     for key in graph:
         if key not in known:
             raise BindingError(f"graph.{key}: unknown table (known: {', '.join(sorted(known))})")
@@ -121,4 +132,10 @@ def parse_bindings(
         if name not in FILTERS:
             raise BindingError(f"{path}: unknown filter (known: {', '.join(FILTERS)})")
         filters[name] = check(path, _parse_binding(path, value), many=False)
-    return GraphBindings(customer, renames, filters)
+    facts: dict[str, Binding] = {}
+    for name, value in graph.get("facts", {}).items():
+        path = f"graph.facts.{name}"
+        if name not in FACTS:
+            raise BindingError(f"{path}: unknown fact (known: {', '.join(FACTS)})")
+        facts[name] = check(path, _parse_binding(path, value), many=False)
+    return GraphBindings(customer, renames, filters, facts)

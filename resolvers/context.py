@@ -12,6 +12,7 @@ from strawberry.dataloader import DataLoader
 from connectors.base import Fetched, SourceUnavailable
 from connectors.identity.index import IdentityIndex
 from resolvers.bindings import GraphBindings
+from resolvers.guard import FieldGuard
 
 
 class SourceFetcher(Protocol):
@@ -32,8 +33,8 @@ class GraphContext:
     sources: SourceFetcher
     identity: IdentityIndex
     bindings: GraphBindings
+    guard: FieldGuard
     max_page_size: int = 100
-    principal: Any = None
     request: Any = None
     failures: dict[str, SourceFailure] = field(default_factory=dict)
     loaders: dict[tuple[str, str], DataLoader[str, Fetched | None]] = field(default_factory=dict)

@@ -9,18 +9,61 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import strawberry
 
 from connectors.base import SourceUnavailable
+from policies.engine import Conditional, Decision, RecordFacts
+from resolvers.bindings import GraphBindings
 from resolvers.context import GraphContext
+from resolvers.guard import policies_of
 from resolvers.types import Customer
+
+CUSTOMER_POLICIES = policies_of(Customer)
 
 
 def needed_slots(ctx: GraphContext, fields: Iterable[str]) -> set[tuple[str, str]]:
-    return {
-        binding.slot for name in fields if (binding := ctx.bindings.customer.get(name)) is not None
-    }
+    """The (source, entity) pairs the selected fields need: none for a denied field, and
+    the fact sources (consents, owner) for a field whose policy depends on the record."""
+    slots: set[tuple[str, str]] = set()
+    for name in fields:
+        binding = ctx.bindings.customer.get(name)
+        if binding is None:
+            continue
+        decision = ctx.guard.static(CUSTOMER_POLICIES.get(name))
+        if isinstance(decision, Decision) and decision.effect == "deny":
+            continue
+        slots.add(binding.slot)
+        if isinstance(decision, Conditional):
+            for need in decision.needs:
+                fact = ctx.bindings.facts.get("owner" if need == "owner" else "consents")
+                if fact is not None:
+                    slots.add(fact.slot)
+    return slots
+
+
+def record_facts(bindings: GraphBindings, customer: Any) -> RecordFacts:
+    """What policy conditions may read of a customer: only what was fetched for it."""
+    if not isinstance(customer, Customer):
+        return RecordFacts()
+    owner_binding = bindings.facts.get("owner")
+    consents_binding = bindings.facts.get("consents")
+    owner = None
+    if owner_binding is not None:
+        record = customer.records.get(owner_binding.slot)
+        if isinstance(record, dict):
+            owner = record.get(owner_binding.attribute or "")
+    consents: dict[str, bool] = {}
+    if consents_binding is not None:
+        record = customer.records.get(consents_binding.slot)
+        rows = consents_binding.pick(record) if isinstance(record, dict) else None
+        channel = bindings.attribute("Consent", "channel")
+        granted = bindings.attribute("Consent", "granted")
+        for row in rows if isinstance(rows, list) else []:
+            if isinstance(row, dict) and isinstance(row.get(channel), str):
+                consents[row[channel]] = row.get(granted) is True
+    return RecordFacts(consents=consents, owner=str(owner) if owner is not None else None)
 
 
 async def load_customers(

@@ -16,6 +16,7 @@ from connectors.base import SourceUnavailable
 from connectors.identity.index import page_after
 from connectors.identity.keys import is_cuid
 from resolvers.context import GraphContext
+from resolvers.guard import default_policy_field
 from resolvers.loading import load_customers
 from resolvers.selection import selected_names
 from resolvers.types import (
@@ -74,13 +75,15 @@ async def _segment_members(ctx: GraphContext, segment: str) -> list[str] | None:
 
 @strawberry.type
 class Query:
-    @strawberry.field(description="One customer by CUID; null when unknown.")
+    @default_policy_field(description="One customer by CUID; null when unknown.")
     async def customer(self, info: Info[GraphContext, None], id: strawberry.ID) -> Customer | None:
         if not is_cuid(id):
             raise bad_input("id", "'id' is not a customer id (expected cus_ and 16 characters)")
         return await _one(info, id)
 
-    @strawberry.field(description="One customer by email, matched through the identity crosswalk.")
+    @default_policy_field(
+        description="One customer by email, matched through the identity crosswalk."
+    )
     async def customer_by_email(
         self, info: Info[GraphContext, None], email: str
     ) -> Customer | None:
@@ -88,7 +91,7 @@ class Query:
             raise bad_input("email", "'email' is not an email address")
         return await _one(info, info.context.identity.find_email(email))
 
-    @strawberry.field(description="Customers in CUID order, optionally one marketing segment.")
+    @default_policy_field(description="Customers in CUID order, optionally one marketing segment.")
     async def customers(
         self,
         info: Info[GraphContext, None],

@@ -18,9 +18,9 @@ from graphql import GraphQLError
 from strawberry.types import Info
 
 from connectors.base import SourceUnavailable
-from policies.directive import Policy
 from resolvers.bindings import Binding
 from resolvers.context import GraphContext
+from resolvers.guard import policy_field
 
 
 def bad_input(argument: str, message: str) -> GraphQLError:
@@ -83,6 +83,15 @@ class Ticket:
 
 
 @strawberry.type
+class Opportunity:
+    id: strawberry.ID
+    stage: str
+    amount: float
+    owner: str = strawberry.field(description="The owning sales rep.")
+    updated_at: dt.datetime
+
+
+@strawberry.type
 class Consent:
     channel: str
     granted: bool
@@ -120,6 +129,17 @@ def _ticket(ctx: GraphContext, record: Mapping[str, Any]) -> Ticket:
         satisfaction=None if csat is None else int(csat),
         opened_at=_timestamp(r["openedAt"]),
         closed_at=_optional_timestamp(r["closedAt"]),
+    )
+
+
+def _opportunity(ctx: GraphContext, record: Mapping[str, Any]) -> Opportunity:
+    r = RecordShape(ctx, "Opportunity", record)
+    return Opportunity(
+        id=strawberry.ID(str(r["id"])),
+        stage=str(r["stage"]),
+        amount=_number(r["amount"]),
+        owner=str(r["owner"]),
+        updated_at=_timestamp(r["updatedAt"]),
     )
 
 
@@ -198,34 +218,34 @@ class Customer:
             ctx.fail(garbage, info.path.as_list())
             return None
 
-    @strawberry.field(directives=[Policy(name="customer.name")])
+    @policy_field("customer.name")
     def name(self, info: Info[GraphContext, None]) -> str | None:
         return self._resolve(info, "name", _text)
 
-    @strawberry.field(directives=[Policy(name="customer.email")])
+    @policy_field("customer.email")
     def email(self, info: Info[GraphContext, None]) -> str | None:
         return self._resolve(info, "email", _text)
 
-    @strawberry.field(directives=[Policy(name="customer.phone")])
+    @policy_field("customer.phone")
     def phone(self, info: Info[GraphContext, None]) -> str | None:
         return self._resolve(info, "phone", _text)
 
-    @strawberry.field(
-        directives=[Policy(name="customer.nationalId")],
+    @policy_field(
+        "customer.nationalId",
         description="18-character PRC resident identity number.",
     )
     def national_id(self, info: Info[GraphContext, None]) -> str | None:
         return self._resolve(info, "nationalId", _text)
 
-    @strawberry.field(directives=[Policy(name="customer.address")])
+    @policy_field("customer.address")
     def address(self, info: Info[GraphContext, None]) -> str | None:
         return self._resolve(info, "address", _text)
 
-    @strawberry.field(directives=[Policy(name="customer.lifetimeValue")])
+    @policy_field("customer.lifetimeValue")
     def lifetime_value(self, info: Info[GraphContext, None]) -> float | None:
         return self._resolve(info, "lifetimeValue", _number)
 
-    @strawberry.field(directives=[Policy(name="customer.orders")], description="Newest first.")
+    @policy_field("customer.orders", description="Newest first.")
     def orders(self, info: Info[GraphContext, None], first: int | None = 10) -> list[Order] | None:
         ctx = info.context
         limit = page_size(first, "first", ctx.max_page_size, 10)
@@ -237,7 +257,7 @@ class Customer:
 
         return self._resolve(info, "orders", shape)
 
-    @strawberry.field(directives=[Policy(name="customer.tickets")], description="Newest first.")
+    @policy_field("customer.tickets", description="Newest first.")
     def tickets(
         self,
         info: Info[GraphContext, None],
@@ -256,8 +276,8 @@ class Customer:
 
         return self._resolve(info, "tickets", shape)
 
-    @strawberry.field(
-        directives=[Policy(name="customer.tickets")],
+    @policy_field(
+        "customer.tickets",
         description="Mean satisfaction score (1-5) of the customer's closed tickets.",
     )
     def satisfaction(self, info: Info[GraphContext, None]) -> float | None:
@@ -273,11 +293,21 @@ class Customer:
 
         return self._resolve(info, "satisfaction", shape)
 
-    @strawberry.field(directives=[Policy(name="customer.segment")])
+    @policy_field(
+        "opportunity.owned",
+        description="Open and past deals; a sales rep sees those of the accounts they own.",
+    )
+    def opportunities(self, info: Info[GraphContext, None]) -> list[Opportunity] | None:
+        ctx = info.context
+        return self._resolve(
+            info, "opportunities", lambda records: [_opportunity(ctx, r) for r in records]
+        )
+
+    @policy_field("customer.segment")
     def segment(self, info: Info[GraphContext, None]) -> str | None:
         return self._resolve(info, "segment", _text)
 
-    @strawberry.field(directives=[Policy(name="customer.segment")])
+    @policy_field("customer.segment")
     def consents(self, info: Info[GraphContext, None]) -> list[Consent] | None:
         ctx = info.context
         return self._resolve(info, "consents", lambda records: [_consent(ctx, r) for r in records])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ import orjson
 
 from demo.systems import DemoSystems
 from gateway.app import Gateway, build_app
+from gateway.auth import mint_token
 from gateway.config import parse_config
 from gateway.demo import demo_config
 from gateway.serving import bind, start_server
@@ -42,10 +43,33 @@ class RunningGateway:
     gateway: Gateway
     http: aiohttp.ClientSession
 
+    def token(
+        self,
+        subject: str = "alice",
+        roles: Sequence[str] = ("sales",),
+        purposes: Sequence[str] = ("sales",),
+    ) -> str:
+        return mint_token(self.gateway.config.auth, subject, list(roles), list(purposes))
+
+    def as_role(
+        self, role: str, purpose: str | None = None, subject: str = "tester"
+    ) -> dict[str, str]:
+        """Headers for a request as one role (purpose defaults to the role's own)."""
+        purpose = purpose or {"security": "audit", "sales_manager": "sales"}.get(role, role)
+        return {"authorization": "Bearer " + self.token(subject, [role], [purpose])}
+
     async def post(
         self, body: bytes | str, headers: Mapping[str, str] | None = None
     ) -> GraphQLReply:
-        headers = {"content-type": "application/json", **(headers or {})}
+        """POST /graphql; as role `sales` unless the headers say otherwise (or carry
+        `authorization: ""` for no credentials at all)."""
+        headers = {
+            "content-type": "application/json",
+            "authorization": "Bearer " + self.token(),
+            **(headers or {}),
+        }
+        if not headers["authorization"]:
+            del headers["authorization"]
         async with self.http.post(self.url + "/graphql", data=body, headers=headers) as response:
             raw = await response.read()
             headers = {k.lower(): v for k, v in response.headers.items()}

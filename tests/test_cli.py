@@ -58,7 +58,12 @@ def test_errors_are_one_line_without_a_traceback(tmp_path: Path) -> None:
     assert result.stderr.strip().count("\n") == 0
     assert "Traceback" not in result.stderr and "missing.toml" in result.stderr
     bad = tmp_path / "c360.toml"
-    bad.write_text('[identity]\nkey = "0123456789abcdef0123"\n[sources.crm]\nkind = "soap"\n')
+    bad.write_text(
+        '[identity]\nkey = "0123456789abcdef0123"\n'
+        '[auth]\nissuer = "i"\naudience = "a"\nhs256 = { k = "' + "s" * 32 + '" }\n'
+        '[policies]\nhash_key = "0123456789abcdef"\n'
+        '[sources.crm]\nkind = "soap"\n'
+    )
     result = run("identity", "sync", "--config", str(bad))
     assert result.returncode == 1
     assert result.stderr.strip() == "c360: sources.crm.kind: must be one of sql, rest, graphql"

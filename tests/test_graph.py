@@ -13,6 +13,7 @@ from harness import RunningGateway, SourceAdmin, running_gateway
 
 from demo.people import DemoWorld, Person
 from demo.systems import DemoSystems
+from policies.masks import mask_national_id
 
 ALL_SYSTEMS = """
 query One($id: ID!) {
@@ -62,7 +63,7 @@ async def test_one_customer_is_assembled_from_all_three_systems(
     customer = reply.data["customer"]
     assert customer["name"] == crm.full_name.strip()
     assert customer["email"] == crm.email.strip()
-    assert customer["nationalId"] == crm.national_id
+    assert customer["nationalId"] == mask_national_id(crm.national_id)  # sales: masked
     assert customer["lifetimeValue"] == pytest.approx(float(crm.lifetime_value))
     assert customer["segment"] == contact.segment
     assert {c["channel"]: c["granted"] for c in customer["consents"]} == {

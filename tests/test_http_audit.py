@@ -14,10 +14,11 @@ from harness import RunningGateway
 AUDIT_DIR = Path(__file__).with_name("http_audit")
 
 
-async def _run(*command: str, limit_s: float) -> tuple[int, bytes]:
+async def _run(*command: str, limit_s: float, token: str = "") -> tuple[int, bytes]:
     process = await asyncio.create_subprocess_exec(
         *command,
         cwd=AUDIT_DIR,
+        env={**os.environ, "C360_TOKEN": token},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -41,7 +42,9 @@ async def audit_tool() -> Path:
 async def test_graphql_http_audit_passes_without_warnings(
     gateway: RunningGateway, audit_tool: Path
 ) -> None:
-    code, output = await _run(str(audit_tool), "audit.mjs", gateway.url + "/graphql", limit_s=120)
+    code, output = await _run(
+        str(audit_tool), "audit.mjs", gateway.url + "/graphql", limit_s=120, token=gateway.token()
+    )
     assert code == 0, output.decode(errors="replace")
     summary = orjson.loads(output.splitlines()[-1])
     assert summary["problems"] == [], summary["problems"]
