@@ -89,10 +89,17 @@ def cmd_identity(args: argparse.Namespace) -> int:
     return asyncio.run(_identity(args))
 
 
-def _serve(app: Any, host: str, port: int) -> None:
-    import uvicorn
+async def _serve(config: Config, host: str, port: int) -> int:
+    from gateway.app import Gateway, build_app
+    from gateway.serving import bind, start_server
 
-    uvicorn.run(app, host=host, port=port, loop="auto", http="auto", log_config=None)
+    sock = bind(host, port)
+    gateway = Gateway(config)
+    running = await start_server(build_app(config, gateway), sock)
+    reload_on_sighup(gateway)
+    log.warning("serving", extra={"url": running.url, "customers": len(gateway.identity)})
+    await running.task
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -113,9 +120,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_config=None,
         )
         return 0
-    from gateway.app import build_app
-
-    _serve(build_app(config), host, port)
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(_serve(config, host, port))
     return 0
 
 

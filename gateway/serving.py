@@ -4,11 +4,17 @@ error before anything starts, and tests can serve on an ephemeral port."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import socket
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
 from starlette.types import ASGIApp
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -24,9 +30,27 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, except that a graceful stop on SIGINT/SIGTERM returns normally
+    (uvicorn re-raises the signal afterwards, which kills the process before the demo
+    systems and connection pools are closed, and exits non-zero)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 @dataclass
 class RunningServer:
-    server: uvicorn.Server
+    server: GatewayServer
     task: asyncio.Task[None]
     url: str
 
@@ -38,7 +62,7 @@ class RunningServer:
 async def start_server(app: ASGIApp, sock: socket.socket) -> RunningServer:
     """Serve `app` on `sock`; returns once the app's lifespan startup has completed."""
     host, port = sock.getsockname()[:2]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
+    server = GatewayServer(uvicorn.Config(app, log_config=None, lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     # uvicorn offers no awaitable for "started"; poll its flag, and fail if it gave up.
     while not server.started:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from gateway.cli import main
@@ -67,3 +68,93 @@ def test_errors_are_one_line_without_a_traceback(tmp_path: Path) -> None:
     result = run("identity", "sync", "--config", str(bad))
     assert result.returncode == 1
     assert result.stderr.strip() == "c360: sources.crm.kind: must be one of sql, rest, graphql"
+
+
+def demo_config_file(tmp_path: Path) -> Path:
+    from gateway.demo import DEMO_TEMPLATE
+
+    path = tmp_path / "c360.toml"
+    path.write_text(DEMO_TEMPLATE.read_text(), encoding="utf-8")
+    return path
+
+
+def test_token_mints_a_token_the_gateway_accepts(tmp_path: Path) -> None:
+    import asyncio
+
+    from gateway.auth import Authenticator
+    from gateway.config import load_config
+
+    config_path = demo_config_file(tmp_path)
+    result = run(
+        "token",
+        "--config",
+        str(config_path),
+        "--sub",
+        "bob",
+        "--role",
+        "service",
+        "--purpose",
+        "service",
+        "--ttl",
+        "60",
+    )
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    principal = asyncio.run(
+        Authenticator(load_config(config_path).auth).authenticate(f"Bearer {token}", None)
+    )
+    assert principal.subject == "bob"
+    assert principal.roles == frozenset({"service"})
+    assert principal.purpose == "service"
+
+
+def test_token_refuses_without_a_development_key(tmp_path: Path) -> None:
+    config_path = demo_config_file(tmp_path)
+    config_path.write_text(config_path.read_text().replace('dev_key = "dev"\n', ""))
+    result = run("token", "--config", str(config_path), "--sub", "x", "--role", "sales")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "c360: auth.dev_key: no development signing key is configured"
+
+
+def test_policy_explain_prints_the_field_by_role_matrix(tmp_path: Path) -> None:
+    config_path = demo_config_file(tmp_path)
+    result = run("policy", "explain", "--config", str(config_path))
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert "marketing" in lines["field"] and "security" in lines["field"]
+    assert "mask(national_id)" in lines["Customer.nationalId"]
+    assert "consent=email" in lines["Customer.email"]
+    as_json = run(
+        "policy", "explain", "--config", str(config_path), "--role", "marketing", "--json"
+    )
+    rows = [orjson.loads(line) for line in as_json.stdout.splitlines()]
+    by_field = {row["field"]: row["roles"]["marketing"] for row in rows}
+    assert by_field["Customer.nationalId"] == "deny"
+    assert by_field["Customer.phone"] == "mask(phone)"
+
+
+def test_policy_check_names_the_line_of_a_broken_file(tmp_path: Path) -> None:
+    from policies.rules import DEFAULT_POLICY_PATH
+
+    good = tmp_path / "good.toml"
+    good.write_text(DEFAULT_POLICY_PATH.read_text())
+    assert run("policy", "check", str(good)).returncode == 0
+    bad = tmp_path / "bad.toml"
+    text = DEFAULT_POLICY_PATH.read_text().replace(
+        'effect = "mask(phone)"', 'effect = "mask(fone)"', 1
+    )
+    bad.write_text(text)
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if "mask(fone)" in row)
+    result = run("policy", "check", str(bad))
+    assert result.returncode == 1
+    assert f"bad.toml:{line}:" in result.stderr
+    assert "fone" in result.stderr
+    missing = tmp_path / "missing.toml"
+    missing.write_text(
+        DEFAULT_POLICY_PATH.read_text().replace(
+            '[policy."customer.phone"]', '[policy."customer.fone"]'
+        )
+    )
+    result = run("policy", "check", str(missing))
+    assert result.returncode == 1
+    assert "customer.phone" in result.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from harness import SourceAdmin
 
 from connectors.base import ConnectorConfigError, SourceUnavailable
 from connectors.registry import build_connector
@@ -13,6 +12,7 @@ from demo.people import DemoWorld
 from demo.sales_db import seed_sales_db
 from demo.systems import DemoSystems
 from gateway.demo import demo_config
+from harness import SourceAdmin
 
 
 def source_settings(systems: DemoSystems, name: str) -> dict[str, Any]:

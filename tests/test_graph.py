@@ -9,10 +9,10 @@ from typing import Any
 
 import orjson
 import pytest
-from harness import RunningGateway, SourceAdmin, running_gateway
 
 from demo.people import DemoWorld, Person
 from demo.systems import DemoSystems
+from harness import RunningGateway, SourceAdmin, running_gateway
 from policies.masks import mask_national_id
 
 ALL_SYSTEMS = """

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from harness import RunningGateway
 
 AUDIT_DIR = Path(__file__).with_name("http_audit")

@@ -6,7 +6,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from harness import gateway_config
 
 from connectors.base import IdentityRow
 from connectors.identity.keys import IdentityKeys, is_cuid
@@ -17,6 +16,7 @@ from demo.people import DemoWorld
 from demo.systems import DemoSystems
 from gateway.app import Gateway
 from gateway.config import parse_config
+from harness import gateway_config
 
 KEYS = IdentityKeys(b"identity-test-key-0123456789")
 
