@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -22,7 +22,9 @@ from connectors.identity.store import CrosswalkStore
 from connectors.identity.sync import SyncReport, sync_identity
 from connectors.registry import build_connector
 from gateway.auth import Authenticator
+from gateway.cache import RecordStore
 from gateway.config import Config, ConfigError
+from gateway.invalidation import InvalidationRefused, parse_request, verify
 from gateway.metrics import Metrics
 from gateway.sources import SourceHub
 from gateway.view import GraphQLView
@@ -43,7 +45,12 @@ from resolvers.schema import build_schema
 log = logging.getLogger("c360.app")
 
 # Keys of a `[sources.X]` table that the gateway reads; the rest belongs to the connector.
-GATEWAY_SOURCE_KEYS = {"required"}
+GATEWAY_SOURCE_KEYS = {"required", "cache"}
+
+
+def connector_settings(table: Mapping[str, Any]) -> dict[str, Any]:
+    """A source's table without the gateway's own keys: what its connector is built from."""
+    return {key: value for key, value in table.items() if key not in GATEWAY_SOURCE_KEYS}
 
 
 class Gateway:
@@ -54,9 +61,7 @@ class Gateway:
         self.metrics = Metrics()
         try:
             connectors: dict[str, Connector] = {
-                name: build_connector(
-                    name, {k: v for k, v in table.items() if k not in GATEWAY_SOURCE_KEYS}
-                )
+                name: build_connector(name, connector_settings(table))
                 for name, table in config.sources.items()
             }
             self.bindings = parse_bindings(
@@ -67,7 +72,8 @@ class Gateway:
         self.required = {
             name for name, table in config.sources.items() if table.get("required", True)
         }
-        self.hub = SourceHub(connectors, self.metrics)
+        store = RecordStore(config.cache) if config.cache is not None else None
+        self.hub = SourceHub(connectors, self.metrics, store)
         self.keys = IdentityKeys(config.identity.key)
         self.store = CrosswalkStore(config.identity.dsn)
         self.identity = IdentityIndex.build([], self.keys)
@@ -188,6 +194,30 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
         }
         return _json(body, 503 if down else 200)
 
+    async def invalidate(request: Request) -> Response:
+        body = await request.body()
+        try:
+            if config.cache is None or not config.cache.webhook_secrets:
+                raise InvalidationRefused("cache invalidation is not configured", 404)
+            secret_id = verify(config.cache.webhook_secrets, request.headers, body)
+            source, entity, keys = parse_request(body)
+            connector = gw.hub.connectors.get(source)
+            if connector is None or entity not in connector.entities():
+                raise InvalidationRefused(f"unknown source or entity: {source}.{entity}", 404)
+            try:
+                evicted = await gw.hub.invalidate(source, entity, keys)
+            except Exception as error:  # the cache backend failed
+                raise InvalidationRefused(
+                    "the cache is unavailable; nothing evicted", 503
+                ) from error
+        except InvalidationRefused as refused:
+            return _json({"error": str(refused)}, refused.status)
+        log.info(
+            "cache invalidated",
+            extra={"source": source, "entity": entity, "keys": len(keys), "by": secret_id},
+        )
+        return _json({"evicted": evicted, "keys": len(keys)})
+
     async def metrics(request: Request) -> Response:
         return Response(gw.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
@@ -205,6 +235,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
+            Route("/cache/invalidate", invalidate, methods=["POST"]),
         ],
         lifespan=lifespan,
     )

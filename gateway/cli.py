@@ -138,7 +138,8 @@ async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
         sales_dsn=args.sales_dsn,
     )
     async with demo_systems(options) as systems:
-        data = demo_config(systems.endpoints, port=args.port)
+        overrides = {"cache.url": args.cache_url} if args.cache_url else {}
+        data = demo_config(systems.endpoints, port=args.port, overrides=overrides)
         config_path = data_dir / "c360.toml"
         config_path.write_text(to_toml(data), encoding="utf-8")
         config = parse_config(data, base_dir=data_dir)
@@ -281,6 +282,39 @@ def cmd_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _invalidate(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from gateway.invalidation import signed_headers
+
+    config = _load(args)
+    if config.cache is None or not config.cache.webhook_secrets:
+        raise CliError("cache.webhook_secrets: no secret to sign the invalidation with")
+    secret_id, secret = next(iter(config.cache.webhook_secrets.items()))
+    body = orjson.dumps({"source": args.source, "entity": args.entity, "keys": args.key})
+    url = args.url or f"http://{config.server.host}:{config.server.port}"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+            http.post(
+                url.rstrip("/") + "/cache/invalidate",
+                data=body,
+                headers=signed_headers(secret_id, secret, body),
+            ) as response,
+        ):
+            answer = await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        raise CliError(f"cannot reach the gateway at {url}: {error}") from error
+    if response.status != 200:
+        raise CliError(f"invalidation refused ({response.status}): {answer.get('error')}")
+    print(f"evicted {answer['evicted']} of {answer['keys']} keys")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    return asyncio.run(_invalidate(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="c360", description="A GraphQL gateway over the customer data of department systems."
@@ -295,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--down", action="append", choices=["sales", "service", "marketing"], help="leave out"
     )
     demo.add_argument("--sales-dsn", help="a PostgreSQL DSN for the sales database")
+    demo.add_argument("--cache-url", help="redis://127.0.0.1:6379/0 to share the cache in Redis")
     demo.set_defaults(handler=cmd_demo)
 
     serve = commands.add_parser("serve", help="run the gateway against configured systems")
@@ -341,6 +376,18 @@ def build_parser() -> argparse.ArgumentParser:
     check_cmd.add_argument("file", nargs="?", help="default: the configured or shipped file")
     check_cmd.add_argument("--config", default=str(DEFAULT_CONFIG))
     policy.set_defaults(handler=cmd_policy, file=None)
+
+    cache = commands.add_parser("cache", help="the record cache")
+    cache_actions = cache.add_subparsers(dest="action", required=True)
+    invalidate = cache_actions.add_parser(
+        "invalidate", help="evict records, through the gateway's signed webhook"
+    )
+    invalidate.add_argument("--config", default=str(DEFAULT_CONFIG))
+    invalidate.add_argument("--url", help="the gateway (default: server.host/port of the config)")
+    invalidate.add_argument("--source", required=True)
+    invalidate.add_argument("--entity", required=True)
+    invalidate.add_argument("--key", action="append", required=True, help="repeatable")
+    cache.set_defaults(handler=cmd_cache)
     return parser
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.auth import AuthConfig
+from gateway.cache import CacheSettings, parse_cache_settings
 from gateway.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_config"]
@@ -53,6 +54,7 @@ class Config:
     identity: IdentityConfig
     auth: AuthConfig
     policies: PoliciesConfig
+    cache: CacheSettings | None
     sources: Mapping[str, Mapping[str, Any]]
     graph: Mapping[str, Any]
     max_page_size: int = 100
@@ -113,7 +115,7 @@ class _Reader:
 
 def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     root = _Reader(data, "")
-    root.only({"server", "identity", "sources", "graph", "auth", "policies"})
+    root.only({"server", "identity", "sources", "graph", "auth", "policies", "cache"})
     server = root.table("server")
     server.only({"host", "port", "graphiql", "max_body_bytes"})
     port = server.get("port", int, 8000)
@@ -170,6 +172,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
             sync_on_start=identity.get("sync_on_start", bool, False),
         ),
         auth=auth,
+        cache=parse_cache_settings(root.table("cache").data, sources.data),
         policies=PoliciesConfig(
             file=(base_dir / policy_file if base_dir else Path(policy_file))
             if policy_file

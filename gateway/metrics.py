@@ -39,5 +39,21 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.cache_hits = Counter(
+            "c360_cache_hits",
+            "Keys served fresh from the cache",
+            ["source"],
+            registry=self.registry,
+        )
+        self.cache_misses = Counter(
+            "c360_cache_misses", "Keys not fresh in the cache", ["source"], registry=self.registry
+        )
+        self.cache_stale = Counter(
+            "c360_cache_stale_served",
+            "Keys served past their TTL because the source failed",
+            ["source"],
+            registry=self.registry,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

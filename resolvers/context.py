@@ -3,7 +3,7 @@ the failures to report. The gateway builds one per request."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -16,9 +16,18 @@ from resolvers.guard import FieldGuard
 
 
 class SourceFetcher(Protocol):
-    """The gateway's way to a department system (cache, metrics and tracing included)."""
+    """The gateway's way to a department system (cache, metrics and tracing included).
 
-    async def fetch(self, source: str, entity: str, keys: Sequence[str]) -> dict[str, Fetched]: ...
+    A key maps to its record(s), is absent, or maps to the SourceUnavailable error when the
+    system failed for it; `on_stale` hears of records served past their TTL."""
+
+    async def fetch(
+        self,
+        source: str,
+        entity: str,
+        keys: Sequence[str],
+        on_stale: Callable[[str, str, float], None] | None = None,
+    ) -> dict[str, Fetched | SourceUnavailable]: ...
 
 
 @dataclass(slots=True)
@@ -37,6 +46,7 @@ class GraphContext:
     max_page_size: int = 100
     request: Any = None
     failures: dict[str, SourceFailure] = field(default_factory=dict)
+    stale: dict[tuple[str, str], float] = field(default_factory=dict)  # oldest age served
     loaders: dict[tuple[str, str], DataLoader[str, Fetched | None]] = field(default_factory=dict)
 
     def loader(self, source: str, entity: str) -> DataLoader[str, Fetched | None]:
@@ -48,13 +58,17 @@ class GraphContext:
 
             async def load(keys: list[str]) -> list[Fetched | BaseException | None]:
                 try:
-                    found = await self.sources.fetch(source, entity, keys)
+                    found = await self.sources.fetch(source, entity, keys, self.note_stale)
                 except SourceUnavailable as error:
                     return [error] * len(keys)
                 return [found.get(key) for key in keys]
 
             loader = self.loaders[slot] = DataLoader(load_fn=load)
         return loader
+
+    def note_stale(self, source: str, entity: str, age_s: float) -> None:
+        slot = (source, entity)
+        self.stale[slot] = max(age_s, self.stale.get(slot, 0.0))
 
     def fail(self, error: SourceUnavailable, path: list[str | int] | None = None) -> None:
         failure = self.failures.get(error.source)

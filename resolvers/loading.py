@@ -78,12 +78,12 @@ async def load_customers(
         source, _ = slot
         keyed = [(customer, customer.links.get(source)) for customer in customers]
         keys = [key for _, key in keyed if key is not None]
-        try:
-            values = await ctx.loader(*slot).load_many(keys) if keys else []
-        except SourceUnavailable as error:
-            for customer in customers:
-                customer.records[slot] = error
-            return
+        # Per key: a failing system may still have served some keys stale from the cache.
+        loader = ctx.loader(*slot)
+        values = await asyncio.gather(*(loader.load(key) for key in keys), return_exceptions=True)
+        for value in values:
+            if isinstance(value, BaseException) and not isinstance(value, SourceUnavailable):
+                raise value
         found = iter(values)
         for customer, key in keyed:
             customer.records[slot] = next(found) if key is not None else None

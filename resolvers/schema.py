@@ -126,7 +126,9 @@ class SourceErrors(SchemaExtension):
         yield
         ctx = self.execution_context.context
         result = self.execution_context.result
-        if not isinstance(ctx, GraphContext) or not ctx.failures or result is None:
+        if not isinstance(ctx, GraphContext) or result is None:
+            return
+        if not ctx.failures:
             return
         errors = list(result.errors or [])
         for failure in ctx.failures.values():
@@ -148,5 +150,21 @@ class GatewaySchema(strawberry.Schema):
         return None
 
 
+class StaleNotice(SchemaExtension):
+    """`extensions.stale` when records were served from the cache past their TTL because
+    their system failed: which source and entity, and the oldest record's age."""
+
+    def get_results(self) -> dict[str, Any]:
+        ctx = self.execution_context.context
+        if not isinstance(ctx, GraphContext) or not ctx.stale:
+            return {}
+        return {
+            "stale": [
+                {"source": source, "entity": entity, "ageSeconds": round(age, 1)}
+                for (source, entity), age in sorted(ctx.stale.items())
+            ]
+        }
+
+
 def build_schema(extensions: Sequence[Any] = ()) -> strawberry.Schema:
-    return GatewaySchema(query=Query, extensions=[SourceErrors, *extensions])
+    return GatewaySchema(query=Query, extensions=[SourceErrors, StaleNotice, *extensions])

@@ -98,11 +98,14 @@ class RunningGateway:
 def gateway_config(
     systems: DemoSystems, state_dir: Path, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
+    """The demo configuration over these systems. The cache is off unless a test turns it
+    on (`{"cache.enabled": True}`), so tests see every call reach the systems."""
     return demo_config(
         systems.endpoints,
         port=0,
         overrides={
             "identity.dsn": f"sqlite+aiosqlite:///{state_dir}/identity.db",
+            "cache.enabled": False,
             **(overrides or {}),
         },
     )

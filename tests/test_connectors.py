@@ -11,12 +11,13 @@ from connectors.registry import build_connector
 from demo.people import DemoWorld
 from demo.sales_db import seed_sales_db
 from demo.systems import DemoSystems
+from gateway.app import connector_settings
 from gateway.demo import demo_config
 from harness import SourceAdmin
 
 
 def source_settings(systems: DemoSystems, name: str) -> dict[str, Any]:
-    return dict(demo_config(systems.endpoints, port=0)["sources"][name])
+    return connector_settings(demo_config(systems.endpoints, port=0)["sources"][name])
 
 
 async def test_sql_fetches_a_batch_and_groups_one_to_many(

@@ -259,10 +259,10 @@ async def test_independent_sources_are_called_concurrently(
         hub = gateway.gateway.hub
         original = hub.fetch
 
-        async def recording(source: str, entity: str, keys: Any) -> Any:
+        async def recording(source: str, *args: Any) -> Any:
             started = time.perf_counter()
             try:
-                return await original(source, entity, keys)
+                return await original(source, *args)
             finally:
                 calls.append((source, started, time.perf_counter()))
 
