@@ -25,6 +25,9 @@ log = logging.getLogger("c360.sources")
 # Told when a request is served stale records: (source, entity, oldest age in seconds).
 StaleNote = Callable[[str, str, float], None]
 Slot = tuple[str, str, str]
+# What one key's lookup came to: its record(s), None (absent) or the source's error, and
+# the age of a stale record served in place of a fresh one.
+Outcome = tuple[Any, float | None]
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
@@ -48,7 +51,7 @@ class SourceHub:
         self.metrics = metrics
         self.store = store
         self.clock = clock
-        self._inflight: dict[Slot, asyncio.Future[Fetched | None]] = {}
+        self._inflight: dict[Slot, asyncio.Future[Outcome]] = {}
 
     async def fetch(
         self,
@@ -58,122 +61,166 @@ class SourceHub:
         on_stale: StaleNote | None = None,
     ) -> dict[str, Fetched | SourceUnavailable]:
         """Records by key; absent keys are missing. When the system fails, a key is
-        either served stale or maps to the SourceUnavailable error."""
+        either served stale or maps to the SourceUnavailable error.
+
+        Single flight covers the whole lookup of a key (cache, then system): a request
+        asking for a key another request of this instance is already looking up waits for
+        that outcome, so no window remains between reading the cache and fetching."""
         if self.store is None:
             return dict(await self._call(source, entity, keys))
-        now = self.clock()
-        freshness = self.store.settings.freshness_for(source, entity)
-        cached = await self.store.get_many(source, entity, keys)
-        fresh = {k: e for k, e in cached.items() if e.age(now) <= freshness.ttl_s}
-        missing = [key for key in keys if key not in fresh]
-        self.metrics.cache_hits.labels(source).inc(len(fresh))
-        self.metrics.cache_misses.labels(source).inc(len(missing))
-        result: dict[str, Fetched | SourceUnavailable] = {
-            key: entry.value for key, entry in fresh.items() if entry.value is not None
-        }
-        if not missing:
-            return result
-        try:
-            fetched = await self._single_flight(source, entity, missing)
-        except SourceUnavailable as error:
-            limit = freshness.ttl_s + freshness.max_stale_s
-            stale = {k: cached[k] for k in missing if k in cached and cached[k].age(now) <= limit}
-            if not stale:
-                raise
-            self.metrics.cache_stale.labels(source).inc(len(stale))
-            if on_stale is not None:
-                on_stale(source, entity, max(entry.age(now) for entry in stale.values()))
-            for key in missing:
-                entry = stale.get(key)
-                if entry is None:
-                    result[key] = error
-                elif entry.value is not None:
-                    result[key] = entry.value
-            return result
-        result.update({key: value for key, value in fetched.items() if value is not None})
-        return result
-
-    async def _single_flight(
-        self, source: str, entity: str, keys: Sequence[str]
-    ) -> dict[str, Fetched | None]:
-        assert self.store is not None
         waiting = {
             key: future
             for key in keys
             if (future := self._inflight.get((source, entity, key))) is not None
         }
         mine = [key for key in keys if key not in waiting]
-        found: dict[str, Fetched | None] = {}
+        outcomes: dict[str, Outcome] = {}
         if mine:
-            found.update(await self._lead(source, entity, mine))
+            outcomes.update(await self._lead(source, entity, mine))
         if waiting:
+            self.metrics.cache_hits.labels(source).inc(len(waiting))  # coalesced
             values = await asyncio.gather(*waiting.values())
-            found.update(zip(waiting, values, strict=True))
-        return found
+            outcomes.update(zip(waiting, values, strict=True))
+        result: dict[str, Fetched | SourceUnavailable] = {}
+        oldest: float | None = None
+        for key, (value, stale_age) in outcomes.items():
+            if value is not None:
+                result[key] = value
+            if stale_age is not None:
+                oldest = stale_age if oldest is None else max(oldest, stale_age)
+        if oldest is not None and on_stale is not None:
+            on_stale(source, entity, oldest)
+        return result
 
-    async def _lead(self, source: str, entity: str, keys: list[str]) -> dict[str, Fetched | None]:
-        """Fetch keys no other request of this instance is fetching; share the outcome."""
-        assert self.store is not None
+    async def _lead(self, source: str, entity: str, keys: list[str]) -> dict[str, Outcome]:
+        """Look up keys no other request of this instance is looking up; share the outcome.
+        The futures are registered before the first await."""
         loop = asyncio.get_running_loop()
-        futures: dict[str, asyncio.Future[Fetched | None]] = {}
+        futures: dict[str, asyncio.Future[Outcome]] = {}
         for key in keys:
             future = self._inflight[(source, entity, key)] = loop.create_future()
             future.add_done_callback(_retrieved)
             futures[key] = future
         try:
-            found = await self._from_peers_or_source(source, entity, keys)
+            outcomes = await self._lookup(source, entity, keys)
         except BaseException as error:
             for future in futures.values():
                 future.set_exception(error)
             raise
         else:
             for key, future in futures.items():
-                future.set_result(found.get(key))
-            return found
+                future.set_result(outcomes[key])
+            return outcomes
         finally:
             for key in keys:
                 self._inflight.pop((source, entity, key), None)
 
+    async def _lookup(self, source: str, entity: str, keys: list[str]) -> dict[str, Outcome]:
+        assert self.store is not None
+        now = self.clock()
+        freshness = self.store.settings.freshness_for(source, entity)
+        cached = await self.store.get_many(source, entity, keys)
+        outcomes: dict[str, Outcome] = {
+            key: (entry.value, None)
+            for key, entry in cached.items()
+            if entry.age(now) <= freshness.ttl_s
+        }
+        missing = [key for key in keys if key not in outcomes]
+        self.metrics.cache_hits.labels(source).inc(len(outcomes))
+        self.metrics.cache_misses.labels(source).inc(len(missing))
+        if not missing:
+            return outcomes
+        try:
+            fetched = await self._from_peers_or_source(source, entity, missing)
+        except SourceUnavailable as error:
+            limit = freshness.ttl_s + freshness.max_stale_s
+            served = 0
+            for key in missing:
+                entry = cached.get(key)
+                if entry is not None and entry.age(now) <= limit:
+                    outcomes[key] = (entry.value, entry.age(now))
+                    served += 1
+                else:
+                    outcomes[key] = (error, None)
+            if not served:
+                raise
+            self.metrics.cache_stale.labels(source).inc(served)
+            return outcomes
+        outcomes.update({key: (value, None) for key, value in fetched.items()})
+        return outcomes
+
     async def _from_peers_or_source(
         self, source: str, entity: str, keys: list[str]
     ) -> dict[str, Fetched | None]:
+        """Fetch the keys this instance claims while waiting for the keys other instances
+        claimed (concurrently: two instances that split a batch must not wait on each
+        other). Keys a peer did not deliver in time are fetched here after all."""
         assert self.store is not None
         store = self.store
-        claimed = await store.claim(source, entity, keys, hold_s=self._hold_s(source))
-        found: dict[str, Fetched | None] = {}
-        others = [key for key in keys if key not in claimed]
-        if others:
-            found.update(await self._await_peers(source, entity, others))
-        to_call = [key for key in keys if key not in found]
-        if to_call:
-            try:
-                fetched = await self._call(source, entity, to_call)
-                values = {key: fetched.get(key) for key in to_call}
-                await store.put_many(source, entity, values, self.clock())
-                found.update(values)
-            finally:
-                await store.release(source, entity, [k for k in to_call if k in claimed])
+        ours = await store.claim(source, entity, keys, self._hold_s(source))
+        claimed = [key for key in keys if key in ours]
+        others = [key for key in keys if key not in set(claimed)]
+        peers = asyncio.ensure_future(self._await_peers(source, entity, others))
+        try:
+            mine = await self._fetch_claimed(source, entity, claimed)
+        except BaseException:
+            peers.cancel()
+            raise
+        theirs = await peers
+        found = {**mine, **theirs}
+        late = [key for key in others if key not in theirs]
+        if late:
+            found.update(await self._fetch_and_store(source, entity, late))
         return found
+
+    async def _fetch_claimed(
+        self, source: str, entity: str, claimed: list[str]
+    ) -> dict[str, Fetched | None]:
+        assert self.store is not None
+        if not claimed:
+            return {}
+        try:
+            found: dict[str, Fetched | None] = {}
+            if self.store.settings.shared:
+                # Another instance may have stored these and released its claim between
+                # our cache read and our claim (it stores before releasing): read again.
+                found.update(await self._fresh(source, entity, claimed))
+            to_call = [key for key in claimed if key not in found]
+            if to_call:
+                found.update(await self._fetch_and_store(source, entity, to_call))
+            return found
+        finally:
+            await self.store.release(source, entity, claimed)
+
+    async def _fetch_and_store(
+        self, source: str, entity: str, keys: list[str]
+    ) -> dict[str, Fetched | None]:
+        assert self.store is not None
+        fetched = await self._call(source, entity, keys)
+        values = {key: fetched.get(key) for key in keys}
+        await self.store.put_many(source, entity, values, self.clock())
+        return values
 
     async def _await_peers(
         self, source: str, entity: str, keys: list[str]
     ) -> dict[str, Fetched | None]:
         """Entries another instance is fetching, as they appear; whatever has not
         appeared within PEER_WAIT_S is fetched here after all (bounded stampede)."""
-        assert self.store is not None
-        freshness = self.store.settings.freshness_for(source, entity)
         found: dict[str, Fetched | None] = {}
         deadline = time.monotonic() + self.PEER_WAIT_S
         pending = list(keys)
         while pending and time.monotonic() < deadline:
             await asyncio.sleep(self.PEER_POLL_S)
-            now = self.clock()
-            entries: dict[str, Entry] = await self.store.get_many(source, entity, pending)
-            for key, entry in entries.items():
-                if entry.age(now) <= freshness.ttl_s:
-                    found[key] = entry.value
+            found.update(await self._fresh(source, entity, pending))
             pending = [key for key in pending if key not in found]
         return found
+
+    async def _fresh(self, source: str, entity: str, keys: list[str]) -> dict[str, Fetched | None]:
+        assert self.store is not None
+        ttl = self.store.settings.freshness_for(source, entity).ttl_s
+        now = self.clock()
+        entries: dict[str, Entry] = await self.store.get_many(source, entity, keys)
+        return {key: entry.value for key, entry in entries.items() if entry.age(now) <= ttl}
 
     def _hold_s(self, source: str) -> float:
         timeout = getattr(self.connectors[source], "timeout_s", 2.0)

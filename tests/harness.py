@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -116,6 +117,7 @@ async def running_gateway(
     systems: DemoSystems, state_dir: Path, overrides: Mapping[str, Any] | None = None
 ) -> AsyncIterator[RunningGateway]:
     """A gateway over the demo systems, served by uvicorn on an ephemeral port."""
+    await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
     config = parse_config(gateway_config(systems, state_dir, overrides), base_dir=state_dir)
     gateway = Gateway(config)
     server = await start_server(build_app(config, gateway), bind("127.0.0.1", 0))
@@ -137,8 +139,11 @@ class SourceAdmin:
         async with self.http.get(self.systems.admin_url(system) + "/_admin/stats") as response:
             return dict(await response.json())
 
-    async def calls(self, system: str) -> int:
-        return int((await self.stats(system))["total"])
+    async def calls(self, system: str, route: str | None = None) -> int:
+        """Requests the system answered since the last reset, all or on one route
+        (e.g. "GET /api/v2/tickets")."""
+        stats = await self.stats(system)
+        return int(stats["total"] if route is None else stats["requests"].get(route, 0))
 
     async def fault(self, system: str, mode: str, latency_ms: int | None = None) -> None:
         body: dict[str, Any] = {"mode": mode}
