@@ -16,11 +16,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
+
 from connectors.base import Connector, Fetched, Health, SourceUnavailable
 from gateway.cache import Entry, RecordStore
 from gateway.metrics import Metrics
 
 log = logging.getLogger("c360.sources")
+tracer = trace.get_tracer("c360.sources")
 
 # Told when a request is served stale records: (source, entity, oldest age in seconds).
 StaleNote = Callable[[str, str, float], None]
@@ -66,21 +70,27 @@ class SourceHub:
         Single flight covers the whole lookup of a key (cache, then system): a request
         asking for a key another request of this instance is already looking up waits for
         that outcome, so no window remains between reading the cache and fetching."""
-        if self.store is None:
-            return dict(await self._call(source, entity, keys))
-        waiting = {
-            key: future
-            for key in keys
-            if (future := self._inflight.get((source, entity, key))) is not None
-        }
-        mine = [key for key in keys if key not in waiting]
-        outcomes: dict[str, Outcome] = {}
-        if mine:
-            outcomes.update(await self._lead(source, entity, mine))
-        if waiting:
-            self.metrics.cache_hits.labels(source).inc(len(waiting))  # coalesced
-            values = await asyncio.gather(*waiting.values())
-            outcomes.update(zip(waiting, values, strict=True))
+        with tracer.start_as_current_span(
+            f"source {source}.{entity}",
+            kind=SpanKind.CLIENT,
+            attributes={"c360.source": source, "c360.entity": entity, "c360.batch_size": len(keys)},
+        ) as span:
+            if self.store is None:
+                return dict(await self._call(source, entity, keys))
+            waiting = {
+                key: future
+                for key in keys
+                if (future := self._inflight.get((source, entity, key))) is not None
+            }
+            mine = [key for key in keys if key not in waiting]
+            outcomes: dict[str, Outcome] = {}
+            if mine:
+                outcomes.update(await self._lead(source, entity, mine))
+            if waiting:
+                self.metrics.cache_hits.labels(source).inc(len(waiting))  # coalesced
+                values = await asyncio.gather(*waiting.values())
+                outcomes.update(zip(waiting, values, strict=True))
+            span.set_attribute("c360.cache.coalesced", len(waiting))
         result: dict[str, Fetched | SourceUnavailable] = {}
         oldest: float | None = None
         for key, (value, stale_age) in outcomes.items():
@@ -128,6 +138,9 @@ class SourceHub:
         missing = [key for key in keys if key not in outcomes]
         self.metrics.cache_hits.labels(source).inc(len(outcomes))
         self.metrics.cache_misses.labels(source).inc(len(missing))
+        span = trace.get_current_span()
+        span.set_attribute("c360.cache.hits", len(outcomes))
+        span.set_attribute("c360.cache.misses", len(missing))
         if not missing:
             return outcomes
         try:
@@ -230,9 +243,15 @@ class SourceHub:
         connector = self.connectors[source]
         self.metrics.source_requests.labels(source).inc()
         started = time.perf_counter()
+        span = trace.get_current_span()
+        span.set_attribute("c360.source_called", True)
         try:
-            return await connector.fetch(entity, keys)
+            found = await connector.fetch(entity, keys)
+            span.set_attribute("c360.outcome", "ok")
+            return found
         except SourceUnavailable as error:
+            span.set_attribute("c360.outcome", "error")
+            span.set_status(StatusCode.ERROR, "source unavailable")
             self.metrics.source_errors.labels(source).inc()
             log.warning(
                 "source call failed",
