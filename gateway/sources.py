@@ -14,7 +14,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
@@ -26,8 +28,26 @@ from gateway.metrics import Metrics
 log = logging.getLogger("c360.sources")
 tracer = trace.get_tracer("c360.sources")
 
-# Told when a request is served stale records: (source, entity, oldest age in seconds).
-StaleNote = Callable[[str, str, float], None]
+
+class FetchObserver(Protocol):
+    """What one request learns of its source lookups (for the access log and the
+    `stale` extension)."""
+
+    def fetched(self, source: str, hits: int, calls: int, errors: int) -> None: ...
+
+    def stale(self, source: str, entity: str, age_s: float) -> None: ...
+
+
+@dataclass
+class _FetchStats:
+    hits: int = 0
+    calls: int = 0
+    errors: int = 0
+
+
+# The stats of the lookup running in this task (a single-flight leader's calls count
+# for the request that led; the others count as cache hits).
+_current: ContextVar[_FetchStats | None] = ContextVar("c360_fetch_stats", default=None)
 Slot = tuple[str, str, str]
 # What one key's lookup came to: its record(s), None (absent) or the source's error, and
 # the age of a stale record served in place of a fresh one.
@@ -62,7 +82,7 @@ class SourceHub:
         source: str,
         entity: str,
         keys: Sequence[str],
-        on_stale: StaleNote | None = None,
+        observer: FetchObserver | None = None,
     ) -> dict[str, Fetched | SourceUnavailable]:
         """Records by key; absent keys are missing. When the system fails, a key is
         either served stale or maps to the SourceUnavailable error.
@@ -70,13 +90,36 @@ class SourceHub:
         Single flight covers the whole lookup of a key (cache, then system): a request
         asking for a key another request of this instance is already looking up waits for
         that outcome, so no window remains between reading the cache and fetching."""
+        stats = _FetchStats()
+        token = _current.set(stats)
+        try:
+            outcomes = await self._traced(source, entity, keys, stats)
+        finally:
+            _current.reset(token)
+            if observer is not None:
+                observer.fetched(source, stats.hits, stats.calls, stats.errors)
+        result: dict[str, Fetched | SourceUnavailable] = {}
+        oldest: float | None = None
+        for key, (value, stale_age) in outcomes.items():
+            if value is not None:
+                result[key] = value
+            if stale_age is not None:
+                oldest = stale_age if oldest is None else max(oldest, stale_age)
+        if oldest is not None and observer is not None:
+            observer.stale(source, entity, oldest)
+        return result
+
+    async def _traced(
+        self, source: str, entity: str, keys: Sequence[str], stats: _FetchStats
+    ) -> dict[str, Outcome]:
         with tracer.start_as_current_span(
             f"source {source}.{entity}",
             kind=SpanKind.CLIENT,
             attributes={"c360.source": source, "c360.entity": entity, "c360.batch_size": len(keys)},
         ) as span:
             if self.store is None:
-                return dict(await self._call(source, entity, keys))
+                fetched = await self._call(source, entity, keys)
+                return {key: (fetched.get(key), None) for key in keys}
             waiting = {
                 key: future
                 for key in keys
@@ -88,19 +131,11 @@ class SourceHub:
                 outcomes.update(await self._lead(source, entity, mine))
             if waiting:
                 self.metrics.cache_hits.labels(source).inc(len(waiting))  # coalesced
+                stats.hits += len(waiting)
                 values = await asyncio.gather(*waiting.values())
                 outcomes.update(zip(waiting, values, strict=True))
             span.set_attribute("c360.cache.coalesced", len(waiting))
-        result: dict[str, Fetched | SourceUnavailable] = {}
-        oldest: float | None = None
-        for key, (value, stale_age) in outcomes.items():
-            if value is not None:
-                result[key] = value
-            if stale_age is not None:
-                oldest = stale_age if oldest is None else max(oldest, stale_age)
-        if oldest is not None and on_stale is not None:
-            on_stale(source, entity, oldest)
-        return result
+            return outcomes
 
     async def _lead(self, source: str, entity: str, keys: list[str]) -> dict[str, Outcome]:
         """Look up keys no other request of this instance is looking up; share the outcome.
@@ -138,6 +173,8 @@ class SourceHub:
         missing = [key for key in keys if key not in outcomes]
         self.metrics.cache_hits.labels(source).inc(len(outcomes))
         self.metrics.cache_misses.labels(source).inc(len(missing))
+        if (stats := _current.get()) is not None:
+            stats.hits += len(outcomes)
         span = trace.get_current_span()
         span.set_attribute("c360.cache.hits", len(outcomes))
         span.set_attribute("c360.cache.misses", len(missing))
@@ -242,6 +279,9 @@ class SourceHub:
     async def _call(self, source: str, entity: str, keys: Sequence[str]) -> dict[str, Fetched]:
         connector = self.connectors[source]
         self.metrics.source_requests.labels(source).inc()
+        stats = _current.get()
+        if stats is not None:
+            stats.calls += 1
         started = time.perf_counter()
         span = trace.get_current_span()
         span.set_attribute("c360.source_called", True)
@@ -251,6 +291,8 @@ class SourceHub:
             return found
         except SourceUnavailable as error:
             span.set_attribute("c360.outcome", "error")
+            if stats is not None:
+                stats.errors += 1
             span.set_status(StatusCode.ERROR, "source unavailable")
             self.metrics.source_errors.labels(source).inc()
             log.warning(

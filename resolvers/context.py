@@ -3,7 +3,7 @@ the failures to report. The gateway builds one per request."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,15 +19,20 @@ class SourceFetcher(Protocol):
     """The gateway's way to a department system (cache, metrics and tracing included).
 
     A key maps to its record(s), is absent, or maps to the SourceUnavailable error when the
-    system failed for it; `on_stale` hears of records served past their TTL."""
+    system failed for it; the observer hears what the lookup cost and what was stale."""
 
     async def fetch(
-        self,
-        source: str,
-        entity: str,
-        keys: Sequence[str],
-        on_stale: Callable[[str, str, float], None] | None = None,
+        self, source: str, entity: str, keys: Sequence[str], observer: Any = None
     ) -> dict[str, Fetched | SourceUnavailable]: ...
+
+
+@dataclass(slots=True)
+class SourceUse:
+    """One request's use of one system, for the access log."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    errors: int = 0
 
 
 @dataclass(slots=True)
@@ -46,7 +51,9 @@ class GraphContext:
     max_page_size: int = 100
     request: Any = None
     failures: dict[str, SourceFailure] = field(default_factory=dict)
-    stale: dict[tuple[str, str], float] = field(default_factory=dict)  # oldest age served
+    stale_ages: dict[tuple[str, str], float] = field(default_factory=dict)  # oldest served
+    sources_used: dict[str, SourceUse] = field(default_factory=dict)
+    touched: set[str] = field(default_factory=set)  # CUIDs this request resolved
     loaders: dict[tuple[str, str], DataLoader[str, Fetched | None]] = field(default_factory=dict)
 
     def loader(self, source: str, entity: str) -> DataLoader[str, Fetched | None]:
@@ -58,7 +65,7 @@ class GraphContext:
 
             async def load(keys: list[str]) -> list[Fetched | BaseException | None]:
                 try:
-                    found = await self.sources.fetch(source, entity, keys, self.note_stale)
+                    found = await self.sources.fetch(source, entity, keys, self)
                 except SourceUnavailable as error:
                     return [error] * len(keys)
                 return [found.get(key) for key in keys]
@@ -66,9 +73,15 @@ class GraphContext:
             loader = self.loaders[slot] = DataLoader(load_fn=load)
         return loader
 
-    def note_stale(self, source: str, entity: str, age_s: float) -> None:
+    def fetched(self, source: str, hits: int, calls: int, errors: int) -> None:
+        use = self.sources_used.setdefault(source, SourceUse())
+        use.calls += calls
+        use.cache_hits += hits
+        use.errors += errors
+
+    def stale(self, source: str, entity: str, age_s: float) -> None:
         slot = (source, entity)
-        self.stale[slot] = max(age_s, self.stale.get(slot, 0.0))
+        self.stale_ages[slot] = max(age_s, self.stale_ages.get(slot, 0.0))
 
     def fail(self, error: SourceUnavailable, path: list[str | int] | None = None) -> None:
         failure = self.failures.get(error.source)

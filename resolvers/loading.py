@@ -73,6 +73,7 @@ async def load_customers(
         Customer(id=strawberry.ID(cuid), links=ctx.identity.links(cuid) or {}, records={})
         for cuid in cuids
     ]
+    ctx.touched.update(cuids)
 
     async def fill(slot: tuple[str, str]) -> None:
         source, _ = slot

@@ -156,12 +156,12 @@ class StaleNotice(SchemaExtension):
 
     def get_results(self) -> dict[str, Any]:
         ctx = self.execution_context.context
-        if not isinstance(ctx, GraphContext) or not ctx.stale:
+        if not isinstance(ctx, GraphContext) or not ctx.stale_ages:
             return {}
         return {
             "stale": [
                 {"source": source, "entity": entity, "ageSeconds": round(age, 1)}
-                for (source, entity), age in sorted(ctx.stale.items())
+                for (source, entity), age in sorted(ctx.stale_ages.items())
             ]
         }
 

@@ -1,0 +1,1 @@
+"""The access log: who saw which field of which customer, and why."""
