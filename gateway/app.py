@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -21,13 +22,16 @@ from connectors.identity.keys import IdentityKeys
 from connectors.identity.store import CrosswalkStore
 from connectors.identity.sync import SyncReport, sync_identity
 from connectors.registry import build_connector
+from gateway.audit.log import AccessLog, AuditUnavailable
+from gateway.audit.recorder import access_record, client_name, now_iso, record_with_alerts
+from gateway.audit.sinks import AccessQuery, AccessSink
 from gateway.auth import Authenticator
 from gateway.cache import RecordStore
 from gateway.config import Config, ConfigError
 from gateway.invalidation import InvalidationRefused, parse_request, verify
 from gateway.metrics import Metrics
 from gateway.sources import SourceHub
-from gateway.view import GraphQLView
+from gateway.view import GraphQLView, error_body
 from policies.masks import masks_with_hash
 from policies.rules import (
     PolicyFileError,
@@ -36,11 +40,12 @@ from policies.rules import (
     load_policy_file,
     validate_against,
 )
+from resolvers.audit import AuditQuery
 from resolvers.bindings import BindingError, parse_bindings
 from resolvers.context import GraphContext
 from resolvers.guard import FieldGuard
-from resolvers.loading import CUSTOMER_POLICIES, record_facts
-from resolvers.schema import build_schema
+from resolvers.loading import record_facts
+from resolvers.schema import build_schema, schema_policies
 
 log = logging.getLogger("c360.app")
 
@@ -51,6 +56,16 @@ GATEWAY_SOURCE_KEYS = {"required", "cache"}
 def connector_settings(table: Mapping[str, Any]) -> dict[str, Any]:
     """A source's table without the gateway's own keys: what its connector is built from."""
     return {key: value for key, value in table.items() if key not in GATEWAY_SOURCE_KEYS}
+
+
+class AuditReaderAdapter:
+    """The access-log sink as the `accessLog` resolver reads it."""
+
+    def __init__(self, sink: AccessSink) -> None:
+        self.sink = sink
+
+    async def search(self, query: AuditQuery) -> list[Mapping[str, Any]]:
+        return list(await self.sink.search(AccessQuery(**dataclasses.asdict(query))))
 
 
 class Gateway:
@@ -86,6 +101,7 @@ class Gateway:
         except ValueError as error:
             raise ConfigError(f"policies.hash_key_id: {error}") from error
         self.policies = self.load_policies()
+        self.access_log = AccessLog(config.audit, config.audit_sink)
 
     def load_policies(self) -> PolicySet:
         """Read and check the policy file: every policy a field names must exist."""
@@ -94,7 +110,7 @@ class Gateway:
             policy_set = load_policy_file(path) if path else load_default_policy()
         except (PolicyFileError, OSError) as error:
             raise ConfigError(f"policies.file: {error}") from error
-        coverage = validate_against(policy_set, set(CUSTOMER_POLICIES.values()))
+        coverage = validate_against(policy_set, schema_policies())
         if not coverage.ok:
             missing = ", ".join(coverage.missing)
             raise ConfigError(f"policies.file: policies used by the schema are missing: {missing}")
@@ -114,6 +130,7 @@ class Gateway:
         return True
 
     async def start(self) -> None:
+        await self.access_log.start()
         await self.store.create()
         if self.config.identity.sync_on_start:
             await self.sync()
@@ -137,6 +154,7 @@ class Gateway:
     async def stop(self) -> None:
         await self.hub.close()
         await self.store.close()
+        await self.access_log.stop()
 
     def context(self, request: Request) -> GraphContext | None:
         principal = getattr(request.state, "principal", None)
@@ -155,7 +173,35 @@ class Gateway:
             guard=guard,
             max_page_size=self.config.max_page_size,
             request=request,
+            audit=AuditReaderAdapter(self.config.audit_sink),
         )
+
+    async def account(self, request: Request, response: Response, seconds: float) -> Response:
+        """Write the request's access record; with fail_closed, refuse what cannot be
+        recorded durably."""
+        record = access_record(
+            ts=now_iso(),
+            request_id=request.state.request_id,
+            principal=getattr(request.state, "principal", None),
+            client=client_name(request.headers.get("x-client-name")),
+            status=response.status_code,
+            outcome=getattr(request.state, "outcome", "rejected"),
+            duration_ms=seconds * 1000,
+            reason=getattr(request.state, "reason", None),
+            graph=getattr(request.state, "context", None),
+        )
+        try:
+            await self.access_log.durable(record_with_alerts(self.access_log, record))
+        except AuditUnavailable:
+            return Response(
+                error_body(
+                    "The access log cannot record this request; it was refused.",
+                    "AUDIT_UNAVAILABLE",
+                ),
+                status_code=503,
+                media_type="application/json",
+            )
+        return response
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -174,6 +220,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
         graphql_ide="graphiql" if config.server.graphiql else None,
         context_factory=gw.context,
         authenticator=gw.authenticator,
+        account=gw.account,
         max_body_bytes=config.server.max_body_bytes,
         observe=observe,
     )

@@ -250,10 +250,11 @@ def cmd_policy(args: argparse.Namespace) -> int:
     from policies.engine import explain
     from policies.rules import validate_against
     from resolvers.loading import CUSTOMER_POLICIES
+    from resolvers.schema import schema_policies
 
     policy_set = _policy_set(args)
     if args.action == "check":
-        coverage = validate_against(policy_set, set(CUSTOMER_POLICIES.values()))
+        coverage = validate_against(policy_set, schema_policies())
         for message in coverage.messages():
             print(message, file=sys.stderr)
         if not coverage.ok:
@@ -313,6 +314,84 @@ async def _invalidate(args: argparse.Namespace) -> int:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     return asyncio.run(_invalidate(args))
+
+
+def _audit_config(args: argparse.Namespace) -> Config:
+    if args.data_dir:
+        return load_config(Path(args.data_dir) / "c360.toml")
+    return _load(args)
+
+
+def _parse_time(value: str | None, option: str) -> Any:
+    import datetime as dt
+
+    if value is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError as error:
+        raise CliError(f"{option}: an ISO 8601 time, e.g. 2026-11-25T09:00:00+08:00") from error
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+async def _audit(args: argparse.Namespace) -> int:
+    from gateway.audit.chain import verify
+    from gateway.audit.sinks import AccessQuery, JsonlSink, SinkUnavailable
+
+    config = _audit_config(args)
+    sink = config.audit_sink
+    try:
+        if args.action == "verify":
+            report = verify([item async for item in sink.scan()])
+            torn = getattr(sink, "torn_at", None) if isinstance(sink, JsonlSink) else None
+            if torn:
+                print(f"note: {torn} is an incomplete last record (a crash); it is ignored")
+            if not report.intact:
+                for broken in report.breaks:
+                    print(
+                        f"BROKEN chain {broken.chain} at seq {broken.seq} ({broken.where}): "
+                        f"{broken.problem}",
+                        file=sys.stderr,
+                    )
+                return 1
+            chains = ", ".join(f"{name}: {seq}" for name, seq in sorted(report.chains.items()))
+            print(f"intact: {report.records} records in {len(report.chains)} chain(s) ({chains})")
+            return 0
+        query = AccessQuery(
+            customer=args.customer,
+            subject=args.subject,
+            field=args.field,
+            since=_parse_time(args.since, "--since"),
+            until=_parse_time(args.until, "--until"),
+            first=args.first,
+        )
+        records = await sink.search(query)
+    except SinkUnavailable as error:
+        raise CliError(f"the access log is unavailable: {error}") from error
+    finally:
+        await sink.close()
+    for record in records:
+        if args.json:
+            sys.stdout.write(orjson.dumps(record).decode() + "\n")
+            continue
+        fields = record.get("fields") or {}
+        seen = ", ".join(
+            f"{customer}:{name}={decision}"
+            for customer, decided in fields.items()
+            for name, decision in decided.items()
+            if args.field is None or name == args.field
+        )
+        who = f"{record.get('subject')} ({','.join(record.get('roles') or [])})"
+        print(
+            f"{record['ts']}  {record.get('kind', 'access'):<6} {who:<24} "
+            f"purpose={record.get('purpose')} outcome={record.get('outcome')} "
+            f"op={record.get('operation') or '-'}  {seen or record.get('alert') or ''}"
+        )
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    return asyncio.run(_audit(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -388,6 +467,22 @@ def build_parser() -> argparse.ArgumentParser:
     invalidate.add_argument("--entity", required=True)
     invalidate.add_argument("--key", action="append", required=True, help="repeatable")
     cache.set_defaults(handler=cmd_cache)
+
+    audit = commands.add_parser("audit", help="the access log")
+    audit_actions = audit.add_subparsers(dest="action", required=True)
+    search = audit_actions.add_parser("search", help="records, newest first")
+    verify_cmd = audit_actions.add_parser("verify", help="check every hash chain")
+    for sub in (search, verify_cmd):
+        sub.add_argument("--config", default=str(DEFAULT_CONFIG))
+        sub.add_argument("--data-dir", help="the demo's data directory (instead of --config)")
+    search.add_argument("--customer", help="a CUID")
+    search.add_argument("--subject")
+    search.add_argument("--field", help="a field name, e.g. nationalId")
+    search.add_argument("--since", help="ISO 8601 time")
+    search.add_argument("--until", help="ISO 8601 time")
+    search.add_argument("--first", type=int, default=100)
+    search.add_argument("--json", action="store_true", help="one JSON object per line")
+    audit.set_defaults(handler=cmd_audit)
     return parser
 
 

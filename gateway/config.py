@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.audit.log import AuditSettings
+from gateway.audit.settings import parse_audit
+from gateway.audit.sinks import AccessSink
 from gateway.auth import AuthConfig
 from gateway.cache import CacheSettings, parse_cache_settings
 from gateway.errors import ConfigError
@@ -55,6 +58,8 @@ class Config:
     auth: AuthConfig
     policies: PoliciesConfig
     cache: CacheSettings | None
+    audit: AuditSettings
+    audit_sink: AccessSink
     sources: Mapping[str, Mapping[str, Any]]
     graph: Mapping[str, Any]
     max_page_size: int = 100
@@ -115,7 +120,7 @@ class _Reader:
 
 def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     root = _Reader(data, "")
-    root.only({"server", "identity", "sources", "graph", "auth", "policies", "cache"})
+    root.only({"server", "identity", "sources", "graph", "auth", "policies", "cache", "audit"})
     server = root.table("server")
     server.only({"host", "port", "graphiql", "max_body_bytes"})
     port = server.get("port", int, 8000)
@@ -153,6 +158,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
     hash_key = policies.get("hash_key", str, "")
     if len(hash_key.encode()) < 16:
         raise ConfigError("policies.hash_key: required, at least 16 bytes (the hash mask's key)")
+    audit, audit_sink = parse_audit(root.table("audit").data, base_dir)
     graph = root.table("graph")
     max_page_size = graph.get("max_page_size", int, 100)
     if max_page_size < 1:
@@ -173,6 +179,8 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         ),
         auth=auth,
         cache=parse_cache_settings(root.table("cache").data, sources.data),
+        audit=audit,
+        audit_sink=audit_sink,
         policies=PoliciesConfig(
             file=(base_dir / policy_file if base_dir else Path(policy_file))
             if policy_file

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -65,6 +66,16 @@ def _is_request_error(result: ExecutionResult) -> bool:
     )
 
 
+def _outcome(result: ExecutionResult, request_error: bool) -> str:
+    """ok | partial | error | rejected, as the access log records it."""
+    if request_error:
+        codes = {(error.extensions or {}).get("code") for error in result.errors or []}
+        return "rejected" if "QUERY_TOO_COMPLEX" in codes else "error"
+    if not result.errors:
+        return "ok"
+    return "partial" if result.data else "error"
+
+
 def _safe_error(error: GraphQLError) -> GraphQLError:
     code = (error.extensions or {}).get("code")
     original = error.original_error
@@ -84,6 +95,7 @@ class GraphQLView(GraphQL[Any, None]):
         *args: Any,
         context_factory: Callable[[Request], Any],
         authenticator: Authenticator,
+        account: Callable[[Request, Response, float], Awaitable[Response]],
         max_body_bytes: int,
         observe: Callable[[int, float], None] = lambda status, seconds: None,
         **kwargs: Any,
@@ -91,6 +103,7 @@ class GraphQLView(GraphQL[Any, None]):
         super().__init__(*args, **kwargs)
         self._context_factory = context_factory
         self._authenticator = authenticator
+        self._account = account
         self._max_body_bytes = max_body_bytes
         self._observe = observe
 
@@ -99,13 +112,21 @@ class GraphQLView(GraphQL[Any, None]):
             await super().__call__(scope, receive, send)
             return
         started = time.perf_counter()
-        response = await self._respond(Request(scope, receive))
+        request = Request(scope, receive)
+        request.state.request_id = uuid.uuid4().hex
+        response = await self._respond(request)
+        if not self._is_ide_request(request):
+            # Every request is accounted for, rejected ones too; with fail_closed, a
+            # request whose record cannot be made durable gets a 503 instead of data.
+            response = await self._account(request, response, time.perf_counter() - started)
+        response.headers["x-request-id"] = request.state.request_id
         self._observe(response.status_code, time.perf_counter() - started)
         await response(scope, receive, send)
 
     async def _respond(self, request: Request) -> Response:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self._max_body_bytes):
+            request.state.reason = "body_too_large"
             return Response(
                 error_body(
                     f"Request body is larger than {self._max_body_bytes} bytes.", "BAD_REQUEST"
@@ -120,6 +141,7 @@ class GraphQLView(GraphQL[Any, None]):
                 )
             except AuthError as error:
                 code = "UNAUTHENTICATED" if error.status == 401 else "FORBIDDEN"
+                request.state.reason = "unauthenticated" if error.status == 401 else "purpose"
                 headers = {"www-authenticate": "Bearer"} if error.status == 401 else None
                 return Response(
                     error_body(str(error), code),
@@ -130,6 +152,7 @@ class GraphQLView(GraphQL[Any, None]):
         try:
             return await self.run(request)
         except HTTPException as error:
+            request.state.reason = "bad_request"
             return Response(
                 error_body(error.reason, "BAD_REQUEST"),
                 status_code=error.status_code,
@@ -159,11 +182,14 @@ class GraphQLView(GraphQL[Any, None]):
         return sub_response
 
     async def get_context(self, request: Any, response: Any) -> Any:
-        return self._context_factory(request)
+        context = self._context_factory(request)
+        request.state.context = context
+        return context
 
     async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
         body: GraphQLHTTPResponse = {}
         request_error = _is_request_error(result)
+        request.state.outcome = _outcome(result, request_error)
         if request_error:
             if request.state.sub_response.media_type == GRAPHQL_RESPONSE:
                 request.state.sub_response.status_code = 400

@@ -54,6 +54,9 @@ class GraphContext:
     stale_ages: dict[tuple[str, str], float] = field(default_factory=dict)  # oldest served
     sources_used: dict[str, SourceUse] = field(default_factory=dict)
     touched: set[str] = field(default_factory=set)  # CUIDs this request resolved
+    operation: dict[str, Any] | None = None  # name, type, document hash (no literals)
+    audit_query: dict[str, Any] | None = None  # what an accessLog query looked for
+    audit: Any = None  # the access log reader, for the accessLog query
     loaders: dict[tuple[str, str], DataLoader[str, Fetched | None]] = field(default_factory=dict)
 
     def loader(self, source: str, entity: str) -> DataLoader[str, Fetched | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,9 +16,10 @@ from strawberry.types import Info
 from connectors.base import SourceUnavailable
 from connectors.identity.index import page_after
 from connectors.identity.keys import is_cuid
+from resolvers.audit import AuditQueries
 from resolvers.context import GraphContext
-from resolvers.guard import default_policy_field
-from resolvers.loading import load_customers
+from resolvers.guard import default_policy_field, policies_of
+from resolvers.loading import CUSTOMER_POLICIES, load_customers
 from resolvers.selection import selected_names
 from resolvers.types import (
     Customer,
@@ -74,7 +76,7 @@ async def _segment_members(ctx: GraphContext, segment: str) -> list[str] | None:
 
 
 @strawberry.type
-class Query:
+class Query(AuditQueries):
     @default_policy_field(description="One customer by CUID; null when unknown.")
     async def customer(self, info: Info[GraphContext, None], id: strawberry.ID) -> Customer | None:
         if not is_cuid(id):
@@ -150,6 +152,28 @@ class GatewaySchema(strawberry.Schema):
         return None
 
 
+class OperationCapture(SchemaExtension):
+    """Keeps what the access log records of the operation: its name and type, and a hash
+    of the document (never the document: its literals may be personal data)."""
+
+    def on_operation(self) -> Any:
+        yield
+        execution = self.execution_context
+        ctx = execution.context
+        if not isinstance(ctx, GraphContext):
+            return
+        try:
+            operation_type = execution.operation_type.value
+        except Exception:
+            operation_type = None
+        query = execution.query or ""
+        ctx.operation = {
+            "name": execution.operation_name,
+            "type": operation_type,
+            "document_hash": hashlib.sha256(query.encode()).hexdigest() if query else None,
+        }
+
+
 class StaleNotice(SchemaExtension):
     """`extensions.stale` when records were served from the cache past their TTL because
     their system failed: which source and entity, and the oldest record's age."""
@@ -166,5 +190,12 @@ class StaleNotice(SchemaExtension):
         }
 
 
+def schema_policies() -> set[str]:
+    """Every policy a field of the schema names: the policy file must define them all."""
+    return set(CUSTOMER_POLICIES.values()) | set(policies_of(Query).values())
+
+
 def build_schema(extensions: Sequence[Any] = ()) -> strawberry.Schema:
-    return GatewaySchema(query=Query, extensions=[SourceErrors, StaleNotice, *extensions])
+    return GatewaySchema(
+        query=Query, extensions=[SourceErrors, StaleNotice, OperationCapture, *extensions]
+    )

@@ -94,6 +94,7 @@ def test_shipped_default_loads_and_is_clean() -> None:
         "customer.tickets",
         "customer.segment",
         "opportunity.owned",
+        "audit.read",
     }
     assert policy_set.warnings == ()
     assert policy_set.masks_used() <= MASK_NAMES - {"hash"}

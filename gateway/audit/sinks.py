@@ -165,15 +165,24 @@ class JsonlSink:
         self.path.rename(target)
 
     def lines(self) -> Iterator[tuple[str, Record | None]]:
-        for path in self.files():
+        """(file:line, record) in order; None for a line that is not a record. The last
+        line of the newest file, when it has no newline, is a write a crash cut short:
+        it is skipped and named in `torn_at` (the gateway cuts it off when it starts)."""
+        self.torn_at: str | None = None
+        files = self.files()
+        for path in files:
             with path.open("rb") as handle:
                 for number, line in enumerate(handle, 1):
+                    where = f"{path.name}:{number}"
+                    if not line.endswith(b"\n") and path == files[-1]:
+                        self.torn_at = where
+                        return
                     if not line.strip():
                         continue
                     try:
-                        yield f"{path.name}:{number}", orjson.loads(line)
+                        yield where, orjson.loads(line)
                     except orjson.JSONDecodeError:
-                        yield f"{path.name}:{number}", None
+                        yield where, None
 
     async def scan(self) -> AsyncIterator[tuple[str, Record | None]]:
         for item in await asyncio.to_thread(lambda: list(self.lines())):

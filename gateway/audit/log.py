@@ -1,0 +1,248 @@
+"""Writing access records off the request path, without ever dropping one silently.
+
+`record()` seals a record into the chain at once (so the chain's order is the order of
+requests) and queues it; one writer task writes batches to the sink. When the queue is
+full or the sink fails, records go to a local spill file, in order, and every record
+after them goes there too until the writer has replayed the spill into the sink: the
+order per chain holds. In `fail_closed` mode a request waits until its record is durable
+(in the sink, or fsynced in the spill) and is refused (503) when it cannot be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.audit.alerts import AccessPatterns, AlertSettings
+from gateway.audit.chain import ChainHead
+from gateway.audit.sinks import AccessSink, SinkUnavailable
+
+log = logging.getLogger("c360.audit")
+
+
+class AuditUnavailable(Exception):
+    """A record could not be made durable (fail_closed refuses the request)."""
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    chain: str
+    spill_path: Path
+    fail_closed: bool = False
+    queue_size: int = 10_000
+    batch_size: int = 500
+    durable_timeout_s: float = 2.0
+    retry_interval_s: float = 1.0
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+
+
+@dataclass
+class _Pending:
+    record: dict[str, Any]
+    durable: asyncio.Future[None] | None
+
+
+class AccessLog:
+    def __init__(self, settings: AuditSettings, sink: AccessSink) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.head = ChainHead(settings.chain)
+        self.patterns = AccessPatterns(settings.alerts)
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(settings.queue_size)
+        self._writer: asyncio.Task[None] | None = None
+        self._spilling = False
+        self._replayed = 0  # bytes of the spill already in the sink
+        self.written = 0
+        self.spilled = 0
+        self.lost = 0
+
+    # -- life cycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.sink.open()
+        self.head = await self.sink.head(self.settings.chain)
+        spill = self.settings.spill_path
+        if spill.exists() and spill.stat().st_size:
+            # Records spilled before a restart are newer than the sink's: continue from them.
+            self._spilling = True
+            for record in _read_spill(spill, 0)[0]:
+                if record.get("chain") == self.head.name and record["seq"] > self.head.seq:
+                    self.head = ChainHead(self.head.name, record["seq"], record["hash"])
+        self._writer = asyncio.create_task(self._run(), name="c360-access-log")
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Write what is queued (or spill it), then stop the writer."""
+        if self._writer is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._queue.join()
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+        self._writer = None
+        leftovers: list[_Pending] = []
+        while not self._queue.empty():
+            leftovers.append(self._queue.get_nowait())
+        if leftovers:
+            self._spill(leftovers)
+        await self.sink.close()
+
+    # -- recording ---------------------------------------------------------------------
+
+    def record(self, record: dict[str, Any]) -> asyncio.Future[None] | None:
+        """Seal and queue one record. In fail_closed mode, returns a future that resolves
+        when the record is durable (await it through `durable()`)."""
+        self.head.seal(record)
+        future = asyncio.get_running_loop().create_future() if self.settings.fail_closed else None
+        pending = _Pending(record, future)
+        if self._spilling:
+            self._spill([pending])
+            return future
+        try:
+            self._queue.put_nowait(pending)
+        except asyncio.QueueFull:
+            log.warning("access log queue full: spilling to disk")
+            self._spilling = True
+            self._spill([pending])
+        return future
+
+    async def durable(self, future: asyncio.Future[None] | None) -> None:
+        if future is None:
+            return
+        try:
+            async with asyncio.timeout(self.settings.durable_timeout_s):
+                await future
+        except TimeoutError as error:
+            raise AuditUnavailable("the access record was not durable in time") from error
+
+    def alerts_for(
+        self, subject: str, read_customers: set[str], denied: int
+    ) -> list[dict[str, object]]:
+        return self.patterns.observe(subject, read_customers, denied, time.monotonic())
+
+    # -- the writer --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if self._spilling:
+                await self._replay()
+                if self._spilling:
+                    await asyncio.sleep(self.settings.retry_interval_s)
+                continue
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self.settings.batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            taken = len(batch)
+            try:
+                await self.sink.write([pending.record for pending in batch])
+            except SinkUnavailable as error:
+                log.error(
+                    "access log sink unavailable: spilling to disk", extra={"reason": str(error)}
+                )
+                # Everything still queued is newer than this batch: spill it all, in order.
+                while not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    taken += 1
+                self._spilling = True
+                self._spill(batch)
+            else:
+                self.written += len(batch)
+                for pending in batch:
+                    _resolve(pending.durable)
+            for _ in range(taken):
+                self._queue.task_done()
+
+    def _spill(self, batch: list[_Pending]) -> None:
+        """Append to the spill file and fsync: durable, in order. Synchronous on purpose,
+        so nothing can be queued between two spilled records."""
+        data = b"".join(orjson.dumps(pending.record) + b"\n" for pending in batch)
+        path = self.settings.spill_path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as error:
+            self.lost += len(batch)
+            log.critical(
+                "access records could not be written anywhere",
+                extra={"records": len(batch), "reason": error.strerror},
+            )
+            for pending in batch:
+                _fail(pending.durable, AuditUnavailable("neither the sink nor the spill file"))
+            return
+        self.spilled += len(batch)
+        for pending in batch:
+            _resolve(pending.durable)
+
+    async def _replay(self) -> None:
+        """Move spilled records into the sink, oldest first; done when caught up."""
+        path = self.settings.spill_path
+        while True:
+            records, end = await asyncio.to_thread(_read_spill, path, self._replayed)
+            if not records:
+                # Caught up (checked with no await since the read): nothing can be appended
+                # between this check and the truncation.
+                if path.exists() and path.stat().st_size == end:
+                    path.unlink()
+                    self._replayed = 0
+                    self._spilling = False
+                    log.warning("access log sink is back: spill replayed")
+                return
+            try:
+                for start in range(0, len(records), self.settings.batch_size):
+                    await self.sink.write(records[start : start + self.settings.batch_size])
+            except SinkUnavailable:
+                return
+            self.written += len(records)
+            self._replayed = end
+
+
+def _read_spill(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """Complete records from `offset`; the returned offset ends at the last complete line."""
+    if not path.exists():
+        return [], offset
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        data = handle.read()
+    complete = data[: data.rfind(b"\n") + 1]
+    records = [orjson.loads(line) for line in complete.splitlines() if line.strip()]
+    return records, offset + len(complete)
+
+
+def _resolve(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
+
+
+def _fail(future: asyncio.Future[None] | None, error: Exception) -> None:
+    if future is not None and not future.done():
+        future.set_exception(error)
+
+
+def alert_record(base: Mapping[str, Any], alert: Mapping[str, object]) -> dict[str, Any]:
+    """An alert is a record of its own in the chain, tied to the request that raised it."""
+    return {
+        "kind": "alert",
+        "ts": base["ts"],
+        "request_id": base.get("request_id"),
+        "trace_id": base.get("trace_id"),
+        "subject": base.get("subject"),
+        "roles": base.get("roles"),
+        "customers": [],
+        **alert,
+    }

@@ -1,0 +1,113 @@
+"""One access record per GraphQL request, rejected ones included: who (subject, roles,
+purpose, client), what (operation, document hash, customers, per customer each
+personal-data field and its decision, with the policies), how it went (outcome, status,
+duration, the systems asked). Never a variable, never a value of a field."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import trace
+
+from gateway.audit.log import AccessLog, alert_record
+from policies.principal import Principal
+
+log = logging.getLogger("c360.audit")
+
+PERSONAL = ("allow", "mask")
+
+
+def client_name(header: str | None) -> str | None:
+    """X-Client-Name as given, if it is a plausible name: it is client-supplied, so it is
+    recorded, never trusted, and never allowed to carry control characters into logs."""
+    if not header:
+        return None
+    name = header.strip()[:64]
+    return name if name.isprintable() else None
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def current_trace_id() -> str | None:
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
+def access_record(
+    *,
+    ts: str,
+    request_id: str,
+    principal: Principal | None,
+    client: str | None,
+    status: int,
+    outcome: str,
+    duration_ms: float,
+    reason: str | None = None,
+    graph: Any = None,
+) -> dict[str, Any]:
+    """`graph` is the request's GraphContext when the query ran (None when rejected)."""
+    record: dict[str, Any] = {
+        "kind": "access",
+        "ts": ts,
+        "request_id": request_id,
+        "trace_id": current_trace_id(),
+        "subject": principal.subject if principal else None,
+        "roles": sorted(principal.roles) if principal else [],
+        "purpose": principal.purpose if principal else None,
+        "client": client,
+        "operation": None,
+        "operation_type": None,
+        "document_hash": None,
+        "outcome": outcome,
+        "status": status,
+        "reason": reason,
+        "duration_ms": round(duration_ms, 3),
+        "customers": [],
+        "fields": {},
+        "policies": {},
+        "sources": {},
+    }
+    if graph is None:
+        return record
+    operation = getattr(graph, "operation", None) or {}
+    record["operation"] = operation.get("name")
+    record["operation_type"] = operation.get("type")
+    record["document_hash"] = operation.get("document_hash")
+    fields: dict[str, dict[str, str]] = {}
+    policies: dict[str, str] = {}
+    for customer, decided in graph.guard.decided.items():
+        fields[customer] = {name: decision.effect for name, decision in decided.items()}
+        for name, decision in decided.items():
+            policies[name] = decision.policy
+    record["customers"] = sorted(graph.touched | set(fields))
+    record["fields"] = fields
+    record["policies"] = policies
+    record["sources"] = {
+        name: {"calls": use.calls, "cache_hits": use.cache_hits, "errors": use.errors}
+        for name, use in sorted(graph.sources_used.items())
+    }
+    if getattr(graph, "audit_query", None):
+        record["audit_query"] = graph.audit_query
+    return record
+
+
+def record_with_alerts(access_log: AccessLog, record: dict[str, Any]) -> Any:
+    """Queue the record, then any alert it raises; returns the durability future."""
+    durable = access_log.record(record)
+    subject = record.get("subject")
+    if subject:
+        fields: Mapping[str, Mapping[str, str]] = record["fields"]
+        read = {c for c, seen in fields.items() if any(d in PERSONAL for d in seen.values())}
+        denied = sum(1 for seen in fields.values() for d in seen.values() if d == "deny")
+        for alert in access_log.alerts_for(subject, read, denied):
+            log.warning(
+                "access pattern alert",
+                extra={"subject": subject, "trace_id": record.get("trace_id"), **alert},
+            )
+            access_log.record(alert_record(record, alert))
+    return durable

@@ -1,0 +1,85 @@
+"""`[audit]`: which sink, the chain's name, spill file, fail-closed, alert thresholds."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gateway.audit.alerts import AlertSettings
+from gateway.audit.log import AuditSettings
+from gateway.audit.sinks import AccessSink, JsonlSink, PostgresSink
+from gateway.errors import ConfigError
+
+KEYS = {
+    "sink",
+    "path",
+    "max_bytes",
+    "dsn",
+    "chain",
+    "spill_path",
+    "fail_closed",
+    "queue_size",
+    "alerts",
+}
+
+
+def parse_audit(
+    table: Mapping[str, Any], base_dir: Path | None
+) -> tuple[AuditSettings, AccessSink]:
+    unknown = sorted(set(table) - KEYS)
+    if unknown:
+        raise ConfigError(f"audit.{unknown[0]}: unknown key")
+    base = base_dir or Path.cwd()
+
+    def path(key: str, default: str) -> Path:
+        value = table.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"audit.{key}: a file path")
+        return (base / value).resolve()
+
+    kind = table.get("sink", "jsonl")
+    sink: AccessSink
+    if kind == "jsonl":
+        max_bytes = table.get("max_bytes", 64 * 1024 * 1024)
+        if not isinstance(max_bytes, int) or max_bytes < 4096:
+            raise ConfigError("audit.max_bytes: an integer >= 4096")
+        sink = JsonlSink(path("path", "access.jsonl"), max_bytes)
+    elif kind == "postgresql":
+        dsn = table.get("dsn")
+        if not isinstance(dsn, str) or not dsn.startswith("postgresql"):
+            raise ConfigError("audit.dsn: a postgresql+asyncpg:// DSN")
+        sink = PostgresSink(dsn)
+    else:
+        raise ConfigError("audit.sink: jsonl or postgresql")
+    chain = table.get("chain", socket.gethostname())
+    if not isinstance(chain, str) or not chain or len(chain) > 128:
+        raise ConfigError("audit.chain: a name of 1-128 characters")
+    fail_closed = table.get("fail_closed", False)
+    if not isinstance(fail_closed, bool):
+        raise ConfigError("audit.fail_closed: true or false")
+    queue_size = table.get("queue_size", 10_000)
+    if not isinstance(queue_size, int) or queue_size < 1:
+        raise ConfigError("audit.queue_size: a positive integer")
+    alerts = table.get("alerts", {})
+    unknown = sorted(set(alerts) - {"bulk_customers", "denied_fields", "window_s"})
+    if unknown:
+        raise ConfigError(f"audit.alerts.{unknown[0]}: unknown key")
+    defaults = AlertSettings()
+    try:
+        alert_settings = AlertSettings(
+            bulk_customers=int(alerts.get("bulk_customers", defaults.bulk_customers)),
+            denied_fields=int(alerts.get("denied_fields", defaults.denied_fields)),
+            window_s=float(alerts.get("window_s", defaults.window_s)),
+        )
+    except (TypeError, ValueError) as error:
+        raise ConfigError("audit.alerts: numbers") from error
+    settings = AuditSettings(
+        chain=chain,
+        spill_path=path("spill_path", f"access-spill-{chain}.jsonl"),
+        fail_closed=fail_closed,
+        queue_size=queue_size,
+        alerts=alert_settings,
+    )
+    return settings, sink

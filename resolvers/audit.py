@@ -1,0 +1,215 @@
+"""`accessLog`: the access log through the graph, for the `security` role (policy
+`audit.read`). Its own use is recorded like any other request, with what was looked for."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import strawberry
+from strawberry.types import Info
+
+from resolvers.context import GraphContext
+from resolvers.guard import policy_field
+from resolvers.types import PageInfo, bad_input, page_size
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    customer: str | None = None
+    subject: str | None = None
+    field: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    kind: str | None = None
+    first: int = 50
+    after: tuple[str, str, int] | None = None
+
+
+class AuditReader(Protocol):
+    async def search(self, query: AuditQuery) -> Sequence[Mapping[str, Any]]: ...
+
+
+@strawberry.type
+class FieldAccess:
+    customer: strawberry.ID
+    field: str
+    decision: str
+    policy: str | None
+
+
+@strawberry.type
+class SourceUseRecord:
+    source: str
+    calls: int
+    cache_hits: int
+    errors: int
+
+
+@strawberry.type
+class AccessAlert:
+    type: str
+    distinct_customers: int | None
+    denied_fields: int | None
+    threshold: int
+    window_seconds: float
+
+
+@strawberry.type(description="One access-log record: a request, or an alert it raised.")
+class AccessRecord:
+    id: strawberry.ID
+    kind: str
+    ts: dt.datetime
+    request_id: str | None
+    trace_id: str | None
+    subject: str | None
+    roles: list[str]
+    purpose: str | None
+    client: str | None
+    operation: str | None
+    outcome: str | None
+    status: int | None
+    duration_ms: float | None
+    customers: list[strawberry.ID]
+    fields: list[FieldAccess]
+    sources: list[SourceUseRecord]
+    alert: AccessAlert | None
+    chain: str
+    seq: int
+
+
+@strawberry.type
+class AccessRecordEdge:
+    cursor: str
+    node: AccessRecord
+
+
+@strawberry.type
+class AccessRecordConnection:
+    edges: list[AccessRecordEdge]
+    page_info: PageInfo
+
+
+def _cursor(record: Mapping[str, Any]) -> str:
+    raw = f"{record['ts']}|{record['chain']}|{record['seq']}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        ts, chain, seq = raw.rsplit("|", 2)
+        dt.datetime.fromisoformat(ts)
+        return ts, chain, int(seq)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
+        raise bad_input("after", "'after' is not a cursor this API issued") from error
+
+
+def _node(record: Mapping[str, Any]) -> AccessRecord:
+    policies: Mapping[str, str] = record.get("policies") or {}
+    alert = None
+    if record.get("kind") == "alert":
+        alert = AccessAlert(
+            type=str(record.get("alert")),
+            distinct_customers=record.get("distinct_customers"),
+            denied_fields=record.get("denied_fields"),
+            threshold=int(record.get("threshold") or 0),
+            window_seconds=float(record.get("window_s") or 0),
+        )
+    return AccessRecord(
+        id=strawberry.ID(f"{record['chain']}:{record['seq']}"),
+        kind=str(record.get("kind", "access")),
+        ts=dt.datetime.fromisoformat(str(record["ts"])),
+        request_id=record.get("request_id"),
+        trace_id=record.get("trace_id"),
+        subject=record.get("subject"),
+        roles=list(record.get("roles") or []),
+        purpose=record.get("purpose"),
+        client=record.get("client"),
+        operation=record.get("operation"),
+        outcome=record.get("outcome"),
+        status=record.get("status"),
+        duration_ms=record.get("duration_ms"),
+        customers=[strawberry.ID(c) for c in record.get("customers") or []],
+        fields=[
+            FieldAccess(
+                customer=strawberry.ID(customer),
+                field=name,
+                decision=decision,
+                policy=policies.get(name),
+            )
+            for customer, seen in (record.get("fields") or {}).items()
+            for name, decision in seen.items()
+        ],
+        sources=[
+            SourceUseRecord(
+                source=name,
+                calls=int(use.get("calls", 0)),
+                cache_hits=int(use.get("cache_hits", 0)),
+                errors=int(use.get("errors", 0)),
+            )
+            for name, use in (record.get("sources") or {}).items()
+        ],
+        alert=alert,
+        chain=str(record["chain"]),
+        seq=int(record["seq"]),
+    )
+
+
+@strawberry.type
+class AuditQueries:
+    @policy_field(
+        "audit.read",
+        description="Access-log records, newest first. Security only; each use is itself logged.",
+    )
+    async def access_log(
+        self,
+        info: Info[GraphContext, None],
+        customer: strawberry.ID | None = None,
+        subject: str | None = None,
+        field: str | None = None,
+        kind: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        first: int | None = 50,
+        after: str | None = None,
+    ) -> AccessRecordConnection | None:
+        ctx = info.context
+        limit = page_size(first, "first", 500, 50)
+        if kind is not None and kind not in ("access", "alert"):
+            raise bad_input("kind", "'kind' is access or alert")
+        query = AuditQuery(
+            customer=customer,
+            subject=subject,
+            field=field,
+            since=since,
+            until=until,
+            kind=kind,
+            first=limit + 1,
+            after=_decode_cursor(after) if after else None,
+        )
+        ctx.audit_query = {
+            key: value.isoformat() if isinstance(value, dt.datetime) else value
+            for key, value in (
+                ("customer", customer),
+                ("subject", subject),
+                ("field", field),
+                ("kind", kind),
+                ("since", since),
+                ("until", until),
+            )
+            if value is not None
+        }
+        records = list(await ctx.audit.search(query))
+        edges = [AccessRecordEdge(cursor=_cursor(r), node=_node(r)) for r in records[:limit]]
+        return AccessRecordConnection(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=len(records) > limit,
+                end_cursor=edges[-1].cursor if edges else None,
+            ),
+        )
