@@ -79,6 +79,14 @@ class AccessLog:
                     self.head = ChainHead(self.head.name, record["seq"], record["hash"])
         self._writer = asyncio.create_task(self._run(), name="c360-access-log")
 
+    async def flush(self) -> None:
+        """Wait until every queued record is in the sink (or spilled)."""
+        await self._queue.join()
+
+    @property
+    def spilling(self) -> bool:
+        return self._spilling
+
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Write what is queued (or spill it), then stop the writer."""
         if self._writer is None:
