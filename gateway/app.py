@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,7 +28,7 @@ from gateway.audit.recorder import access_record, client_name, now_iso, record_w
 from gateway.audit.sinks import AccessQuery, AccessSink
 from gateway.auth import Authenticator
 from gateway.cache import RecordStore
-from gateway.config import Config, ConfigError
+from gateway.config import Config, ConfigError, load_config
 from gateway.invalidation import InvalidationRefused, parse_request, verify
 from gateway.metrics import Metrics
 from gateway.sources import SourceHub
@@ -71,8 +72,9 @@ class AuditReaderAdapter:
 class Gateway:
     """The long-lived parts of one gateway instance."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path  # re-read on SIGHUP, for keys and policies
         self.metrics = Metrics()
         try:
             connectors: dict[str, Connector] = {
@@ -103,9 +105,9 @@ class Gateway:
         self.policies = self.load_policies()
         self.access_log = AccessLog(config.audit, config.audit_sink)
 
-    def load_policies(self) -> PolicySet:
+    def load_policies(self, config: Config | None = None) -> PolicySet:
         """Read and check the policy file: every policy a field names must exist."""
-        path = self.config.policies.file
+        path = (config or self.config).policies.file
         try:
             policy_set = load_policy_file(path) if path else load_default_policy()
         except (PolicyFileError, OSError) as error:
@@ -127,6 +129,43 @@ class Gateway:
             )
             return False
         log.warning("policy file reloaded", extra={"policies": len(self.policies.policies)})
+        return True
+
+    def reload(self) -> bool:
+        """SIGHUP: the policy file and every key of the config file, swapped at once. A
+        request in flight keeps the keys and rules it started with; a broken file is
+        refused and everything stays as it was. Other changes need a restart (logged)."""
+        if self.config_path is None:
+            return self.reload_policies()
+        try:
+            new = load_config(self.config_path)
+            masks = masks_with_hash(new.policies.hash_key, new.policies.hash_key_id)
+            policies = self.load_policies(new)
+        except (ConfigError, ValueError) as error:
+            log.error("reload refused, keeping the running config", extra={"reason": str(error)})
+            return False
+        current = self.config
+        needs_restart = [
+            name
+            for name in ("server", "identity", "sources", "graph", "max_page_size", "audit")
+            if getattr(new, name) != getattr(current, name)
+        ]
+        cache = current.cache
+        same_backend = cache is not None and new.cache is not None and new.cache.url == cache.url
+        if self.hub.store is not None and new.cache is not None and same_backend:
+            self.hub.store.rotate(new.cache)
+            cache = new.cache
+        elif new.cache != current.cache:
+            needs_restart.append("cache.url")
+        if needs_restart:
+            log.warning("reload: restart to apply", extra={"sections": needs_restart})
+        self.authenticator.rotate(new.auth)
+        self.masks = masks
+        self.policies = policies
+        self.config = dataclasses.replace(
+            current, auth=new.auth, cache=cache, policies=new.policies, keys=new.keys
+        )
+        log.warning("keys and policies reloaded")
         return True
 
     async def start(self) -> None:
@@ -244,9 +283,10 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
     async def invalidate(request: Request) -> Response:
         body = await request.body()
         try:
-            if config.cache is None or not config.cache.webhook_secrets:
+            cache = gw.config.cache  # read per request: its secrets rotate on SIGHUP
+            if cache is None or not cache.webhook_secrets:
                 raise InvalidationRefused("cache invalidation is not configured", 404)
-            secret_id = verify(config.cache.webhook_secrets, request.headers, body)
+            secret_id = verify(cache.webhook_secrets, request.headers, body)
             source, entity, keys = parse_request(body)
             connector = gw.hub.connectors.get(source)
             if connector is None or entity not in connector.entities():

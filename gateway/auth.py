@@ -107,6 +107,12 @@ def _jwk_key(jwk: Mapping[str, Any]) -> VerificationKey | None:
     return None
 
 
+def _static_keys(config: AuthConfig) -> dict[str, VerificationKey]:
+    keys = [VerificationKey(kid, "HS256", secret.encode()) for kid, secret in config.hs256.items()]
+    keys += [_public_key(kid, pem) for kid, pem in config.public_keys.items()]
+    return {key.kid: key for key in keys}
+
+
 def _string_list(claims: Mapping[str, Any], *names: str) -> tuple[str, ...]:
     for name in names:
         value = claims.get(name)
@@ -122,14 +128,19 @@ class Authenticator:
 
     def __init__(self, config: AuthConfig) -> None:
         self.config = config
-        keys = [
-            VerificationKey(kid, "HS256", secret.encode()) for kid, secret in config.hs256.items()
-        ]
-        keys += [_public_key(kid, pem) for kid, pem in config.public_keys.items()]
-        self._static = {key.kid: key for key in keys}
+        self._static = _static_keys(config)
         self._jwks: dict[str, VerificationKey] = {}
         self._jwks_fetched_at = 0.0
         self._jwks_lock = asyncio.Lock()
+
+    def rotate(self, config: AuthConfig) -> None:
+        """Use a new set of keys from now on; a token being checked keeps the set it
+        started with. The JWKS cache stays (a changed URL is fetched on the next kid)."""
+        static = _static_keys(config)
+        if config.jwks_url != self.config.jwks_url:
+            self._jwks = {}
+            self._jwks_fetched_at = 0.0
+        self.config, self._static = config, static
 
     async def _refresh_jwks(self) -> None:
         """Fetch the JWKS, at most once per JWKS_MIN_REFRESH_S (unknown kids cannot force

@@ -58,6 +58,11 @@ class EncryptedJson(BaseSerializer):  # type: ignore[misc]  # aiocache is untype
 
     def __init__(self, keys: Sequence[str]) -> None:
         super().__init__()
+        self.use_keys(keys)
+
+    def use_keys(self, keys: Sequence[str]) -> None:
+        """New writes with the first key; every key still decrypts (rotation without a
+        flush: old entries stay readable until they expire)."""
         self._fernet = MultiFernet([Fernet(key.encode()) for key in keys])
 
     def dumps(self, value: Any) -> bytes:
@@ -232,6 +237,14 @@ class RecordStore:
                 "cache unavailable, calling the sources directly",
                 extra={"operation": operation, "reason": type(error).__name__},
             )
+
+    def rotate(self, settings: CacheSettings) -> None:
+        """New keys (and TTLs) from a reloaded config; the backend stays."""
+        if isinstance(self.backend.serializer, EncryptedJson):
+            self.backend.serializer.use_keys(settings.encryption_keys)
+        if settings.key_secret != self.settings.key_secret:
+            log.warning("cache.key_secret changed: existing entries will be missed, not read")
+        self.settings = settings
 
     async def get_many(self, source: str, entity: str, keys: Sequence[str]) -> dict[str, Entry]:
         if not keys:

@@ -89,12 +89,12 @@ def cmd_identity(args: argparse.Namespace) -> int:
     return asyncio.run(_identity(args))
 
 
-async def _serve(config: Config, host: str, port: int) -> int:
+async def _serve(config: Config, host: str, port: int, config_path: Path | None = None) -> int:
     from gateway.app import Gateway, build_app
     from gateway.serving import bind, start_server
 
     sock = bind(host, port)
-    gateway = Gateway(config)
+    gateway = Gateway(config, config_path)
     running = await start_server(build_app(config, gateway), sock)
     reload_on_sighup(gateway)
     log.warning("serving", extra={"url": running.url, "customers": len(gateway.identity)})
@@ -121,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 0
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_serve(config, host, port))
+        return asyncio.run(_serve(config, host, port, Path(args.config)))
     return 0
 
 
@@ -143,7 +143,7 @@ async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
         config_path = data_dir / "c360.toml"
         config_path.write_text(to_toml(data), encoding="utf-8")
         config = parse_config(data, base_dir=data_dir)
-        gateway = Gateway(config)
+        gateway = Gateway(config, config_path)
         running = await start_server(build_app(config, gateway), sock)
         reload_on_sighup(gateway)
         print(demo_banner(running.url, len(gateway.identity), systems.endpoints, options.down))
@@ -174,9 +174,9 @@ def demo_tokens(config: Config) -> str:
 
 
 def reload_on_sighup(gateway: Any) -> None:
-    """SIGHUP re-reads the policy file atomically (a broken file is refused)."""
+    """SIGHUP re-reads the keys and the policy file atomically (a broken file is refused)."""
     with contextlib.suppress(NotImplementedError, RuntimeError):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reload_policies)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reload)
 
 
 def demo_banner(
@@ -390,6 +390,31 @@ async def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from gateway.keys import inventory
+
+    config = _audit_config(args)
+    rows = inventory(config, config.keys, dt.datetime.now(dt.UTC).date())
+    if args.json:
+        for row in rows:
+            sys.stdout.write(orjson.dumps(row.as_dict()).decode() + "\n")
+    else:
+        width = max(len(row.id) for row in rows)
+        for row in rows:
+            age = f"{row.age_days} days" if row.age_days is not None else "age unknown"
+            print(f"{row.id:<{width}}  {age:<12}  {row.use}")
+    old = [row for row in rows if row.too_old]
+    for row in old:
+        print(
+            f"c360: warning: {row.id} is {row.age_days} days old "
+            f"(keys.max_age_days = {config.keys.max_age_days}): rotate it",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     return asyncio.run(_audit(args))
 
@@ -483,6 +508,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--first", type=int, default=100)
     search.add_argument("--json", action="store_true", help="one JSON object per line")
     audit.set_defaults(handler=cmd_audit)
+
+    keys = commands.add_parser("keys", help="the secrets in use")
+    keys_actions = keys.add_subparsers(dest="action", required=True)
+    status = keys_actions.add_parser("status", help="every key by id and age, never the key")
+    status.add_argument("--config", default=str(DEFAULT_CONFIG))
+    status.add_argument("--data-dir", help="the demo's data directory (instead of --config)")
+    status.add_argument("--json", action="store_true")
+    keys.set_defaults(handler=cmd_keys)
     return parser
 
 

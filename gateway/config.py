@@ -21,6 +21,7 @@ from gateway.audit.sinks import AccessSink
 from gateway.auth import AuthConfig
 from gateway.cache import CacheSettings, parse_cache_settings
 from gateway.errors import ConfigError
+from gateway.keys import KeyPolicy
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_config"]
 
@@ -60,6 +61,7 @@ class Config:
     cache: CacheSettings | None
     audit: AuditSettings
     audit_sink: AccessSink
+    keys: KeyPolicy
     sources: Mapping[str, Mapping[str, Any]]
     graph: Mapping[str, Any]
     max_page_size: int = 100
@@ -120,7 +122,9 @@ class _Reader:
 
 def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     root = _Reader(data, "")
-    root.only({"server", "identity", "sources", "graph", "auth", "policies", "cache", "audit"})
+    root.only(
+        {"server", "identity", "sources", "graph", "auth", "policies", "cache", "audit", "keys"}
+    )
     server = root.table("server")
     server.only({"host", "port", "graphiql", "max_body_bytes"})
     port = server.get("port", int, 8000)
@@ -181,6 +185,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         cache=parse_cache_settings(root.table("cache").data, sources.data),
         audit=audit,
         audit_sink=audit_sink,
+        keys=KeyPolicy.parse(root.table("keys").data),
         policies=PoliciesConfig(
             file=(base_dir / policy_file if base_dir else Path(policy_file))
             if policy_file

@@ -4,6 +4,7 @@ in front of them, configured from `gateway/demo.toml`."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import contextlib
 import os
 import signal
@@ -124,6 +125,8 @@ def _toml_key(key: str) -> str:
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dt.date | dt.time):  # TOML has date and time literals
+        return value.isoformat()
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, list):

@@ -16,7 +16,7 @@ from demo.systems import DemoSystems
 from gateway.app import Gateway, build_app
 from gateway.auth import mint_token
 from gateway.config import parse_config
-from gateway.demo import demo_config
+from gateway.demo import demo_config, to_toml
 from gateway.serving import bind, start_server
 
 
@@ -118,8 +118,12 @@ async def running_gateway(
 ) -> AsyncIterator[RunningGateway]:
     """A gateway over the demo systems, served by uvicorn on an ephemeral port."""
     await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
-    config = parse_config(gateway_config(systems, state_dir, overrides), base_dir=state_dir)
-    gateway = Gateway(config)
+    data = gateway_config(systems, state_dir, overrides)
+    config_path = state_dir / "c360.toml"
+    # Written out so that reload() (SIGHUP) has a file to re-read, as in production.
+    await asyncio.to_thread(config_path.write_text, to_toml(data), "utf-8")
+    config = parse_config(data, base_dir=state_dir)
+    gateway = Gateway(config, config_path)
     server = await start_server(build_app(config, gateway), bind("127.0.0.1", 0))
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
