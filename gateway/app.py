@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import functools
@@ -12,12 +13,15 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.extensions import DisableIntrospection, ParserCache, ValidationCache
 
 from connectors.base import Connector, ConnectorConfigError
+from connectors.http import HttpClient
 from connectors.identity.index import IdentityIndex
 from connectors.identity.keys import IdentityKeys
 from connectors.identity.store import CrosswalkStore
@@ -29,9 +33,19 @@ from gateway.audit.sinks import AccessQuery, AccessSink
 from gateway.auth import Authenticator
 from gateway.cache import RecordStore
 from gateway.config import Config, ConfigError, load_config
+from gateway.documents import DocumentStore, DocumentStoreError
 from gateway.invalidation import InvalidationRefused, parse_request, verify
+from gateway.limits import limit_extensions
 from gateway.metrics import Metrics
+from gateway.ratelimit import build_rate_limiter
+from gateway.resilience import ResilienceSettings
 from gateway.sources import SourceHub
+from gateway.telemetry import (
+    GraphQLSpanAttributes,
+    Telemetry,
+    TracingMiddleware,
+    traceparent_headers,
+)
 from gateway.view import GraphQLView, error_body
 from policies.masks import masks_with_hash
 from policies.rules import (
@@ -51,7 +65,7 @@ from resolvers.schema import build_schema, schema_policies
 log = logging.getLogger("c360.app")
 
 # Keys of a `[sources.X]` table that the gateway reads; the rest belongs to the connector.
-GATEWAY_SOURCE_KEYS = {"required", "cache"}
+GATEWAY_SOURCE_KEYS = {"required", "cache", "resilience"}
 
 
 def connector_settings(table: Mapping[str, Any]) -> dict[str, Any]:
@@ -72,9 +86,15 @@ class AuditReaderAdapter:
 class Gateway:
     """The long-lived parts of one gateway instance."""
 
-    def __init__(self, config: Config, config_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.config = config
         self.config_path = config_path  # re-read on SIGHUP, for keys and policies
+        self.telemetry = telemetry or Telemetry()
         self.metrics = Metrics()
         try:
             connectors: dict[str, Connector] = {
@@ -89,13 +109,47 @@ class Gateway:
         self.required = {
             name for name, table in config.sources.items() if table.get("required", True)
         }
+        for connector in connectors.values():
+            client = getattr(connector, "client", None)
+            if isinstance(client, HttpClient):
+                client.header_hook = traceparent_headers  # W3C trace context to the systems
+        resilience = {
+            name: ResilienceSettings.parse(
+                table.get("resilience", {}),
+                base=config.resilience,
+                path=f"sources.{name}.resilience",
+            )
+            for name, table in config.sources.items()
+        }
         store = RecordStore(config.cache) if config.cache is not None else None
-        self.hub = SourceHub(connectors, self.metrics, store)
+        self.hub = SourceHub(
+            connectors,
+            self.metrics,
+            store,
+            resilience=resilience,
+            meters=self.telemetry.meters,
+        )
+        self.rate_limiter = build_rate_limiter(config.rate_limit) if config.rate_limit else None
+        documents = config.documents
+        try:
+            self.documents = (
+                DocumentStore.load(documents.file, documents.apq_cache_size)
+                if documents.file
+                else DocumentStore(apq_cache_size=documents.apq_cache_size)
+            )
+        except DocumentStoreError as error:
+            raise ConfigError(f"documents.file: {error}") from error
         self.keys = IdentityKeys(config.identity.key)
         self.store = CrosswalkStore(config.identity.dsn)
         self.identity = IdentityIndex.build([], self.keys)
         self.schema = build_schema(
-            extensions=[lambda: ParserCache(maxsize=256), lambda: ValidationCache(maxsize=256)]
+            extensions=[
+                lambda: ParserCache(maxsize=256),
+                lambda: ValidationCache(maxsize=256),
+                *limit_extensions(config.limits, page_size_cap=config.max_page_size),
+                GraphQLSpanAttributes,
+                *([] if config.server.introspection else [DisableIntrospection]),
+            ]
         )
         self.authenticator = Authenticator(config.auth)
         try:
@@ -160,6 +214,10 @@ class Gateway:
         if needs_restart:
             log.warning("reload: restart to apply", extra={"sections": needs_restart})
         self.authenticator.rotate(new.auth)
+        try:
+            self.documents.reload()
+        except DocumentStoreError as error:
+            log.error("trusted documents not reloaded", extra={"reason": str(error)})
         self.masks = masks
         self.policies = policies
         self.config = dataclasses.replace(
@@ -194,6 +252,10 @@ class Gateway:
         await self.hub.close()
         await self.store.close()
         await self.access_log.stop()
+        if self.rate_limiter is not None:
+            await self.rate_limiter.close()
+        # Spans and metrics last, after the access log is flushed (a blocking export).
+        await asyncio.to_thread(self.telemetry.shutdown)
 
     def context(self, request: Request) -> GraphContext | None:
         principal = getattr(request.state, "principal", None)
@@ -251,8 +313,10 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
     gw = gateway or Gateway(config)
 
     def observe(status: int, seconds: float) -> None:
+        outcome = "ok" if status < 400 else "error"
         gw.metrics.request_duration.observe(seconds)
-        gw.metrics.requests.labels("ok" if status < 400 else "error").inc()
+        gw.metrics.requests.labels(outcome).inc()
+        gw.telemetry.meters.request(outcome, seconds)
 
     view = GraphQLView(
         gw.schema,
@@ -260,6 +324,9 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
         context_factory=gw.context,
         authenticator=gw.authenticator,
         account=gw.account,
+        rate_limiter=gw.rate_limiter,
+        deadline_s=config.resilience.request_deadline_s,
+        documents=lambda: (gw.documents, gw.config.documents),
         max_body_bytes=config.server.max_body_bytes,
         observe=observe,
     )
@@ -274,7 +341,12 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
             "status": "unavailable" if down else "ready",
             "customers": len(gw.identity),
             "sources": {
-                name: {"ok": h.ok, "required": name in gw.required, "detail": h.detail}
+                name: {
+                    "ok": h.ok,
+                    "required": name in gw.required,
+                    "detail": h.detail,
+                    "circuit": gw.hub.breakers[name].state,
+                }
                 for name, h in health.items()
             },
         }
@@ -316,7 +388,24 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
         finally:
             await gw.stop()
 
+    middleware = []
+    if config.server.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.server.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["authorization", "content-type", "x-purpose", "x-client-name"],
+                expose_headers=["x-request-id"],
+                max_age=600,
+            )
+        )
+    if gw.telemetry.tracer_provider is not None:
+        middleware.append(
+            Middleware(TracingMiddleware, tracer_provider=gw.telemetry.tracer_provider)
+        )
     app = Starlette(
+        middleware=middleware,
         routes=[
             Route("/graphql", view, methods=["GET", "POST"]),
             Route("/healthz", healthz),

@@ -89,13 +89,15 @@ def cmd_identity(args: argparse.Namespace) -> int:
     return asyncio.run(_identity(args))
 
 
-async def _serve(config: Config, host: str, port: int, config_path: Path | None = None) -> int:
+async def _serve(
+    config: Config, host: str, port: int, config_path: Path | None = None, tls: Any = None
+) -> int:
     from gateway.app import Gateway, build_app
     from gateway.serving import bind, start_server
 
     sock = bind(host, port)
     gateway = Gateway(config, config_path)
-    running = await start_server(build_app(config, gateway), sock)
+    running = await start_server(build_app(config, gateway), sock, tls)
     reload_on_sighup(gateway)
     log.warning("serving", extra={"url": running.url, "customers": len(gateway.identity)})
     await running.task
@@ -106,47 +108,70 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
+    from gateway.tls import ServerTLS
+
+    # TLS when given a certificate and key (flags over [server] tls_cert/tls_key);
+    # otherwise plain HTTP, for running behind a TLS-terminating proxy.
+    tls = ServerTLS.resolve(
+        args.tls_cert, args.tls_key, config.raw.get("server", {}), Path(args.config).parent
+    )
     if args.workers > 1:
         import uvicorn
+
+        from gateway.serving import uvicorn_tls_options
 
         # Each worker process builds its own app from the same file.
         os.environ["C360_CONFIG"] = str(Path(args.config).resolve())
         uvicorn.run(
-            "gateway.asgi:create_app",
+            "gateway.serving:create_hsts_app" if tls else "gateway.asgi:create_app",
             factory=True,
             host=host,
             port=port,
             workers=args.workers,
             log_config=None,
+            **uvicorn_tls_options(tls),
         )
         return 0
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_serve(config, host, port, Path(args.config)))
+        return asyncio.run(_serve(config, host, port, Path(args.config), tls))
     return 0
 
 
 async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
     from gateway.app import Gateway, build_app
-    from gateway.demo import DemoOptions, demo_config, demo_systems, to_toml
+    from gateway.demo import DemoOptions, demo_config, demo_systems, demo_tls_overrides, to_toml
     from gateway.serving import bind, start_server
+    from gateway.tls import DemoCertificates, ServerTLS
 
     sock = bind("127.0.0.1", args.port)
+    # --tls: a fresh throwaway CA and certificates under the data dir, on every run.
+    certificates = DemoCertificates.create(data_dir / "tls") if args.tls else None
     options = DemoOptions(
         data_dir=data_dir,
         latency_ms=args.latency_ms,
         down=tuple(args.down or ()),
         sales_dsn=args.sales_dsn,
+        tls_dir=certificates.ca.directory if certificates else None,
     )
     async with demo_systems(options) as systems:
         overrides = {"cache.url": args.cache_url} if args.cache_url else {}
+        tls_notes: list[str] = []
+        if certificates is not None:
+            tls_overrides, tls_notes = await demo_tls_overrides(
+                certificates, systems.endpoints, args.port
+            )
+            overrides |= tls_overrides
         data = demo_config(systems.endpoints, port=args.port, overrides=overrides)
         config_path = data_dir / "c360.toml"
         config_path.write_text(to_toml(data), encoding="utf-8")
         config = parse_config(data, base_dir=data_dir)
+        tls = ServerTLS.from_server_table(config.raw.get("server", {}), data_dir)
         gateway = Gateway(config, config_path)
-        running = await start_server(build_app(config, gateway), sock)
+        running = await start_server(build_app(config, gateway), sock, tls)
         reload_on_sighup(gateway)
         print(demo_banner(running.url, len(gateway.identity), systems.endpoints, options.down))
+        if tls_notes:
+            print("\n".join(tls_notes))
         print(demo_tokens(config))
         await running.task
     return 0
@@ -390,6 +415,26 @@ async def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_documents(args: argparse.Namespace) -> int:
+    from gateway.documents import DocumentStoreError, add_documents
+    from resolvers.schema import build_schema
+
+    config = _load(args)
+    if config.documents.file is None:
+        raise CliError("documents.file: no trusted-documents file is configured")
+    try:
+        added = add_documents(
+            config.documents.file,
+            [Path(name) for name in args.files],
+            build_schema()._schema,
+        )
+    except DocumentStoreError as error:
+        raise CliError(str(error)) from error
+    for digest, source in added:
+        print(f"{digest}  {source}")
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     import datetime as dt
 
@@ -434,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--sales-dsn", help="a PostgreSQL DSN for the sales database")
     demo.add_argument("--cache-url", help="redis://127.0.0.1:6379/0 to share the cache in Redis")
+    demo.add_argument(
+        "--tls", action="store_true", help="every hop over HTTPS, from a CA made in DATA_DIR/tls"
+    )
     demo.set_defaults(handler=cmd_demo)
 
     serve = commands.add_parser("serve", help="run the gateway against configured systems")
@@ -441,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    serve.add_argument("--tls-key", help="the certificate's private key (PEM)")
     serve.set_defaults(handler=cmd_serve)
 
     schema = commands.add_parser("schema", help="export or check schema.graphql")
@@ -516,6 +566,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--data-dir", help="the demo's data directory (instead of --config)")
     status.add_argument("--json", action="store_true")
     keys.set_defaults(handler=cmd_keys)
+
+    documents = commands.add_parser("documents", help="trusted documents (persisted queries)")
+    documents_actions = documents.add_subparsers(dest="action", required=True)
+    add = documents_actions.add_parser(
+        "add", help="validate documents against the schema and trust them"
+    )
+    add.add_argument("--config", default=str(DEFAULT_CONFIG))
+    add.add_argument("files", nargs="+", help=".graphql files, or an Apollo manifest")
+    documents.set_defaults(handler=cmd_documents)
     return parser
 
 

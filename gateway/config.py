@@ -20,8 +20,12 @@ from gateway.audit.settings import parse_audit
 from gateway.audit.sinks import AccessSink
 from gateway.auth import AuthConfig
 from gateway.cache import CacheSettings, parse_cache_settings
+from gateway.documents import TrustedDocuments
 from gateway.errors import ConfigError
 from gateway.keys import KeyPolicy
+from gateway.limits import QueryLimits
+from gateway.ratelimit import RateLimitSettings
+from gateway.resilience import ResilienceSettings
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_config"]
 
@@ -33,7 +37,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     graphiql: bool = False
+    introspection: bool = False  # off unless an environment wants it (the demo does)
     max_body_bytes: int = 1_000_000
+    cors_origins: tuple[str, ...] = ()  # browsers on these origins may call /graphql
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +68,10 @@ class Config:
     audit: AuditSettings
     audit_sink: AccessSink
     keys: KeyPolicy
+    limits: QueryLimits
+    rate_limit: RateLimitSettings | None
+    resilience: ResilienceSettings
+    documents: TrustedDocuments
     sources: Mapping[str, Mapping[str, Any]]
     graph: Mapping[str, Any]
     max_page_size: int = 100
@@ -123,10 +133,27 @@ class _Reader:
 def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     root = _Reader(data, "")
     root.only(
-        {"server", "identity", "sources", "graph", "auth", "policies", "cache", "audit", "keys"}
+        {
+            "server",
+            "identity",
+            "sources",
+            "graph",
+            "auth",
+            "policies",
+            "cache",
+            "audit",
+            "keys",
+            "limits",
+            "rate_limit",
+            "resilience",
+            "documents",
+        }
     )
     server = root.table("server")
-    server.only({"host", "port", "graphiql", "max_body_bytes"})
+    server.only({"host", "port", "graphiql", "introspection", "max_body_bytes", "cors_origins"})
+    cors = server.get("cors_origins", list, [])
+    if not all(isinstance(origin, str) and origin for origin in cors):
+        raise ConfigError("server.cors_origins: a list of origins, e.g. https://crm.example.com")
     port = server.get("port", int, 8000)
     if not 0 <= port <= 65535:
         raise ConfigError("server.port: must be between 0 and 65535")
@@ -172,6 +199,8 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
             host=server.get("host", str, "127.0.0.1"),
             port=port,
             graphiql=server.get("graphiql", bool, False),
+            introspection=server.get("introspection", bool, False),
+            cors_origins=tuple(cors),
             max_body_bytes=server.get("max_body_bytes", int, 1_000_000),
         ),
         identity=IdentityConfig(
@@ -186,6 +215,10 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         audit=audit,
         audit_sink=audit_sink,
         keys=KeyPolicy.parse(root.table("keys").data),
+        limits=QueryLimits.parse(root.table("limits").data),
+        rate_limit=RateLimitSettings.parse(data["rate_limit"]) if "rate_limit" in data else None,
+        resilience=ResilienceSettings.parse(root.table("resilience").data),
+        documents=TrustedDocuments.parse(root.table("documents").data, base_dir),
         policies=PoliciesConfig(
             file=(base_dir / policy_file if base_dir else Path(policy_file))
             if policy_file

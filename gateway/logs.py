@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from gateway.telemetry import TraceIdsFilter
+
 # Attributes every LogRecord has; anything else came from `extra=` and is logged as a field.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -31,6 +33,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(TraceIdsFilter())  # every line carries the trace and span ids
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

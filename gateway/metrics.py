@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -51,6 +51,13 @@ class Metrics:
         self.cache_stale = Counter(
             "c360_cache_stale_served",
             "Keys served past their TTL because the source failed",
+            ["source"],
+            registry=self.registry,
+        )
+
+        self.breaker_state = Gauge(
+            "c360_source_circuit_state",
+            "Circuit breaker per source: 0 closed, 1 half-open, 2 open",
             ["source"],
             registry=self.registry,
         )

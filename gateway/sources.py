@@ -24,6 +24,14 @@ from opentelemetry.trace import SpanKind, StatusCode
 from connectors.base import Connector, Fetched, Health, SourceUnavailable
 from gateway.cache import Entry, RecordStore
 from gateway.metrics import Metrics
+from gateway.resilience import (
+    STATE_VALUES,
+    CircuitBreaker,
+    ResilienceSettings,
+    State,
+    call_with_resilience,
+)
+from gateway.telemetry import GatewayMeters
 
 log = logging.getLogger("c360.sources")
 tracer = trace.get_tracer("c360.sources")
@@ -70,12 +78,27 @@ class SourceHub:
         metrics: Metrics,
         store: RecordStore | None = None,
         clock: Callable[[], float] = time.time,
+        resilience: Mapping[str, ResilienceSettings] | None = None,
+        meters: GatewayMeters | None = None,
     ) -> None:
         self.connectors = dict(connectors)
         self.metrics = metrics
         self.store = store
         self.clock = clock
+        self.meters = meters or GatewayMeters()
+        self.resilience = {
+            name: (resilience or {}).get(name, ResilienceSettings()) for name in self.connectors
+        }
+        self.breakers = {
+            name: CircuitBreaker.from_settings(name, settings, on_change=self._breaker_changed)
+            for name, settings in self.resilience.items()
+        }
+        for name in self.connectors:
+            metrics.breaker_state.labels(name).set(STATE_VALUES["closed"])
         self._inflight: dict[Slot, asyncio.Future[Outcome]] = {}
+
+    def _breaker_changed(self, source: str, state: State) -> None:
+        self.metrics.breaker_state.labels(source).set(STATE_VALUES[state])
 
     async def fetch(
         self,
@@ -273,40 +296,66 @@ class SourceHub:
         return {key: entry.value for key, entry in entries.items() if entry.age(now) <= ttl}
 
     def _hold_s(self, source: str) -> float:
-        timeout = getattr(self.connectors[source], "timeout_s", 2.0)
-        return float(timeout) + 1.0
+        """How long a Redis claim lasts: the whole fetch, retries and pauses included."""
+        timeout = float(getattr(self.connectors[source], "timeout_s", 2.0))
+        settings = self.resilience[source]
+        return timeout * (1 + settings.retries) + settings.backoff_cap_s * settings.retries + 1.0
 
     async def _call(self, source: str, entity: str, keys: Sequence[str]) -> dict[str, Fetched]:
+        """One logical fetch: through the source's circuit breaker, retried with jittered
+        backoff (reads are idempotent). Each attempt counts as one call to the system."""
         connector = self.connectors[source]
-        self.metrics.source_requests.labels(source).inc()
         stats = _current.get()
-        if stats is not None:
-            stats.calls += 1
-        started = time.perf_counter()
         span = trace.get_current_span()
         span.set_attribute("c360.source_called", True)
-        try:
-            found = await connector.fetch(entity, keys)
-            span.set_attribute("c360.outcome", "ok")
-            return found
-        except SourceUnavailable as error:
-            span.set_attribute("c360.outcome", "error")
+        attempts = 0
+
+        async def attempt() -> dict[str, Fetched]:
+            nonlocal attempts
+            attempts += 1
+            self.metrics.source_requests.labels(source).inc()
             if stats is not None:
-                stats.errors += 1
-            span.set_status(StatusCode.ERROR, "source unavailable")
-            self.metrics.source_errors.labels(source).inc()
-            log.warning(
-                "source call failed",
-                extra={
-                    "source": source,
-                    "entity": entity,
-                    "keys": len(keys),
-                    "reason": error.reason,
-                },
+                stats.calls += 1
+            started = time.perf_counter()
+            try:
+                found = await connector.fetch(entity, keys)
+            except SourceUnavailable as error:
+                if stats is not None:
+                    stats.errors += 1
+                self.metrics.source_errors.labels(source).inc()
+                self.meters.source_call(source, "error", time.perf_counter() - started)
+                log.warning(
+                    "source call failed",
+                    extra={
+                        "source": source,
+                        "entity": entity,
+                        "keys": len(keys),
+                        "attempt": attempts,
+                        "reason": error.reason,
+                    },
+                )
+                raise
+            finally:
+                self.metrics.source_duration.labels(source).observe(time.perf_counter() - started)
+            self.meters.source_call(source, "ok", time.perf_counter() - started)
+            return found
+
+        try:
+            found = await call_with_resilience(
+                self.breakers[source],
+                self.resilience[source],
+                attempt,
+                idempotent=True,
+                source=source,
             )
+        except SourceUnavailable:
+            span.set_attribute("c360.outcome", "error")
+            span.set_status(StatusCode.ERROR, "source unavailable")
             raise
         finally:
-            self.metrics.source_duration.labels(source).observe(time.perf_counter() - started)
+            span.set_attribute("c360.attempts", attempts)
+        span.set_attribute("c360.outcome", "ok")
+        return found
 
     async def invalidate(self, source: str, entity: str, keys: Sequence[str]) -> int:
         if self.store is None:

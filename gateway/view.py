@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -29,6 +30,16 @@ from strawberry.http import GraphQLHTTPResponse
 from strawberry.types import ExecutionResult
 
 from gateway.auth import Authenticator, AuthError
+from gateway.documents import (
+    DocumentError,
+    DocumentRefused,
+    DocumentStore,
+    TrustedDocuments,
+    resolve_document,
+)
+from gateway.ratelimit import RateLimiter, retry_after
+from gateway.resilience import DeadlineExceeded, request_deadline
+from gateway.telemetry import set_request_id
 
 log = logging.getLogger("c360.graphql")
 
@@ -37,6 +48,7 @@ JSON = "application/json"
 # Errors we raise on purpose carry a code; anything else is a bug and is masked.
 KNOWN_CODES = {
     "BAD_USER_INPUT",
+    "DEADLINE_EXCEEDED",
     "FORBIDDEN",
     "SOURCE_UNAVAILABLE",
     "QUERY_TOO_COMPLEX",
@@ -96,6 +108,9 @@ class GraphQLView(GraphQL[Any, None]):
         context_factory: Callable[[Request], Any],
         authenticator: Authenticator,
         account: Callable[[Request, Response, float], Awaitable[Response]],
+        rate_limiter: RateLimiter | None = None,
+        deadline_s: float | None = None,
+        documents: Callable[[], tuple[DocumentStore, TrustedDocuments]] | None = None,
         max_body_bytes: int,
         observe: Callable[[int, float], None] = lambda status, seconds: None,
         **kwargs: Any,
@@ -104,6 +119,9 @@ class GraphQLView(GraphQL[Any, None]):
         self._context_factory = context_factory
         self._authenticator = authenticator
         self._account = account
+        self._rate_limiter = rate_limiter
+        self._deadline_s = deadline_s
+        self._documents = documents
         self._max_body_bytes = max_body_bytes
         self._observe = observe
 
@@ -114,6 +132,7 @@ class GraphQLView(GraphQL[Any, None]):
         started = time.perf_counter()
         request = Request(scope, receive)
         request.state.request_id = uuid.uuid4().hex
+        set_request_id(request.state.request_id)
         response = await self._respond(request)
         if not self._is_ide_request(request):
             # Every request is accounted for, rejected ones too; with fail_closed, a
@@ -149,8 +168,31 @@ class GraphQLView(GraphQL[Any, None]):
                     media_type=self._media_type(request),
                     headers=headers,
                 )
+            limited = await self._rate_limited(request)
+            if limited is not None:
+                return limited
         try:
-            return await self.run(request)
+            if self._deadline_s is None:
+                return await self.run(request)
+            async with request_deadline(self._deadline_s):
+                return await self.run(request)
+        except DocumentRefused as refused:
+            request.state.reason = "document_refused"
+            return Response(
+                orjson.dumps(refused.refusal.body()),
+                status_code=refused.refusal.status,
+                media_type=self._media_type(request),
+                headers=dict(refused.refusal.headers),
+            )
+        except DeadlineExceeded:
+            request.state.reason = "deadline"
+            return Response(
+                error_body(
+                    f"The request took longer than {self._deadline_s:g} s.", "DEADLINE_EXCEEDED"
+                ),
+                status_code=504,
+                media_type=self._media_type(request),
+            )
         except HTTPException as error:
             request.state.reason = "bad_request"
             return Response(
@@ -158,6 +200,39 @@ class GraphQLView(GraphQL[Any, None]):
                 status_code=error.status_code,
                 media_type=self._media_type(request),
             )
+
+    async def _rate_limited(self, request: Request) -> Response | None:
+        """429 with Retry-After once the principal's bucket is empty."""
+        if self._rate_limiter is None:
+            return None
+        wait = await self._rate_limiter.take(request.state.principal.subject)
+        if wait is None:
+            return None
+        request.state.reason = "rate_limited"
+        return Response(
+            error_body("Too many requests; retry later.", "RATE_LIMITED"),
+            status_code=429,
+            media_type=self._media_type(request),
+            headers={"retry-after": retry_after(wait)},
+        )
+
+    async def parse_http_body(self, request: Any) -> Any:
+        """Trusted documents and Automatic Persisted Queries: the document to run may come
+        from the store by its hash, and with `only_trusted` nothing else runs."""
+        data = await super().parse_http_body(request)
+        if self._documents is None:
+            return data
+        store, settings = self._documents()
+        items = data if isinstance(data, list) else [data]
+        resolved = []
+        for item in items:
+            found = resolve_document(
+                {"query": item.query, "extensions": item.extensions}, store, settings
+            )
+            if isinstance(found, DocumentError):
+                raise DocumentRefused(found)
+            resolved.append(dataclasses.replace(item, query=found))
+        return resolved if isinstance(data, list) else resolved[0]
 
     def _is_ide_request(self, request: Request) -> bool:
         # The GraphiQL page itself holds no data; the queries it sends carry a token.

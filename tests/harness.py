@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from gateway.auth import mint_token
 from gateway.config import parse_config
 from gateway.demo import demo_config, to_toml
 from gateway.serving import bind, start_server
+from gateway.tls import ServerTLS
 
 
 @dataclass
@@ -99,14 +101,18 @@ class RunningGateway:
 def gateway_config(
     systems: DemoSystems, state_dir: Path, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The demo configuration over these systems. The cache is off unless a test turns it
-    on (`{"cache.enabled": True}`), so tests see every call reach the systems."""
+    """The demo configuration over these systems. The cache, retries and the circuit
+    breaker are off unless a test turns them on, so tests see every call reach the
+    systems."""
     return demo_config(
         systems.endpoints,
         port=0,
         overrides={
             "identity.dsn": f"sqlite+aiosqlite:///{state_dir}/identity.db",
             "cache.enabled": False,
+            # Tests count calls: no retries, and a breaker that only its own tests trip.
+            "resilience.retries": 0,
+            "resilience.breaker_failures": 1000,
             **(overrides or {}),
         },
     )
@@ -114,9 +120,15 @@ def gateway_config(
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    systems: DemoSystems, state_dir: Path, overrides: Mapping[str, Any] | None = None
+    systems: DemoSystems,
+    state_dir: Path,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    server_tls: ServerTLS | None = None,
+    client_ssl: ssl.SSLContext | None = None,
 ) -> AsyncIterator[RunningGateway]:
-    """A gateway over the demo systems, served by uvicorn on an ephemeral port."""
+    """A gateway over the demo systems, served by uvicorn on an ephemeral port; over
+    HTTPS with `server_tls`, reached by a client that trusts what `client_ssl` does."""
     await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
     data = gateway_config(systems, state_dir, overrides)
     config_path = state_dir / "c360.toml"
@@ -124,9 +136,12 @@ async def running_gateway(
     await asyncio.to_thread(config_path.write_text, to_toml(data), "utf-8")
     config = parse_config(data, base_dir=state_dir)
     gateway = Gateway(config, config_path)
-    server = await start_server(build_app(config, gateway), bind("127.0.0.1", 0))
+    server = await start_server(build_app(config, gateway), bind("127.0.0.1", 0), server_tls)
+    connector = aiohttp.TCPConnector(ssl=client_ssl if client_ssl is not None else True)
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=30), connector=connector
+        ) as http:
             yield RunningGateway(server.url, gateway, http)
     finally:
         await server.stop()

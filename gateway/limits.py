@@ -1,0 +1,448 @@
+"""Query limits, with the OWASP GraphQL cheat sheet as the floor: depth, estimated cost,
+aliases, tokens and batch size. A query over any of them is a request error
+(`extensions.code = "QUERY_TOO_COMPLEX"`, `extensions.limit` names the limit, no `data`)
+raised before any resolver runs, so no department system is ever called for it.
+
+Depth and aliases are validation rules (cached with the document by `ValidationCache`);
+tokens bound the parser itself; the cost depends on variables (`first: $n`), so it is
+estimated per request, after validation and before execution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from graphql import (
+    ASTValidationRule,
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLField,
+    GraphQLInterfaceType,
+    GraphQLNamedType,
+    GraphQLObjectType,
+    GraphQLSchema,
+    GraphQLSyntaxError,
+    InlineFragmentNode,
+    IntValueNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    ValidationRule,
+    VariableNode,
+    get_named_type,
+    get_nullable_type,
+    get_operation_ast,
+    is_list_type,
+)
+from graphql.pyutils import Undefined
+from strawberry.extensions import AddValidationRules, MaxTokensLimiter, SchemaExtension
+from strawberry.types.execution import PreExecutionError
+
+from gateway.errors import ConfigError
+
+CODE = "QUERY_TOO_COMPLEX"
+Fragments = Mapping[str, FragmentDefinitionNode]
+
+
+@dataclass(frozen=True, slots=True)
+class QueryLimits:
+    """`[limits]`. `max_body_bytes` stays with the HTTP view (`server.max_body_bytes`)."""
+
+    max_depth: int = 12
+    max_cost: int = 5000
+    max_aliases: int = 30
+    max_tokens: int = 2000
+    max_batch: int = 10  # operations in one array-batched request
+    default_list_size: int = 10  # the size assumed for a list field without `first`
+
+    @classmethod
+    def parse(cls, table: Mapping[str, Any]) -> QueryLimits:
+        known = {f.name for f in fields(cls)}
+        values: dict[str, int] = {}
+        for key, value in table.items():
+            if key not in known:
+                raise ConfigError(f"limits.{key}: unknown key")
+            # A limit of 0 would refuse everything, and "off" is not an option for a floor.
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"limits.{key}: expected an integer >= 1")
+            values[key] = value
+        return cls(**values)
+
+
+class QueryTooComplex(Exception):
+    """A request over one of the limits; `error()` is what the client receives."""
+
+    def __init__(self, limit: str, maximum: int, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.maximum = maximum
+        self.message = message
+
+    def error(self) -> GraphQLError:
+        return GraphQLError(
+            self.message,
+            extensions={"code": CODE, "limit": self.limit, "max": self.maximum},
+        )
+
+
+def check_batch(size: int, limits: QueryLimits) -> None:
+    """For the view, before an array-batched request runs: raises QueryTooComplex."""
+    if size > limits.max_batch:
+        raise QueryTooComplex(
+            "batch",
+            limits.max_batch,
+            f"The batch has {size} operations; the batch limit is {limits.max_batch}.",
+        )
+
+
+# --- measures of a document -------------------------------------------------------------
+# Each walk memoises fragments: a fragment spread many times (or fragments spreading each
+# other twice over, a "fragment bomb") costs one walk, not one per spread. Spreads of a
+# fragment that is being walked are cycles (an invalid document, since these rules run
+# alongside NoFragmentCyclesRule) and count nothing. Introspection fields count nothing in
+# depth and cost, as in strawberry's QueryDepthLimiter: graphql-core's
+# MaxIntrospectionDepthRule (a specified rule) bounds introspection instead, and an IDE's
+# introspection query would otherwise exceed any useful depth.
+
+
+def _fragments(document: DocumentNode) -> dict[str, FragmentDefinitionNode]:
+    return {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+
+
+def _is_introspection(node: FieldNode) -> bool:
+    return node.name.value.startswith("__")
+
+
+def selection_depth(
+    selection_set: SelectionSetNode,
+    fragments: Fragments,
+    memo: dict[str, int] | None = None,
+    active: set[str] | None = None,
+) -> int:
+    """Level of the deepest field below a selection set, its own fields being level 0
+    (graphql-depth-limit's measure: `{ a { b } }` has depth 1)."""
+    memo = {} if memo is None else memo
+    active = set() if active is None else active
+    deepest = 0
+    for selection in selection_set.selections:
+        if isinstance(selection, FieldNode):
+            if selection.selection_set is not None and not _is_introspection(selection):
+                below = selection_depth(selection.selection_set, fragments, memo, active)
+                deepest = max(deepest, 1 + below)
+        elif isinstance(selection, InlineFragmentNode):
+            deepest = max(
+                deepest, selection_depth(selection.selection_set, fragments, memo, active)
+            )
+        elif isinstance(selection, FragmentSpreadNode):
+            name = selection.name.value
+            fragment = fragments.get(name)
+            if fragment is None or name in active:
+                continue
+            if name not in memo:
+                active.add(name)
+                memo[name] = selection_depth(fragment.selection_set, fragments, memo, active)
+                active.discard(name)
+            deepest = max(deepest, memo[name])
+    return deepest
+
+
+def alias_count(
+    selection_set: SelectionSetNode,
+    fragments: Fragments,
+    memo: dict[str, int] | None = None,
+    active: set[str] | None = None,
+) -> int:
+    """Aliased fields as executed: a fragment's aliases count once per spread."""
+    memo = {} if memo is None else memo
+    active = set() if active is None else active
+    total = 0
+    for selection in selection_set.selections:
+        if isinstance(selection, FieldNode):
+            total += selection.alias is not None
+            if selection.selection_set is not None:
+                total += alias_count(selection.selection_set, fragments, memo, active)
+        elif isinstance(selection, InlineFragmentNode):
+            total += alias_count(selection.selection_set, fragments, memo, active)
+        elif isinstance(selection, FragmentSpreadNode):
+            name = selection.name.value
+            fragment = fragments.get(name)
+            if fragment is None or name in active:
+                continue
+            if name not in memo:
+                active.add(name)
+                memo[name] = alias_count(fragment.selection_set, fragments, memo, active)
+                active.discard(name)
+            total += memo[name]
+    return total
+
+
+class CostEstimate:
+    """The cost of one operation: a leaf costs 1; a field with a selection costs
+    1 + size x (the cost of its selection), where size is 1 for a single object, the
+    `first` argument for a paginated field (a literal, a variable, or the argument's
+    default in the schema: `customers` 20, `orders` 10, `tickets` 10), and
+    `default_list_size` for any other list. A `first` above `page_size_cap` (the graph's
+    `max_page_size`) counts as the cap: the resolvers refuse such a page with
+    BAD_USER_INPUT, as the contract says, before any system is called.
+
+    A Relay connection (`customers(first: 20) { edges { node {...} } }`) applies its
+    `first` once: the lists directly inside a paginated field that is not a list itself
+    (`edges`, `nodes`) count as size 1."""
+
+    def __init__(
+        self,
+        schema: GraphQLSchema,
+        fragments: Fragments,
+        variables: Mapping[str, Any] | None,
+        variable_defaults: Mapping[str, Any],
+        default_list_size: int,
+        page_size_cap: int | None = None,
+    ) -> None:
+        self.schema = schema
+        self.fragments = fragments
+        self.variables = variables or {}
+        self.variable_defaults = variable_defaults
+        self.default_list_size = default_list_size
+        self.page_size_cap = page_size_cap
+        self._memo: dict[tuple[str, bool], int] = {}
+        self._active: set[str] = set()
+
+    @classmethod
+    def of_operation(
+        cls,
+        schema: GraphQLSchema,
+        document: DocumentNode,
+        operation_name: str | None,
+        variables: Mapping[str, Any] | None,
+        default_list_size: int,
+        page_size_cap: int | None = None,
+    ) -> int:
+        operation = get_operation_ast(document, operation_name)
+        if operation is None:
+            return 0  # execution reports the missing operation
+        root = schema.get_root_type(operation.operation)
+        if root is None:
+            return 0
+        fragments = _fragments(document)
+        defaults = {
+            d.variable.name.value: _int_literal(d.default_value)
+            for d in operation.variable_definitions or ()
+        }
+        estimate = cls(schema, fragments, variables, defaults, default_list_size, page_size_cap)
+        return estimate.selection(operation.selection_set, root, in_connection=False)
+
+    def selection(
+        self, selection_set: SelectionSetNode, parent: GraphQLNamedType, *, in_connection: bool
+    ) -> int:
+        total = 0
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                total += self.field(selection, parent, in_connection=in_connection)
+            elif isinstance(selection, InlineFragmentNode):
+                condition = selection.type_condition
+                inner = self.schema.get_type(condition.name.value) if condition else parent
+                if inner is not None:
+                    total += self.selection(
+                        selection.selection_set, inner, in_connection=in_connection
+                    )
+            elif isinstance(selection, FragmentSpreadNode):
+                total += self.spread(selection.name.value, in_connection=in_connection)
+        return total
+
+    def spread(self, name: str, *, in_connection: bool) -> int:
+        fragment = self.fragments.get(name)
+        if fragment is None or name in self._active:
+            return 0
+        key = (name, in_connection)
+        if key not in self._memo:
+            inner = self.schema.get_type(fragment.type_condition.name.value)
+            self._active.add(name)
+            self._memo[key] = (
+                self.selection(fragment.selection_set, inner, in_connection=in_connection)
+                if inner is not None
+                else 0
+            )
+            self._active.discard(name)
+        return self._memo[key]
+
+    def field(self, node: FieldNode, parent: GraphQLNamedType, *, in_connection: bool) -> int:
+        if _is_introspection(node):
+            return 0
+        if not isinstance(parent, GraphQLObjectType | GraphQLInterfaceType):
+            return 0
+        definition = parent.fields.get(node.name.value)
+        if definition is None or node.selection_set is None:
+            return 1
+        is_list = is_list_type(get_nullable_type(definition.type))
+        paginated = "first" in definition.args
+        if paginated:
+            size = self.first(node, definition)
+        elif is_list:
+            size = 1 if in_connection else self.default_list_size
+        else:
+            size = 1
+        child = get_named_type(definition.type)
+        below = self.selection(node.selection_set, child, in_connection=paginated and not is_list)
+        return 1 + size * below
+
+    def first(self, node: FieldNode, definition: GraphQLField) -> int:
+        value: Any = None
+        for argument in node.arguments or ():
+            if argument.name.value != "first":
+                continue
+            if isinstance(argument.value, VariableNode):
+                name = argument.value.name.value
+                value = self.variables.get(name, self.variable_defaults.get(name))
+            else:
+                value = _int_literal(argument.value)
+        if value is None:
+            default = definition.args["first"].default_value
+            value = default if default is not Undefined else None
+        if isinstance(value, bool) or not isinstance(value, int):
+            # Absent, null, or not an integer (execution will reject the latter).
+            return self.default_list_size
+        size: int = value
+        if self.page_size_cap is not None:
+            # The resolvers refuse a larger page (BAD_USER_INPUT) before fetching anything.
+            size = min(size, self.page_size_cap)
+        return max(0, size)
+
+
+def _int_literal(node: Any) -> int | None:
+    return int(node.value) if isinstance(node, IntValueNode) else None
+
+
+# --- strawberry seams --------------------------------------------------------------------
+
+
+def depth_rule(limits: QueryLimits) -> type[ValidationRule]:
+    class DepthLimit(ValidationRule):
+        def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
+            depth = selection_depth(node.selection_set, _fragments(self.context.document))
+            if depth > limits.max_depth:
+                self.report_error(
+                    QueryTooComplex(
+                        "depth",
+                        limits.max_depth,
+                        f"The query is nested {depth} levels deep; "
+                        f"the depth limit is {limits.max_depth}.",
+                    ).error()
+                )
+
+    return DepthLimit
+
+
+def alias_rule(limits: QueryLimits) -> type[ValidationRule]:
+    class AliasLimit(ValidationRule):
+        def enter_document(self, node: DocumentNode, *_: Any) -> None:
+            fragments = _fragments(node)
+            memo: dict[str, int] = {}
+            count = sum(
+                alias_count(d.selection_set, fragments, memo)
+                for d in node.definitions
+                if isinstance(d, OperationDefinitionNode)
+            )
+            if count > limits.max_aliases:
+                self.report_error(
+                    QueryTooComplex(
+                        "aliases",
+                        limits.max_aliases,
+                        f"The query uses {count} aliases; the alias limit is {limits.max_aliases}.",
+                    ).error()
+                )
+
+    return AliasLimit
+
+
+class TokenLimit(MaxTokensLimiter):
+    """strawberry's MaxTokensLimiter (the parser stops after `max_tokens`), with its
+    syntax error turned into QUERY_TOO_COMPLEX.
+
+    The parser's error arrives two ways: raised through this hook when `ParserCache`
+    parses inside its own `on_parse`, or as the operation's result when strawberry
+    parses in its body."""
+
+    def on_operation(self) -> Iterator[None]:
+        try:
+            yield from super().on_operation()
+        except GraphQLSyntaxError as error:
+            if self._is_token_limit(error):
+                raise self._too_complex() from None
+            raise
+        result = self.execution_context.result
+        if result is not None and result.errors:
+            result.errors = [
+                self._too_complex() if self._is_token_limit(error) else error
+                for error in result.errors
+            ]
+
+    def _is_token_limit(self, error: GraphQLError) -> bool:
+        return isinstance(error, GraphQLSyntaxError) and error.message.startswith(
+            f"Syntax Error: Document contains more than {self.max_token_count} tokens"
+        )
+
+    def _too_complex(self) -> GraphQLError:
+        return QueryTooComplex(
+            "tokens",
+            self.max_token_count,
+            f"The query has more than {self.max_token_count} tokens; "
+            f"the token limit is {self.max_token_count}.",
+        ).error()
+
+
+class ComplexityLimit(AddValidationRules):
+    """Depth and aliases as validation rules; the cost once the variables are known,
+    before execution: an over-cost operation's result is set here, so strawberry never
+    executes it (its documented way for an extension to answer in place of execution)."""
+
+    def __init__(
+        self,
+        limits: QueryLimits,
+        rules: list[type[ASTValidationRule]],
+        page_size_cap: int | None = None,
+    ) -> None:
+        super().__init__(rules)
+        self.limits = limits
+        self.page_size_cap = page_size_cap
+
+    def on_execute(self) -> Iterator[None]:
+        ctx = self.execution_context
+        if ctx.graphql_document is not None and ctx.result is None:
+            cost = CostEstimate.of_operation(
+                ctx.schema._schema,
+                ctx.graphql_document,
+                ctx.operation_name,
+                ctx.variables,
+                self.limits.default_list_size,
+                self.page_size_cap,
+            )
+            if cost > self.limits.max_cost:
+                ctx.result = PreExecutionError(
+                    data=None,
+                    errors=[
+                        QueryTooComplex(
+                            "cost",
+                            self.limits.max_cost,
+                            f"The query's estimated cost is {cost}; "
+                            f"the cost limit is {self.limits.max_cost}.",
+                        ).error()
+                    ],
+                )
+        yield
+
+
+def limit_extensions(
+    limits: QueryLimits, *, page_size_cap: int | None = None
+) -> list[Callable[[], SchemaExtension]]:
+    """Extension factories for `build_schema(extensions=...)`; `page_size_cap` is the
+    graph's `max_page_size`. The rule classes are made once here: ValidationCache keys
+    its entries by them."""
+    rules: list[type[ASTValidationRule]] = [depth_rule(limits), alias_rule(limits)]
+    return [
+        lambda: TokenLimit(max_token_count=limits.max_tokens),
+        lambda: ComplexityLimit(limits, rules, page_size_cap),
+    ]
