@@ -19,6 +19,7 @@ from gateway.auth import mint_token
 from gateway.config import parse_config
 from gateway.demo import demo_config, to_toml
 from gateway.serving import bind, start_server
+from gateway.telemetry import Telemetry
 from gateway.tls import ServerTLS
 
 
@@ -126,6 +127,7 @@ async def running_gateway(
     *,
     server_tls: ServerTLS | None = None,
     client_ssl: ssl.SSLContext | None = None,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[RunningGateway]:
     """A gateway over the demo systems, served by uvicorn on an ephemeral port; over
     HTTPS with `server_tls`, reached by a client that trusts what `client_ssl` does."""
@@ -135,7 +137,7 @@ async def running_gateway(
     # Written out so that reload() (SIGHUP) has a file to re-read, as in production.
     await asyncio.to_thread(config_path.write_text, to_toml(data), "utf-8")
     config = parse_config(data, base_dir=state_dir)
-    gateway = Gateway(config, config_path)
+    gateway = Gateway(config, config_path, telemetry)
     server = await start_server(build_app(config, gateway), bind("127.0.0.1", 0), server_tls)
     connector = aiohttp.TCPConnector(ssl=client_ssl if client_ssl is not None else True)
     try:

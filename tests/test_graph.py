@@ -311,3 +311,13 @@ async def test_graphiql_for_a_browser(gateway: RunningGateway) -> None:
 async def test_many_concurrent_requests_all_succeed(gateway: RunningGateway) -> None:
     replies = await asyncio.gather(*(gateway.query(PAGE, {"first": 10}) for _ in range(20)))
     assert all(r.status == 200 and not r.errors for r in replies)
+
+
+@pytest.mark.parametrize(
+    "body", [b"null", b"[1, 2]", b'"a string"', b"\x80", b"\xff\xfe{}", b"42"]
+)
+async def test_json_that_is_not_a_request_is_400(gateway: RunningGateway, body: bytes) -> None:
+    """Found by the fuzz run: these used to be 500s."""
+    reply = await gateway.post(body)
+    assert reply.status == 400
+    assert reply.errors[0]["extensions"]["code"] == "BAD_REQUEST"
