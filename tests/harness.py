@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import orjson
 
 from demo.systems import DemoSystems
 from gateway.app import Gateway, build_app
-from gateway.auth import mint_token
+from gateway.auth import AuthConfig, mint_token
 from gateway.config import parse_config
 from gateway.demo import demo_config, to_toml
 from gateway.serving import bind, start_server
@@ -179,3 +180,50 @@ class SourceAdmin:
         for system in ("service", "marketing"):
             async with self.http.post(self.systems.admin_url(system) + "/_admin/reset") as resp:
                 assert resp.status == 200
+
+
+def write_config(
+    systems: DemoSystems, state_dir: Path, overrides: Mapping[str, Any] | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """A c360.toml over the demo systems (port 0), for a `c360` process to read."""
+    data = gateway_config(systems, state_dir, {"server.port": 0, **(overrides or {})})
+    path = state_dir / "c360.toml"
+    path.write_text(to_toml(data), encoding="utf-8")
+    return path, data
+
+
+def sales_token(data: Mapping[str, Any]) -> str:
+    return mint_token(AuthConfig.parse(data["auth"]), "alice", ["sales"], ["sales"])
+
+
+async def start_serve(config_path: Path) -> tuple[asyncio.subprocess.Process, str]:
+    """`c360 serve --config …` as its own process; returns once it logs its URL. Its log
+    is drained in the background, so a chatty gateway never blocks on a full pipe."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--config",
+        str(config_path),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    async with asyncio.timeout(60):
+        while True:
+            line = await process.stderr.readline()
+            assert line, "the gateway exited before serving"
+            entry = orjson.loads(line)
+            if entry.get("msg") == "serving":
+                url = str(entry["url"])
+                break
+    _drains.add(asyncio.create_task(_drain(process.stderr)))
+    return process, url
+
+
+_drains: set[asyncio.Task[None]] = set()
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass

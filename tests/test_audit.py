@@ -19,9 +19,16 @@ import pytest
 from demo.people import DemoWorld
 from demo.systems import DemoSystems
 from gateway.audit.sinks import JsonlSink, SinkUnavailable
-from gateway.auth import AuthConfig, mint_token
 from gateway.demo import to_toml
-from harness import RunningGateway, SourceAdmin, gateway_config, running_gateway
+from harness import (
+    RunningGateway,
+    SourceAdmin,
+    gateway_config,
+    running_gateway,
+    sales_token,
+    start_serve,
+    write_config,
+)
 
 PAGE = """query Page($n: Int) { customers(first: $n) { edges { node {
   id name email phone nationalId tickets { id } } } } }"""
@@ -390,19 +397,11 @@ async def test_the_postgresql_sink(
 async def test_kill_9_under_load_leaves_a_chain_that_verifies(
     demo_systems: DemoSystems, tmp_path: Path
 ) -> None:
-    data = gateway_config(demo_systems, tmp_path, {"server.port": 0, "audit.chain": "killed"})
-    config = tmp_path / "c360.toml"
-    config.write_text(to_toml(data), encoding="utf-8")
-    token = mint_token(AuthConfig.parse(data["auth"]), "alice", ["sales"], ["sales"])
+    config, data = write_config(demo_systems, tmp_path, {"audit.chain": "killed"})
+    token = sales_token(data)
 
     async def start() -> tuple[asyncio.subprocess.Process, str]:
-        process = await cli("serve", "--config", str(config))
-        assert process.stderr is not None
-        async with asyncio.timeout(60):
-            while True:
-                entry = orjson.loads(await process.stderr.readline())
-                if entry.get("msg") == "serving":
-                    return process, str(entry["url"])
+        return await start_serve(config)
 
     async def load(url: str, until: asyncio.Event) -> int:
         done = 0

@@ -19,11 +19,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from demo.systems import DemoSystems
 from gateway.audit.sinks import JsonlSink
-from gateway.auth import AuthConfig, mint_token
 from gateway.demo import to_toml
 from gateway.documents import document_hash
 from gateway.telemetry import Telemetry
-from harness import SourceAdmin, gateway_config, running_gateway
+from harness import (
+    SourceAdmin,
+    gateway_config,
+    running_gateway,
+    sales_token,
+    start_serve,
+    write_config,
+)
 
 TICKETS = "query T($n: Int) { customers(first: $n) { edges { node { id tickets { id } } } } }"
 
@@ -225,26 +231,9 @@ async def test_only_trusted_documents_run(demo_systems: DemoSystems, tmp_path: P
 async def test_sigterm_under_load_loses_no_access_record(
     demo_systems: DemoSystems, tmp_path: Path
 ) -> None:
-    data = gateway_config(demo_systems, tmp_path, {"server.port": 0, "audit.chain": "graceful"})
-    config = tmp_path / "c360.toml"
-    config.write_text(to_toml(data), encoding="utf-8")
-    token = mint_token(AuthConfig.parse(data["auth"]), "alice", ["sales"], ["sales"])
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "serve",
-        "--config",
-        str(config),
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    async with asyncio.timeout(60):
-        while True:
-            entry = orjson.loads(await process.stderr.readline())
-            if entry.get("msg") == "serving":
-                url = str(entry["url"])
-                break
+    config, data = write_config(demo_systems, tmp_path, {"audit.chain": "graceful"})
+    token = sales_token(data)
+    process, url = await start_serve(config)
     answered = 0
     stop = asyncio.Event()
 

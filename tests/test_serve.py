@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
 import orjson
 
 from demo.systems import DemoSystems
-from gateway.auth import AuthConfig, mint_token
-from gateway.demo import to_toml
-from harness import gateway_config
+from harness import sales_token, start_serve, write_config
 from policies.rules import DEFAULT_POLICY_PATH
 
 QUERY = orjson.dumps({"query": "{ customers(first: 1) { edges { node { name } } } }"})
@@ -25,30 +22,10 @@ async def test_serve_answers_reloads_on_sighup_and_stops_on_sigterm(
     policy_file = tmp_path / "policies.toml"
     policy_text = DEFAULT_POLICY_PATH.read_text(encoding="utf-8")
     policy_file.write_text(policy_text, encoding="utf-8")
-    data = gateway_config(
-        demo_systems, tmp_path, {"server.port": 0, "policies.file": str(policy_file)}
-    )
-    config_path = tmp_path / "c360.toml"
-    config_path.write_text(to_toml(data), encoding="utf-8")
-    token = mint_token(AuthConfig.parse(data["auth"]), "alice", ["sales"], ["sales"])
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "serve",
-        "--config",
-        str(config_path),
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stderr is not None
+    config_path, data = write_config(demo_systems, tmp_path, {"policies.file": str(policy_file)})
+    token = sales_token(data)
+    process, url = await start_serve(config_path)
     try:
-        url = None
-        async with asyncio.timeout(60):
-            while url is None:
-                line = await process.stderr.readline()
-                assert line, "the gateway exited before serving"
-                entry = orjson.loads(line)
-                url = entry.get("url") if entry.get("msg") == "serving" else None
         headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
         async with aiohttp.ClientSession() as http:
 
