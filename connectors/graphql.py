@@ -20,6 +20,7 @@ from connectors.base import (
 )
 from connectors.http import HttpClient
 from connectors.settings import Settings
+from connectors.tls import http_transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,17 @@ class GraphQLConnector:
     @classmethod
     def from_settings(cls, name: str, settings: Settings) -> GraphQLConnector:
         settings.reject_unknown(
-            {"kind", "url", "timeout_ms", "max_connections", "headers", "entities", "scan"}
+            {
+                "kind",
+                "url",
+                "timeout_ms",
+                "max_connections",
+                "headers",
+                "entities",
+                "scan",
+                "tls",
+                "allow_insecure",
+            }
         )
         entities: dict[str, GraphQLEntity] = {}
         for entity_name, entity in settings.tables("entities").items():
@@ -103,12 +114,18 @@ class GraphQLConnector:
                 email_field=scan_settings.string("email_field", "email"),
                 phone_field=scan_settings.string("phone_field", "phone"),
             )
+        timeout_s = settings.integer("timeout_ms", 2000, minimum=1) / 1000
+        max_connections = settings.integer("max_connections", 64, minimum=1)
+        headers = settings.str_map("headers")
+        # Last, so a mistake elsewhere in the table is reported first.
+        url, ssl_context = http_transport(settings, "url")
         client = HttpClient(
             name,
-            settings.string("url"),
-            timeout_s=settings.integer("timeout_ms", 2000, minimum=1) / 1000,
-            max_connections=settings.integer("max_connections", 64, minimum=1),
-            headers=settings.str_map("headers"),
+            url,
+            timeout_s=timeout_s,
+            max_connections=max_connections,
+            headers=headers,
+            ssl_context=ssl_context,
         )
         return cls(name, client, entities, scan)
 

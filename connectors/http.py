@@ -1,9 +1,11 @@
 """What the REST and GraphQL connectors share: one pooled aiohttp session per connector,
-a per-connector timeout, and one place that turns transport failures into SourceUnavailable."""
+a per-connector timeout and TLS context, and one place that turns transport failures
+(TLS ones included) into SourceUnavailable."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -11,6 +13,7 @@ import aiohttp
 import orjson
 
 from connectors.base import Health, SourceUnavailable
+from connectors.tls import tls_failure
 
 # Extra headers per outgoing call (e.g. W3C traceparent); set by the gateway.
 HeaderHook = Callable[[], Mapping[str, str]]
@@ -26,6 +29,7 @@ class HttpClient:
         max_connections: int,
         headers: Mapping[str, str] | None = None,
         header_hook: HeaderHook | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.source = source
         self.base_url = base_url.rstrip("/")
@@ -34,12 +38,17 @@ class HttpClient:
         self._max_connections = max_connections
         self._headers = dict(headers or {})
         self.header_hook = header_hook
+        # One verifying context per connector (its CA, its client certificate); None is
+        # aiohttp's default, which verifies against the system's trust store.
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
         # Created lazily: an aiohttp session belongs to the running event loop.
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, ttl_dns_cache=300, ssl=self._ssl
+            )
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=self._timeout,
@@ -74,8 +83,17 @@ class HttpClient:
             raise SourceUnavailable(
                 self.source, f"timed out after {self._timeout_s:.1f}s on {path}"
             ) from error
-        except aiohttp.ClientError as error:
-            raise SourceUnavailable(self.source, f"{type(error).__name__}: {error}") from error
+        except (aiohttp.ClientError, OSError) as error:
+            # A certificate the CA does not vouch for, a refused client certificate: the
+            # reason goes to the log as "TLS: ...", and there is no retry without TLS.
+            reason = tls_failure(error) or f"{type(error).__name__}: {error}"
+            if isinstance(error, aiohttp.ServerDisconnectedError) and self.base_url.startswith(
+                "https:"
+            ):
+                # Some TLS stacks (asyncio's among them) drop a client they refuse without
+                # sending the alert, so this is all the client learns; say what it may mean.
+                reason += " (over TLS: a missing or refused client certificate looks like this)"
+            raise SourceUnavailable(self.source, reason) from error
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as error:

@@ -22,6 +22,7 @@ from connectors.base import (
 )
 from connectors.http import HttpClient
 from connectors.settings import Settings
+from connectors.tls import http_transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,8 @@ class RestConnector:
                 "fanout",
                 "entities",
                 "scan",
+                "tls",
+                "allow_insecure",
             }
         )
         entities: dict[str, RestEntity] = {}
@@ -147,12 +150,18 @@ class RestConnector:
                 email_field=scan_settings.string("email_field", "email"),
                 phone_field=scan_settings.string("phone_field", "phone"),
             )
+        timeout_s = settings.integer("timeout_ms", 2000, minimum=1) / 1000
+        max_connections = settings.integer("max_connections", 64, minimum=1)
+        headers = settings.str_map("headers")
+        # Last, so a mistake elsewhere in the table is reported first.
+        base_url, ssl_context = http_transport(settings, "base_url")
         client = HttpClient(
             name,
-            settings.string("base_url"),
-            timeout_s=settings.integer("timeout_ms", 2000, minimum=1) / 1000,
-            max_connections=settings.integer("max_connections", 64, minimum=1),
-            headers=settings.str_map("headers"),
+            base_url,
+            timeout_s=timeout_s,
+            max_connections=max_connections,
+            headers=headers,
+            ssl_context=ssl_context,
         )
         return cls(
             name,

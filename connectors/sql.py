@@ -1,7 +1,8 @@
 """SQL department systems through SQLAlchemy async (sqlite+aiosqlite, postgresql+asyncpg).
 
 Each entity is one parameterised query with an expanding `:keys` parameter, so a whole
-batch of keys is one round trip.
+batch of keys is one round trip. PostgreSQL over the network is verified TLS (`tls` table,
+handed to asyncpg as an SSLContext) unless the host is loopback or the source opts out.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import bindparam, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import TextClause
 
@@ -30,6 +32,7 @@ from connectors.base import (
     group_records,
 )
 from connectors.settings import Settings
+from connectors.tls import ClientTLS, insecure_flag, refuse_or_warn, tls_failure
 
 KEY_TYPES = ("str", "int")
 
@@ -73,6 +76,40 @@ def _cast(key: str, key_type: str) -> Any:
     return int(key) if key_type == "int" else key
 
 
+def _first(value: str | tuple[str, ...] | None) -> str | None:
+    return value[0] if isinstance(value, tuple) else value
+
+
+def connect_args(settings: Settings, dsn: str) -> dict[str, Any]:
+    """The driver's TLS arguments for this source, after the transport rules: a `tls`
+    table becomes asyncpg's `ssl` context (a server that does not offer TLS is then an
+    error, never a plain connection); a DSN without verified TLS to a remote host is
+    refused unless `allow_insecure = true`."""
+    tls = ClientTLS.parse(settings, modes=True)
+    insecure_flag(settings)
+    try:
+        url = make_url(dsn)
+    except ArgumentError as error:
+        raise settings.error("dsn", "is not a database URL") from error
+    if url.get_backend_name() == "sqlite":
+        if tls is not None:
+            raise settings.error("tls", "a SQLite file has no network transport to protect")
+        return {}
+    dsn_ssl = _first(url.query.get("ssl")) or _first(url.query.get("sslmode"))
+    if tls is not None:
+        if url.drivername != "postgresql+asyncpg":
+            raise settings.error("tls", "is supported for postgresql+asyncpg DSNs")
+        if dsn_ssl is not None:
+            raise settings.error("tls", "is set, and the dsn has ssl/sslmode too; keep one")
+        return {"ssl": tls.context()}
+    if dsn_ssl in ("verify-full", "verify-ca"):
+        return {}  # the driver verifies against its own defaults (~/.postgresql/root.crt)
+    # Anything else (no ssl, disable, allow, prefer, require) may be plain or unverified.
+    host = url.host or _first(url.query.get("host"))
+    refuse_or_warn(settings, "dsn", host, "a PostgreSQL connection without verified TLS")
+    return {}
+
+
 class SqlConnector:
     def __init__(
         self,
@@ -84,6 +121,7 @@ class SqlConnector:
         timeout_s: float = 2.0,
         pool_size: int = 5,
         simulated_latency_s: float = 0.0,
+        connect_args: Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.dsn = dsn
@@ -93,12 +131,23 @@ class SqlConnector:
         self._pool_size = pool_size
         # Demo and benchmark knob only: a database in a file has no network latency.
         self._latency_s = simulated_latency_s
+        self._connect_args = dict(connect_args or {})
         self._engine: AsyncEngine | None = None
 
     @classmethod
     def from_settings(cls, name: str, settings: Settings) -> SqlConnector:
         settings.reject_unknown(
-            {"kind", "dsn", "timeout_ms", "pool_size", "simulated_latency_ms", "entities", "scan"}
+            {
+                "kind",
+                "dsn",
+                "timeout_ms",
+                "pool_size",
+                "simulated_latency_ms",
+                "entities",
+                "scan",
+                "tls",
+                "allow_insecure",
+            }
         )
         entities: dict[str, SqlEntity] = {}
         for entity_name, entity in settings.tables("entities").items():
@@ -129,14 +178,19 @@ class SqlConnector:
                 email_field=scan_settings.string("email_field", "email"),
                 phone_field=scan_settings.string("phone_field", "phone"),
             )
+        timeout_s = settings.integer("timeout_ms", 2000, minimum=1) / 1000
+        pool_size = settings.integer("pool_size", 5, minimum=1)
+        latency_s = settings.integer("simulated_latency_ms", 0) / 1000
+        dsn = settings.string("dsn")
         return cls(
             name,
-            settings.string("dsn"),
+            dsn,
             entities,
             scan,
-            timeout_s=settings.integer("timeout_ms", 2000, minimum=1) / 1000,
-            pool_size=settings.integer("pool_size", 5, minimum=1),
-            simulated_latency_s=settings.integer("simulated_latency_ms", 0) / 1000,
+            timeout_s=timeout_s,
+            pool_size=pool_size,
+            simulated_latency_s=latency_s,
+            connect_args=connect_args(settings, dsn),  # last: other mistakes first
         )
 
     def entities(self) -> Mapping[str, EntitySpec]:
@@ -147,6 +201,8 @@ class SqlConnector:
             options: dict[str, Any] = {}
             if not self.dsn.startswith("sqlite"):
                 options = {"pool_size": self._pool_size, "pool_pre_ping": True}
+            if self._connect_args:
+                options["connect_args"] = self._connect_args
             self._engine = create_async_engine(self.dsn, **options)
         return self._engine
 
@@ -161,7 +217,8 @@ class SqlConnector:
         except TimeoutError as error:
             raise SourceUnavailable(self.name, f"timed out after {self._timeout_s:.1f}s") from error
         except (SQLAlchemyError, OSError, ValueError) as error:
-            raise SourceUnavailable(self.name, f"{type(error).__name__}: {error}") from error
+            reason = tls_failure(error) or f"{type(error).__name__}: {error}"
+            raise SourceUnavailable(self.name, reason) from error
 
     async def fetch(self, entity: str, keys: Sequence[str]) -> dict[str, Fetched]:
         spec = self._entities[entity]

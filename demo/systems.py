@@ -2,6 +2,9 @@
 
 In process: `async with DemoSystems(data_dir) as systems: systems.endpoints`.
 As a process: `python -m demo.systems --data-dir D` prints the endpoints as one JSON line.
+With a TLS directory (`--tls-dir`, made by gateway/tls.py's DemoCA: `ca.pem`, and
+`<system>.pem` + `<system>-key.pem`), the HTTP systems serve HTTPS, and the helpdesk
+accepts only clients with a certificate that CA signed (mTLS).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import json
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -28,8 +32,23 @@ __all__ = ["SYSTEMS", "DemoSystems", "main"]
 
 SYSTEMS = ("sales", "service", "marketing")
 HOST = "127.0.0.1"
+# Systems that refuse a TLS client without a certificate from the demo CA.
+MTLS_SYSTEMS = frozenset({"service"})
 # Long enough for an answer in flight, short enough that a "hang" fault never delays shutdown.
 SHUTDOWN_TIMEOUT = 1.0
+
+
+def tls_server_context(tls_dir: Path, name: str, *, require_client_cert: bool) -> ssl.SSLContext:
+    """A system's HTTPS context from the TLS directory: TLS 1.2 at least and, for mTLS,
+    a client certificate signed by the directory's CA is required to complete the
+    handshake."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls_dir / f"{name}.pem", tls_dir / f"{name}-key.pem")
+    if require_client_cert:
+        context.load_verify_locations(cafile=tls_dir / "ca.pem")
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def unused_port() -> int:
@@ -53,6 +72,8 @@ class DemoSystems:
         system_latency: Mapping[str, int] | None = None,
         down: Collection[str] = (),
         sales_dsn: str | None = None,
+        tls_dir: Path | None = None,
+        mtls: Collection[str] = MTLS_SYSTEMS,
     ) -> None:
         latencies = {name: latency_ms for name in SYSTEMS} | dict(system_latency or {})
         unknown = (set(latencies) | set(down)) - set(SYSTEMS)
@@ -68,6 +89,8 @@ class DemoSystems:
         self.latency_ms: dict[str, int] = latencies
         self.down = frozenset(down)
         self.sales_dsn = sales_dsn
+        self.tls_dir = Path(tls_dir) if tls_dir is not None else None
+        self.mtls = frozenset(mtls)
         self.endpoints: dict[str, dict[str, str]] = {}
         self._world: DemoWorld | None = None
         self._runners: list[web.AppRunner] = []
@@ -123,15 +146,19 @@ class DemoSystems:
         return dsn
 
     async def _serve(self, name: str, make_app: Callable[..., web.Application]) -> str:
+        scheme = "http" if self.tls_dir is None else "https"
         if name in self.down:
-            return f"http://{HOST}:{unused_port()}"
+            return f"{scheme}://{HOST}:{unused_port()}"
+        context = None
+        if self.tls_dir is not None:
+            context = tls_server_context(self.tls_dir, name, require_client_cert=name in self.mtls)
         app = make_app(self.world, latency_ms=self.latency_ms[name])
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
         self._runners.append(runner)
-        await web.TCPSite(runner, HOST, 0).start()
+        await web.TCPSite(runner, HOST, 0, ssl_context=context).start()
         port = runner.addresses[0][1]
-        return f"http://{HOST}:{port}"
+        return f"{scheme}://{HOST}:{port}"
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -192,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave a system out; its endpoint points at nothing (repeatable)",
     )
     parser.add_argument("--sales-dsn", help="seed this database instead of a SQLite file")
+    parser.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="serve HTTPS with the certificates in DIR (ca.pem, <system>.pem, "
+        "<system>-key.pem); the helpdesk then requires a client certificate",
+    )
     return parser
 
 
@@ -225,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             system_latency=dict(args.system_latency),
             down=set(args.down),
             sales_dsn=args.sales_dsn,
+            tls_dir=args.tls_dir,
         )
         _runner()(_serve_until_signalled(systems))
     except Exception as exc:  # a clear line for the operator, not a traceback

@@ -26,6 +26,7 @@ from gateway.keys import KeyPolicy
 from gateway.limits import QueryLimits
 from gateway.ratelimit import RateLimitSettings
 from gateway.resilience import ResilienceSettings
+from gateway.tls import SERVER_TLS_KEYS
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_config"]
 
@@ -150,7 +151,11 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         }
     )
     server = root.table("server")
-    server.only({"host", "port", "graphiql", "introspection", "max_body_bytes", "cors_origins"})
+    # tls_cert, tls_key, tls_client_ca: read by gateway/tls.py from the raw table
+    server.only(
+        {"host", "port", "graphiql", "introspection", "max_body_bytes", "cors_origins"}
+        | SERVER_TLS_KEYS
+    )
     cors = server.get("cors_origins", list, [])
     if not all(isinstance(origin, str) and origin for origin in cors):
         raise ConfigError("server.cors_origins: a list of origins, e.g. https://crm.example.com")

@@ -4,8 +4,8 @@ in front of them, configured from `gateway/demo.toml`."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import contextlib
+import datetime as dt
 import os
 import signal
 import sys
@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy.engine import make_url
 
 from gateway.config import ConfigError, set_path
+from gateway.tls import DemoCertificates, pin_postgres
 
 DEMO_TEMPLATE = Path(__file__).with_name("demo.toml")
 SYSTEMS = ("sales", "service", "marketing")
@@ -32,6 +34,7 @@ class DemoOptions:
     sales_dsn: str | None = None
     seed: int = 42
     customers: int = 1000
+    tls_dir: Path | None = None  # HTTPS with these certificates (gateway/tls.py's DemoCA)
 
 
 @dataclass
@@ -72,6 +75,8 @@ async def start_demo_systems(options: DemoOptions) -> DemoSystemsProcess:
         args += ["--down", name]
     if options.sales_dsn:
         args += ["--sales-dsn", options.sales_dsn]
+    if options.tls_dir is not None:
+        args += ["--tls-dir", str(options.tls_dir)]
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         *args,
@@ -103,6 +108,35 @@ def demo_config(
     for path, value in overrides.items():
         set_path(data, path, value)
     return data
+
+
+async def demo_tls_overrides(
+    certificates: DemoCertificates, endpoints: Mapping[str, Mapping[str, str]], port: int
+) -> tuple[dict[str, Any], list[str]]:
+    """`c360 demo --tls`: the config keys that put every hop on TLS (the gateway's own
+    certificate, the CA and client certificate towards the systems, a pinned certificate
+    for a PostgreSQL sales DB that offers TLS), and the lines to print about it."""
+    ca = certificates.ca_file
+    overrides: dict[str, Any] = {
+        **certificates.server_overrides(),
+        **certificates.source_overrides(),
+    }
+    notes = [
+        f"TLS on every hop; certificates from a throwaway CA in {certificates.ca.directory}",
+        f"  CA file:   {ca}",
+        f"  check:     curl --cacert {ca} https://127.0.0.1:{port}/healthz",
+        "  (add --cacert to the curl above)",
+    ]
+    dsn = endpoints["sales"]["dsn"]
+    if dsn.startswith("postgresql"):
+        url = make_url(dsn)
+        table, note = await pin_postgres(
+            url.host or "127.0.0.1", url.port or 5432, certificates.ca.directory
+        )
+        if table is not None:
+            overrides["sources.sales.tls"] = table
+        notes.append("  " + note)
+    return overrides, notes
 
 
 def to_toml(data: Mapping[str, Any], prefix: str = "") -> str:

@@ -1,5 +1,6 @@
 """Running an app under uvicorn on a socket we bind ourselves, so a busy port is one clear
-error before anything starts, and tests can serve on an ephemeral port."""
+error before anything starts, and tests can serve on an ephemeral port. Given a ServerTLS,
+the socket speaks TLS (our context, not uvicorn's) and every response carries HSTS."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
+
+from gateway.tls import HSTSMiddleware, ServerTLS, uvicorn_ssl_context
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -59,10 +63,37 @@ class RunningServer:
         await self.task
 
 
-async def start_server(app: ASGIApp, sock: socket.socket) -> RunningServer:
-    """Serve `app` on `sock`; returns once the app's lifespan startup has completed."""
+def uvicorn_tls_options(tls: ServerTLS | None) -> dict[str, Any]:
+    """uvicorn's keyword arguments for serving TLS (none for plain HTTP)."""
+    if tls is None:
+        return {}
+    tls.context()  # a bad file is one ConfigError naming the key, before anything starts
+    return {
+        "ssl_certfile": str(tls.cert_file),
+        "ssl_keyfile": str(tls.key_file),
+        "ssl_ca_certs": str(tls.client_ca) if tls.client_ca else None,
+        "ssl_context_factory": uvicorn_ssl_context,
+    }
+
+
+def create_hsts_app() -> ASGIApp:
+    """`uvicorn --factory` target for `c360 serve --workers N` over TLS: the gateway's app
+    with HSTS, built in each worker from the file that C360_CONFIG names."""
+    from gateway.asgi import create_app
+
+    return HSTSMiddleware(create_app())
+
+
+async def start_server(
+    app: ASGIApp, sock: socket.socket, tls: ServerTLS | None = None
+) -> RunningServer:
+    """Serve `app` on `sock` (over TLS when given `tls`); returns once the app's lifespan
+    startup has completed."""
     host, port = sock.getsockname()[:2]
-    server = GatewayServer(uvicorn.Config(app, log_config=None, lifespan="on"))
+    if tls is not None:
+        app = HSTSMiddleware(app)
+    config = uvicorn.Config(app, log_config=None, lifespan="on", **uvicorn_tls_options(tls))
+    server = GatewayServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     # uvicorn offers no awaitable for "started"; poll its flag, and fail if it gave up.
     while not server.started:
@@ -70,4 +101,5 @@ async def start_server(app: ASGIApp, sock: socket.socket) -> RunningServer:
             await task
             raise RuntimeError("the server stopped during start-up")
         await asyncio.sleep(0.01)
-    return RunningServer(server, task, f"http://{host}:{port}")
+    scheme = "https" if tls is not None else "http"
+    return RunningServer(server, task, f"{scheme}://{host}:{port}")

@@ -196,9 +196,9 @@ def sales_token(data: Mapping[str, Any]) -> str:
     return mint_token(AuthConfig.parse(data["auth"]), "alice", ["sales"], ["sales"])
 
 
-async def start_serve(config_path: Path) -> tuple[asyncio.subprocess.Process, str]:
-    """`c360 serve --config …` as its own process; returns once it logs its URL. Its log
-    is drained in the background, so a chatty gateway never blocks on a full pipe."""
+async def start_serve(config_path: Path, *flags: str) -> tuple[asyncio.subprocess.Process, str]:
+    """`c360 serve --config … [flags]` as its own process; returns once it logs its URL. Its
+    log is drained in the background, so a chatty gateway never blocks on a full pipe."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -206,6 +206,7 @@ async def start_serve(config_path: Path) -> tuple[asyncio.subprocess.Process, st
         "serve",
         "--config",
         str(config_path),
+        *flags,
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stderr is not None
