@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,16 @@ def _schema_sdl() -> str:
     from resolvers.schema import build_schema
 
     return build_schema().as_str() + "\n"
+
+
+def run_fast(main: Coroutine[Any, Any, int]) -> int:
+    """Run a server on uvloop when it is installed (it is a dependency; the fallback keeps
+    `pip install` on other platforms working)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -133,7 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 0
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_serve(config, host, port, Path(args.config), tls))
+        return run_fast(_serve(config, host, port, Path(args.config), tls))
     return 0
 
 
@@ -235,7 +245,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_demo(args, data_dir))
+        return run_fast(_demo(args, data_dir))
     return 0
 
 
