@@ -68,8 +68,8 @@ def json_value(value: Any) -> Any:
     return value
 
 
-def row_record(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: json_value(value) for key, value in row.items()}
+def row_record(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    return {column: json_value(value) for column, value in zip(columns, row, strict=True)}
 
 
 def _cast(key: str, key_type: str) -> Any:
@@ -213,7 +213,10 @@ class SqlConnector:
                     await asyncio.sleep(self._latency_s)
                 async with self._get_engine().connect() as connection:
                     result = await connection.execute(query, params)
-                    return [row_record(dict(row)) for row in result.mappings()]
+                    # Plain tuples and the column names once: a mapping view per row
+                    # cost more than the query itself on a page of 100 customers.
+                    columns = list(result.keys())
+                    return [row_record(columns, row) for row in result.all()]
         except TimeoutError as error:
             raise SourceUnavailable(self.name, f"timed out after {self._timeout_s:.1f}s") from error
         except (SQLAlchemyError, OSError, ValueError) as error:

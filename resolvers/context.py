@@ -3,7 +3,7 @@ the failures to report. The gateway builds one per request."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -58,19 +58,34 @@ class GraphContext:
     audit_query: dict[str, Any] | None = None  # what an accessLog query looked for
     audit: Any = None  # the access log reader, for the accessLog query
     loaders: dict[tuple[str, str], DataLoader[str, Fetched | None]] = field(default_factory=dict)
+    fetched_records: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    async def fetch_many(
+        self, source: str, entity: str, keys: Sequence[str]
+    ) -> Mapping[str, Fetched | SourceUnavailable | None]:
+        """Records by key for this request, each key fetched at most once per request:
+        one batched call for the keys not seen yet. A key maps to its record(s), None
+        (the system has no such record) or the error of a system that failed for it."""
+        memo = self.fetched_records.setdefault((source, entity), {})
+        missing = [key for key in dict.fromkeys(keys) if key not in memo]
+        if missing:
+            try:
+                found = await self.sources.fetch(source, entity, missing, self)
+            except SourceUnavailable as error:
+                found = dict.fromkeys(missing, error)
+            for key in missing:
+                memo[key] = found.get(key)
+        return memo
 
     def loader(self, source: str, entity: str) -> DataLoader[str, Fetched | None]:
-        """One batching loader per (source, entity) per request: all keys asked for in the
-        same tick become one call to the system."""
+        """For fields their parent did not prefetch: keys asked for in the same tick become
+        one call (through `fetch_many`, so nothing is fetched twice)."""
         slot = (source, entity)
         loader = self.loaders.get(slot)
         if loader is None:
 
             async def load(keys: list[str]) -> list[Fetched | BaseException | None]:
-                try:
-                    found = await self.sources.fetch(source, entity, keys, self)
-                except SourceUnavailable as error:
-                    return [error] * len(keys)
+                found = await self.fetch_many(source, entity, keys)
                 return [found.get(key) for key in keys]
 
             loader = self.loaders[slot] = DataLoader(load_fn=load)

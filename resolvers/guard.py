@@ -30,14 +30,6 @@ log = logging.getLogger("c360.policy")
 Mask = Callable[[str], str]
 
 
-@dataclass(frozen=True, slots=True)
-class FieldDecision:
-    """What the access log keeps of one decision: never a value."""
-
-    effect: str
-    policy: str
-
-
 @dataclass
 class FieldGuard:
     """One request's policy state: the principal, memoised static decisions, and what
@@ -48,7 +40,8 @@ class FieldGuard:
     masks: Mapping[str, Mask]
     facts_of: Callable[[Any], RecordFacts]
     verb: str = "read"
-    decided: dict[str, dict[str, FieldDecision]] = field(default_factory=dict)
+    # customer -> field -> decision (effect and policy; never a value), for the access log
+    decided: dict[str, dict[str, Decision]] = field(default_factory=dict)
     shadow_differences: int = 0
     _static: dict[str, Decision | Conditional] = field(default_factory=dict)
 
@@ -64,14 +57,16 @@ class FieldGuard:
     def decide(self, policy: str | None, record_owner: Any) -> Decision:
         decision = self.static(policy)
         if isinstance(decision, Conditional):
-            return decide_record(decision, self.facts_of(record_owner))
+            return self.decide_for(decision, record_owner)
         return decision
+
+    def decide_for(self, conditional: Conditional, record_owner: Any) -> Decision:
+        """The record part of a decision: consent and ownership facts of one customer."""
+        return decide_record(conditional, self.facts_of(record_owner))
 
     def note(self, customer_id: str | None, field_name: str, decision: Decision) -> None:
         if customer_id is not None:
-            self.decided.setdefault(customer_id, {})[field_name] = FieldDecision(
-                decision.effect, decision.policy
-            )
+            self.decided.setdefault(customer_id, {})[field_name] = decision
         shadow = decision.shadow
         if shadow is not None and shadow.effect != decision.effect:
             self.shadow_differences += 1

@@ -8,17 +8,17 @@ resolve without awaiting.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import strawberry
+from graphql import GraphQLError
 
-from connectors.base import SourceUnavailable
 from policies.engine import Conditional, Decision, RecordFacts
 from resolvers.bindings import GraphBindings
 from resolvers.context import GraphContext
-from resolvers.guard import policies_of
-from resolvers.types import Customer
+from resolvers.guard import forbidden, policies_of
+from resolvers.types import PLAIN_FIELDS, Customer, shape_value
 
 CUSTOMER_POLICIES = policies_of(Customer)
 
@@ -67,27 +67,67 @@ def record_facts(bindings: GraphBindings, customer: Any) -> RecordFacts:
 
 
 async def load_customers(
-    ctx: GraphContext, cuids: Sequence[str], fields: Iterable[str]
+    ctx: GraphContext,
+    cuids: Sequence[str],
+    fields: Mapping[str, str],
+    path_of: Callable[[int, str], list[str | int]],
 ) -> list[Customer]:
+    """Customers with every selected field ready: all needed systems asked at once, one
+    batched call each, then each plain field decided, shaped and masked in bulk.
+    `fields` maps a selected field to its response key; `path_of(index, key)` is where
+    the index-th customer's field sits in the response (for errors)."""
     customers = [
-        Customer(id=strawberry.ID(cuid), links=ctx.identity.links(cuid) or {}, records={})
-        for cuid in cuids
+        Customer(id=strawberry.ID(cuid), links=ctx.identity.links(cuid) or {}) for cuid in cuids
     ]
     ctx.touched.update(cuids)
 
     async def fill(slot: tuple[str, str]) -> None:
-        source, _ = slot
-        keyed = [(customer, customer.links.get(source)) for customer in customers]
-        keys = [key for _, key in keyed if key is not None]
+        source, entity = slot
+        keys = [key for customer in customers if (key := customer.links.get(source))]
         # Per key: a failing system may still have served some keys stale from the cache.
-        loader = ctx.loader(*slot)
-        values = await asyncio.gather(*(loader.load(key) for key in keys), return_exceptions=True)
-        for value in values:
-            if isinstance(value, BaseException) and not isinstance(value, SourceUnavailable):
-                raise value
-        found = iter(values)
-        for customer, key in keyed:
-            customer.records[slot] = next(found) if key is not None else None
+        found = await ctx.fetch_many(source, entity, keys)
+        for customer in customers:
+            key = customer.links.get(source)
+            customer.records[slot] = found.get(key) if key is not None else None
 
     await asyncio.gather(*(fill(slot) for slot in needed_slots(ctx, fields)))
+    for name, key in fields.items():
+        if name in PLAIN_FIELDS:
+            _settle(ctx, customers, name, key, path_of)
     return customers
+
+
+def _settle(
+    ctx: GraphContext,
+    customers: Sequence[Customer],
+    name: str,
+    key: str,
+    path_of: Callable[[int, str], list[str | int]],
+) -> None:
+    """One plain field for every customer: the policy's static part once, its record
+    part per customer only when the policy has one; then the value, masked if so."""
+    attribute, shape = PLAIN_FIELDS[name]
+    binding = ctx.bindings.customer.get(name)
+    guard = ctx.guard
+    static = guard.static(CUSTOMER_POLICIES.get(name))
+    errors: dict[Decision, GraphQLError] = {}
+
+    def shaped(value: Any) -> Any:
+        return shape(ctx, value)
+
+    for index, customer in enumerate(customers):
+        decision = static if isinstance(static, Decision) else guard.decide_for(static, customer)
+        guard.note(customer.id, name, decision)
+        if decision.effect == "deny":
+            # Returned, not raised: graphql-core reports it at this field's path.
+            error = errors.get(decision) or errors.setdefault(decision, forbidden(decision))
+            setattr(customer, attribute, error)
+            continue
+        if binding is None:
+            continue
+        value, failure = shape_value(binding, customer.records.get(binding.slot), shaped)
+        if failure is not None:
+            ctx.fail(failure, path_of(index, key))
+        if decision.effect == "mask":
+            value = guard.mask(decision, value)
+        setattr(customer, attribute, value)

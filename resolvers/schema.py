@@ -20,7 +20,7 @@ from resolvers.audit import AuditQueries
 from resolvers.context import GraphContext
 from resolvers.guard import default_policy_field, policies_of
 from resolvers.loading import CUSTOMER_POLICIES, load_customers
-from resolvers.selection import selected_names
+from resolvers.selection import selected_fields
 from resolvers.types import (
     Customer,
     CustomerConnection,
@@ -51,8 +51,9 @@ def decode_cursor(cursor: str) -> str:
 async def _one(info: Info[GraphContext, None], cuid: str | None) -> Customer | None:
     if cuid is None or info.context.identity.links(cuid) is None:
         return None
-    fields = selected_names(info.selected_fields[0].selections)
-    [customer] = await load_customers(info.context, [cuid], fields)
+    fields = selected_fields(info.selected_fields[0].selections)
+    here = info.path.as_list()
+    [customer] = await load_customers(info.context, [cuid], fields, lambda _, key: [*here, key])
     return customer
 
 
@@ -61,10 +62,9 @@ async def _segment_members(ctx: GraphContext, segment: str) -> list[str] | None:
     binding = ctx.bindings.filters.get("segment")
     if binding is None:
         raise bad_input("segment", "filtering by segment is not configured")
-    try:
-        record = await ctx.loader(*binding.slot).load(segment)
-    except SourceUnavailable as error:
-        ctx.fail(error, ["customers"])
+    record = (await ctx.fetch_many(binding.source, binding.entity, [segment])).get(segment)
+    if isinstance(record, SourceUnavailable):
+        ctx.fail(record, ["customers"])
         return None
     members = binding.pick(record) or []
     cuids = {
@@ -109,8 +109,11 @@ class Query(AuditQueries):
         else:
             members = await _segment_members(ctx, segment)
             cuids, has_next = page_after(members or [], start, limit)
-        fields = selected_names(info.selected_fields[0].selections, ("edges", "node"))
-        customers = await load_customers(ctx, cuids, fields)
+        fields = selected_fields(info.selected_fields[0].selections, ("edges", "node"))
+        here = info.path.as_list()
+        customers = await load_customers(
+            ctx, cuids, fields, lambda index, key: [*here, "edges", index, "node", key]
+        )
         edges = [CustomerEdge(cursor=encode_cursor(c.id), node=c) for c in customers]
         return CustomerConnection(
             edges=edges,

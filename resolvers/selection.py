@@ -16,12 +16,16 @@ def _fields(selections: Iterable[Selection]) -> Iterable[SelectedField]:
             yield from _fields(selection.selections)
 
 
-def selected_names(selections: Iterable[Selection], path: Sequence[str] = ()) -> set[str]:
+def selected_fields(selections: Iterable[Selection], path: Sequence[str] = ()) -> dict[str, str]:
     """Field names selected under `path` (e.g. ("edges", "node") below `customers`),
-    through fragments and aliases."""
+    through fragments, each with the response key it appears under first (its alias,
+    or its name)."""
     level = list(_fields(selections))
     for step in path:
         level = [
             child for field in level if field.name == step for child in _fields(field.selections)
         ]
-    return {field.name for field in level}
+    found: dict[str, str] = {}
+    for field in level:
+        found.setdefault(field.name, field.alias or field.name)
+    return found

@@ -7,6 +7,7 @@ a field whose source failed is null, and the failure is reported once per source
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import math
@@ -18,6 +19,7 @@ from graphql import GraphQLError
 from strawberry.types import Info
 
 from connectors.base import SourceUnavailable
+from policies.directive import Policy
 from resolvers.bindings import Binding
 from resolvers.context import GraphContext
 from resolvers.guard import policy_field
@@ -160,16 +162,72 @@ def _text(value: Any) -> str | None:
 Records = dict[tuple[str, str], Any]
 
 
+def _records_of(value: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(value, list):
+        raise TypeError("expected a list of records")
+    return value
+
+
+def satisfaction_of(ctx: GraphContext, records: Any) -> float | None:
+    """Mean satisfaction score of the customer's closed tickets."""
+    scores = [
+        ticket.satisfaction
+        for ticket in (_ticket(ctx, record) for record in _records_of(records))
+        if ticket.status == TicketStatus.CLOSED and ticket.satisfaction is not None
+    ]
+    return round(sum(scores) / len(scores), 2) if scores else None
+
+
+def consents_of(ctx: GraphContext, records: Any) -> list[Consent]:
+    return [_consent(ctx, record) for record in _records_of(records)]
+
+
+# Customer fields without arguments, computed for all customers at once by the parent
+# (resolvers/loading.py): graph field -> (python attribute, shape of the bound value).
+# They are plain attributes, so an allowed value costs the executor nothing extra.
+PLAIN_FIELDS: dict[str, tuple[str, Callable[[GraphContext, Any], Any]]] = {
+    "name": ("name", lambda ctx, value: _text(value)),
+    "email": ("email", lambda ctx, value: _text(value)),
+    "phone": ("phone", lambda ctx, value: _text(value)),
+    "nationalId": ("national_id", lambda ctx, value: _text(value)),
+    "address": ("address", lambda ctx, value: _text(value)),
+    "lifetimeValue": ("lifetime_value", lambda ctx, value: _number(value)),
+    "segment": ("segment", lambda ctx, value: _text(value)),
+    "satisfaction": ("satisfaction", satisfaction_of),
+    "consents": ("consents", consents_of),
+}
+
+
+def guarded(policy: str, description: str | None = None) -> Any:
+    """A plain Customer field under a policy: the directive security reads, a value the
+    parent decided, fetched and masked in bulk (or the FORBIDDEN error it returned)."""
+    return strawberry.field(default=None, directives=[Policy(name=policy)], description=description)
+
+
 @strawberry.type
 class Customer:
     id: strawberry.ID
-    links: strawberry.Private[Mapping[str, str]]
-    records: strawberry.Private[Records]
+    name: str | None = guarded("customer.name")
+    email: str | None = guarded("customer.email")
+    phone: str | None = guarded("customer.phone")
+    national_id: str | None = guarded(
+        "customer.nationalId", "18-character PRC resident identity number."
+    )
+    address: str | None = guarded("customer.address")
+    lifetime_value: float | None = guarded("customer.lifetimeValue")
+    satisfaction: float | None = guarded(
+        "customer.tickets", "Mean satisfaction score (1-5) of the customer's closed tickets."
+    )
+    segment: str | None = guarded("customer.segment")
+    consents: list[Consent] | None = guarded("customer.segment")
+    links: strawberry.Private[Mapping[str, str]] = dataclasses.field(default_factory=dict)
+    records: strawberry.Private[Records] = dataclasses.field(default_factory=dict)
 
     def _resolve(
         self, info: Info[GraphContext, None], field: str, shape: Callable[[Any], Any]
     ) -> Any:
-        """The field's value, or an awaitable of it when the parent did not prefetch."""
+        """A field with arguments: its value, or an awaitable of it when the parent did
+        not prefetch its records."""
         ctx = info.context
         binding = ctx.bindings.customer.get(field)
         if binding is None:
@@ -203,55 +261,18 @@ class Customer:
         fetched: Any,
         shape: Callable[[Any], Any],
     ) -> Any:
-        if isinstance(fetched, SourceUnavailable):
-            ctx.fail(fetched, info.path.as_list())
-            return None
-        value = binding.pick(fetched)
-        if value is None:
-            return None
-        try:
-            return shape(value)
-        except (TypeError, ValueError, KeyError, AttributeError) as error:
-            garbage = SourceUnavailable(
-                binding.source, f"malformed {binding.entity} record: {error}"
-            )
-            ctx.fail(garbage, info.path.as_list())
-            return None
-
-    @policy_field("customer.name")
-    def name(self, info: Info[GraphContext, None]) -> str | None:
-        return self._resolve(info, "name", _text)
-
-    @policy_field("customer.email")
-    def email(self, info: Info[GraphContext, None]) -> str | None:
-        return self._resolve(info, "email", _text)
-
-    @policy_field("customer.phone")
-    def phone(self, info: Info[GraphContext, None]) -> str | None:
-        return self._resolve(info, "phone", _text)
-
-    @policy_field(
-        "customer.nationalId",
-        description="18-character PRC resident identity number.",
-    )
-    def national_id(self, info: Info[GraphContext, None]) -> str | None:
-        return self._resolve(info, "nationalId", _text)
-
-    @policy_field("customer.address")
-    def address(self, info: Info[GraphContext, None]) -> str | None:
-        return self._resolve(info, "address", _text)
-
-    @policy_field("customer.lifetimeValue")
-    def lifetime_value(self, info: Info[GraphContext, None]) -> float | None:
-        return self._resolve(info, "lifetimeValue", _number)
+        value, failure = shape_value(binding, fetched, shape)
+        if failure is not None:
+            ctx.fail(failure, info.path.as_list())
+        return value
 
     @policy_field("customer.orders", description="Newest first.")
     def orders(self, info: Info[GraphContext, None], first: int | None = 10) -> list[Order] | None:
         ctx = info.context
         limit = page_size(first, "first", ctx.max_page_size, 10)
 
-        def shape(records: list[Mapping[str, Any]]) -> list[Order]:
-            orders = [_order(ctx, record) for record in records]
+        def shape(records: Any) -> list[Order]:
+            orders = [_order(ctx, record) for record in _records_of(records)]
             orders.sort(key=lambda order: order.placed_at, reverse=True)
             return orders[:limit]
 
@@ -267,8 +288,8 @@ class Customer:
         ctx = info.context
         limit = page_size(first, "first", ctx.max_page_size, 10)
 
-        def shape(records: list[Mapping[str, Any]]) -> list[Ticket]:
-            tickets = [_ticket(ctx, record) for record in records]
+        def shape(records: Any) -> list[Ticket]:
+            tickets = [_ticket(ctx, record) for record in _records_of(records)]
             if status is not None:
                 tickets = [ticket for ticket in tickets if ticket.status == status]
             tickets.sort(key=lambda ticket: ticket.opened_at, reverse=True)
@@ -277,40 +298,34 @@ class Customer:
         return self._resolve(info, "tickets", shape)
 
     @policy_field(
-        "customer.tickets",
-        description="Mean satisfaction score (1-5) of the customer's closed tickets.",
-    )
-    def satisfaction(self, info: Info[GraphContext, None]) -> float | None:
-        ctx = info.context
-
-        def shape(records: list[Mapping[str, Any]]) -> float | None:
-            scores = [
-                ticket.satisfaction
-                for ticket in (_ticket(ctx, record) for record in records)
-                if ticket.status == TicketStatus.CLOSED and ticket.satisfaction is not None
-            ]
-            return round(sum(scores) / len(scores), 2) if scores else None
-
-        return self._resolve(info, "satisfaction", shape)
-
-    @policy_field(
         "opportunity.owned",
         description="Open and past deals; a sales rep sees those of the accounts they own.",
     )
     def opportunities(self, info: Info[GraphContext, None]) -> list[Opportunity] | None:
         ctx = info.context
         return self._resolve(
-            info, "opportunities", lambda records: [_opportunity(ctx, r) for r in records]
+            info,
+            "opportunities",
+            lambda records: [_opportunity(ctx, r) for r in _records_of(records)],
         )
 
-    @policy_field("customer.segment")
-    def segment(self, info: Info[GraphContext, None]) -> str | None:
-        return self._resolve(info, "segment", _text)
 
-    @policy_field("customer.segment")
-    def consents(self, info: Info[GraphContext, None]) -> list[Consent] | None:
-        ctx = info.context
-        return self._resolve(info, "consents", lambda records: [_consent(ctx, r) for r in records])
+def shape_value(
+    binding: Binding, fetched: Any, shape: Callable[[Any], Any]
+) -> tuple[Any, SourceUnavailable | None]:
+    """A field's value from its source's record, or the failure to report: the system
+    failed, or answered something that does not fit the field."""
+    if isinstance(fetched, SourceUnavailable):
+        return None, fetched
+    value = binding.pick(fetched)
+    if value is None:
+        return None, None
+    try:
+        return shape(value), None
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        # The exception's text may quote the value; only its type goes to the log.
+        reason = f"malformed {binding.entity} record ({type(error).__name__})"
+        return None, SourceUnavailable(binding.source, reason)
 
 
 @strawberry.type

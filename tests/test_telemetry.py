@@ -39,7 +39,7 @@ from gateway.telemetry import (
     span_exporters,
     traceparent_headers,
 )
-from resolvers.guard import FieldDecision
+from policies.engine import Decision
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -61,7 +61,7 @@ class Query:
 
 @dataclass
 class Guard:
-    decided: dict[str, dict[str, FieldDecision]] = field(default_factory=dict)
+    decided: dict[str, dict[str, Decision]] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,12 +77,12 @@ class View(GraphQL[Any, None]):
             Guard(
                 {
                     "cus_1": {
-                        "name": FieldDecision("allow", "customer.name"),
-                        "phone": FieldDecision("mask", "customer.phone"),
+                        "name": Decision("allow", "customer.name", None, None, ""),
+                        "phone": Decision("mask", "customer.phone", None, None, ""),
                     },
                     "cus_2": {
-                        "name": FieldDecision("allow", "customer.name"),
-                        "nationalId": FieldDecision("deny", "customer.national_id"),
+                        "name": Decision("allow", "customer.name", None, None, ""),
+                        "nationalId": Decision("deny", "customer.national_id", None, None, ""),
                     },
                 }
             )
