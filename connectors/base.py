@@ -53,6 +53,26 @@ class IdentityRow:
 
 
 @dataclass(frozen=True, slots=True)
+class IdentityFields:
+    """Which attributes of a system's customer record hold its id, email and phone
+    (`id_field`, `email_field`, `phone_field` in a `scan` table)."""
+
+    id: str = "id"
+    email: str = "email"
+    phone: str = "phone"
+
+    def row(self, record: Record) -> IdentityRow:
+        return IdentityRow(
+            system_id=str(record[self.id]),
+            email=record.get(self.email),
+            phone=record.get(self.phone),
+        )
+
+
+IDENTITY_FIELD_KEYS = {"id_field", "email_field", "phone_field"}
+
+
+@dataclass(frozen=True, slots=True)
 class IdentityPage:
     rows: list[IdentityRow]
     next_cursor: str | None = None

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from connectors.base import (
+    IDENTITY_FIELD_KEYS,
     EntitySpec,
     Fetched,
     Health,
+    IdentityFields,
     IdentityPage,
-    IdentityRow,
     Record,
     SourceUnavailable,
     dig,
@@ -37,9 +38,7 @@ class GraphQLScan:
     query: str
     items: str
     next_field: str
-    id_field: str
-    email_field: str
-    phone_field: str
+    fields: IdentityFields
 
 
 def entities_query(type_name: str, selection: str) -> str:
@@ -103,16 +102,12 @@ class GraphQLConnector:
             )
         scan = None
         if (scan_settings := settings.opt_table("scan")) is not None:
-            scan_settings.reject_unknown(
-                {"query", "items", "next_field", "id_field", "email_field", "phone_field"}
-            )
+            scan_settings.reject_unknown({"query", "items", "next_field"} | IDENTITY_FIELD_KEYS)
             scan = GraphQLScan(
                 query=scan_settings.string("query"),
                 items="data." + scan_settings.string("items"),
                 next_field="data." + scan_settings.string("next_field"),
-                id_field=scan_settings.string("id_field", "id"),
-                email_field=scan_settings.string("email_field", "email"),
-                phone_field=scan_settings.string("phone_field", "phone"),
+                fields=scan_settings.identity_fields(),
             )
         timeout_s = settings.integer("timeout_ms", 2000, minimum=1) / 1000
         max_connections = settings.integer("max_connections", 64, minimum=1)
@@ -172,15 +167,7 @@ class GraphQLConnector:
         items = dig(payload, scan.items)
         if not isinstance(items, list):
             raise SourceUnavailable(self.name, f"no list at '{scan.items}'")
-        rows = [
-            IdentityRow(
-                system_id=str(item[scan.id_field]),
-                email=item.get(scan.email_field),
-                phone=item.get(scan.phone_field),
-            )
-            for item in items
-            if isinstance(item, dict)
-        ]
+        rows = [scan.fields.row(item) for item in items if isinstance(item, dict)]
         next_cursor = dig(payload, scan.next_field)
         return IdentityPage(rows, str(next_cursor) if next_cursor else None)
 

@@ -10,11 +10,12 @@ from typing import Any
 from urllib.parse import quote
 
 from connectors.base import (
+    IDENTITY_FIELD_KEYS,
     EntitySpec,
     Fetched,
     Health,
+    IdentityFields,
     IdentityPage,
-    IdentityRow,
     Record,
     SourceUnavailable,
     dig,
@@ -49,9 +50,7 @@ class RestScan:
     next_field: str
     cursor_param: str
     limit_param: str
-    id_field: str
-    email_field: str
-    phone_field: str
+    fields: IdentityFields
 
 
 def _records(payload: Any, path: str, source: str) -> list[Record]:
@@ -129,16 +128,7 @@ class RestConnector:
         scan = None
         if (scan_settings := settings.opt_table("scan")) is not None:
             scan_settings.reject_unknown(
-                {
-                    "path",
-                    "items",
-                    "next_field",
-                    "cursor_param",
-                    "limit_param",
-                    "id_field",
-                    "email_field",
-                    "phone_field",
-                }
+                {"path", "items", "next_field", "cursor_param", "limit_param"} | IDENTITY_FIELD_KEYS
             )
             scan = RestScan(
                 path=scan_settings.string("path"),
@@ -146,9 +136,7 @@ class RestConnector:
                 next_field=scan_settings.string("next_field", "next_cursor"),
                 cursor_param=scan_settings.string("cursor_param", "after"),
                 limit_param=scan_settings.string("limit_param", "limit"),
-                id_field=scan_settings.string("id_field", "id"),
-                email_field=scan_settings.string("email_field", "email"),
-                phone_field=scan_settings.string("phone_field", "phone"),
+                fields=scan_settings.identity_fields(),
             )
         timeout_s = settings.integer("timeout_ms", 2000, minimum=1) / 1000
         max_connections = settings.integer("max_connections", 64, minimum=1)
@@ -230,14 +218,7 @@ class RestConnector:
         if after is not None:
             params[scan.cursor_param] = after
         payload = await self.client.request_json("GET", scan.path, params=params)
-        rows = [
-            IdentityRow(
-                system_id=str(item[scan.id_field]),
-                email=item.get(scan.email_field),
-                phone=item.get(scan.phone_field),
-            )
-            for item in _records(payload, scan.items, self.name)
-        ]
+        rows = [scan.fields.row(item) for item in _records(payload, scan.items, self.name)]
         next_cursor = dig(payload, scan.next_field)
         return IdentityPage(rows, str(next_cursor) if next_cursor else None)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from connectors.base import ConnectorConfigError, EntitySpec
+from connectors.base import ConnectorConfigError, EntitySpec, IdentityFields
 
 
 class Settings:
@@ -77,6 +77,13 @@ class Settings:
 
     def entity_spec(self, name: str) -> EntitySpec:
         return EntitySpec(name, self.string("key_field"), self.flag("many", False))
+
+    def identity_fields(self) -> IdentityFields:
+        return IdentityFields(
+            id=self.string("id_field", "id"),
+            email=self.string("email_field", "email"),
+            phone=self.string("phone_field", "phone"),
+        )
 
     def reject_unknown(self, allowed: set[str]) -> None:
         unknown = sorted(set(self.data) - allowed)

@@ -21,12 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import TextClause
 
 from connectors.base import (
+    IDENTITY_FIELD_KEYS,
     ConnectorConfigError,
     EntitySpec,
     Fetched,
     Health,
+    IdentityFields,
     IdentityPage,
-    IdentityRow,
     Record,
     SourceUnavailable,
     group_records,
@@ -49,9 +50,7 @@ class SqlScan:
     query: TextClause
     start: Any
     key_type: str
-    id_field: str
-    email_field: str
-    phone_field: str
+    fields: IdentityFields
 
 
 def json_value(value: Any) -> Any:
@@ -164,9 +163,7 @@ class SqlConnector:
             )
         scan = None
         if (scan_settings := settings.opt_table("scan")) is not None:
-            scan_settings.reject_unknown(
-                {"query", "start", "key_type", "id_field", "email_field", "phone_field"}
-            )
+            scan_settings.reject_unknown({"query", "start", "key_type"} | IDENTITY_FIELD_KEYS)
             key_type = scan_settings.choice("key_type", KEY_TYPES, "str")
             scan = SqlScan(
                 query=text(scan_settings.string("query")),
@@ -174,9 +171,7 @@ class SqlConnector:
                     str(scan_settings.data.get("start", "0" if key_type == "int" else "")), key_type
                 ),
                 key_type=key_type,
-                id_field=scan_settings.string("id_field", "id"),
-                email_field=scan_settings.string("email_field", "email"),
-                phone_field=scan_settings.string("phone_field", "phone"),
+                fields=scan_settings.identity_fields(),
             )
         timeout_s = settings.integer("timeout_ms", 2000, minimum=1) / 1000
         pool_size = settings.integer("pool_size", 5, minimum=1)
@@ -241,14 +236,7 @@ class SqlConnector:
         scan = self._scan
         start = scan.start if after is None else _cast(after, scan.key_type)
         rows = await self._rows(scan.query, {"after": start, "limit": limit})
-        page = [
-            IdentityRow(
-                system_id=str(row[scan.id_field]),
-                email=row.get(scan.email_field),
-                phone=row.get(scan.phone_field),
-            )
-            for row in rows
-        ]
+        page = [scan.fields.row(row) for row in rows]
         return IdentityPage(page, page[-1].system_id if len(page) == limit else None)
 
     async def health(self) -> Health:
