@@ -20,6 +20,13 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/c360 schema check
+	@# The console's browser test drives Debian's chromium (it skips without, fails on CI).
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get install -y --no-install-recommends chromium chromium-driver \
+	      || { apt-get update -qq && apt-get install -y --no-install-recommends chromium chromium-driver; }; \
+	  else echo "make test: chromium/chromium-driver missing and not root: the browser test will skip"; fi; \
+	fi
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -28,3 +35,16 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks (bench/README.md): needs wrk (apt-get install -y wrk); Node 20 + npm for the peers.
+# `bench` is the quick mode (under three minutes; bench/results/latest.*), `bench-full` adds
+# concurrencies, longer runs, the py-spy profiles and a 10-minute soak (bench/results/full.*).
+.PHONY: bench-full
+
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { echo "bench: needs wrk (apt-get install -y wrk)"; exit 1; }
+	$(BIN)/python -m bench --quick
+
+bench-full: $(STAMP)
+	@command -v wrk >/dev/null || { echo "bench: needs wrk (apt-get install -y wrk)"; exit 1; }
+	$(BIN)/python -m bench --full

@@ -33,6 +33,8 @@ from gateway.audit.sinks import AccessQuery, AccessSink
 from gateway.auth import Authenticator
 from gateway.cache import RecordStore
 from gateway.config import Config, ConfigError, load_config
+from gateway.console.reader import ConsoleReader
+from gateway.console.routes import console_routes
 from gateway.documents import DocumentStore, DocumentStoreError
 from gateway.invalidation import InvalidationRefused, parse_request, verify
 from gateway.limits import limit_extensions
@@ -73,11 +75,12 @@ def connector_settings(table: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in table.items() if key not in GATEWAY_SOURCE_KEYS}
 
 
-class AuditReaderAdapter:
-    """The access-log sink as the `accessLog` resolver reads it."""
+class AuditReaderAdapter(ConsoleReader):
+    """The access-log sink as the `accessLog` resolver and the console's queries read it
+    (and the access log, for the records a reviewer's actions add)."""
 
-    def __init__(self, sink: AccessSink) -> None:
-        self.sink = sink
+    def __init__(self, sink: AccessSink, access_log: AccessLog | None = None) -> None:
+        super().__init__(sink, access_log)
 
     async def search(self, query: AuditQuery) -> list[Mapping[str, Any]]:
         return list(await self.sink.search(AccessQuery(**dataclasses.asdict(query))))
@@ -274,7 +277,7 @@ class Gateway:
             guard=guard,
             max_page_size=self.config.max_page_size,
             request=request,
-            audit=AuditReaderAdapter(self.config.audit_sink),
+            audit=AuditReaderAdapter(self.config.audit_sink, self.access_log),
         )
 
     async def account(self, request: Request, response: Response, seconds: float) -> Response:
@@ -412,6 +415,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
             Route("/readyz", readyz),
             Route("/metrics", metrics),
             Route("/cache/invalidate", invalidate, methods=["POST"]),
+            *console_routes(),
         ],
         lifespan=lifespan,
     )

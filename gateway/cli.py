@@ -229,6 +229,7 @@ def demo_banner(
             f"c360 demo is running ({customers} customers)",
             f"  GraphiQL:  {base}/graphql",
             f"  health:    {base}/readyz   metrics: {base}/metrics",
+            f"  console:   {base}/console   (sign in with the security token below)",
             *systems,
             "",
             "Try:",
@@ -555,6 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = commands.add_parser("audit", help="the access log")
     audit_actions = audit.add_subparsers(dest="action", required=True)
+    from gateway.console.seed import add_seed_parser
+
+    add_seed_parser(audit_actions, DEFAULT_CONFIG)  # c360 audit seed: test logs only
     search = audit_actions.add_parser("search", help="records, newest first")
     verify_cmd = audit_actions.add_parser("verify", help="check every hash chain")
     for sub in (search, verify_cmd):

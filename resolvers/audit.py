@@ -28,6 +28,11 @@ class AuditQuery:
     kind: str | None = None
     first: int = 50
     after: tuple[str, str, int] | None = None
+    decision: str | None = None
+
+
+DECISIONS = ("allow", "mask", "deny")
+KINDS = ("access", "alert", "ack")
 
 
 class AuditReader(Protocol):
@@ -75,11 +80,32 @@ class AccessRecord:
     status: int | None
     duration_ms: float | None
     customers: list[strawberry.ID]
-    fields: list[FieldAccess]
     sources: list[SourceUseRecord]
     alert: AccessAlert | None
     chain: str
     seq: int
+    alert_id: strawberry.ID | None = strawberry.field(
+        description="For an acknowledgement (kind ack): the alert it acknowledges."
+    )
+    record: strawberry.Private[Mapping[str, Any]]
+
+    @strawberry.field(
+        description="Each field decision of the request; with `customer`, that customer's only."
+    )
+    def fields(self, customer: strawberry.ID | None = None) -> list[FieldAccess]:
+        policies: Mapping[str, str] = self.record.get("policies") or {}
+        decided: Mapping[str, Mapping[str, str]] = self.record.get("fields") or {}
+        chosen = [(customer, decided.get(customer) or {})] if customer else decided.items()
+        return [
+            FieldAccess(
+                customer=strawberry.ID(who),
+                field=name,
+                decision=decision,
+                policy=policies.get(name),
+            )
+            for who, seen in chosen
+            for name, decision in seen.items()
+        ]
 
 
 @strawberry.type
@@ -94,12 +120,12 @@ class AccessRecordConnection:
     page_info: PageInfo
 
 
-def _cursor(record: Mapping[str, Any]) -> str:
+def record_cursor(record: Mapping[str, Any]) -> str:
     raw = f"{record['ts']}|{record['chain']}|{record['seq']}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[str, str, int]:
+def decode_record_cursor(cursor: str) -> tuple[str, str, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         ts, chain, seq = raw.rsplit("|", 2)
@@ -109,8 +135,7 @@ def _decode_cursor(cursor: str) -> tuple[str, str, int]:
         raise bad_input("after", "'after' is not a cursor this API issued") from error
 
 
-def _node(record: Mapping[str, Any]) -> AccessRecord:
-    policies: Mapping[str, str] = record.get("policies") or {}
+def access_node(record: Mapping[str, Any]) -> AccessRecord:
     alert = None
     if record.get("kind") == "alert":
         alert = AccessAlert(
@@ -135,16 +160,6 @@ def _node(record: Mapping[str, Any]) -> AccessRecord:
         status=record.get("status"),
         duration_ms=record.get("duration_ms"),
         customers=[strawberry.ID(c) for c in record.get("customers") or []],
-        fields=[
-            FieldAccess(
-                customer=strawberry.ID(customer),
-                field=name,
-                decision=decision,
-                policy=policies.get(name),
-            )
-            for customer, seen in (record.get("fields") or {}).items()
-            for name, decision in seen.items()
-        ],
         sources=[
             SourceUseRecord(
                 source=name,
@@ -157,6 +172,8 @@ def _node(record: Mapping[str, Any]) -> AccessRecord:
         alert=alert,
         chain=str(record["chain"]),
         seq=int(record["seq"]),
+        alert_id=record.get("alert_id"),
+        record=record,
     )
 
 
@@ -177,11 +194,14 @@ class AuditQueries:
         until: dt.datetime | None = None,
         first: int | None = 50,
         after: str | None = None,
+        decision: str | None = None,
     ) -> AccessRecordConnection | None:
         ctx = info.context
         limit = page_size(first, "first", 500, 50)
-        if kind is not None and kind not in ("access", "alert"):
-            raise bad_input("kind", "'kind' is access or alert")
+        if kind is not None and kind not in KINDS:
+            raise bad_input("kind", "'kind' is access, alert or ack")
+        if decision is not None and decision not in DECISIONS:
+            raise bad_input("decision", "'decision' is allow, mask or deny")
         query = AuditQuery(
             customer=customer,
             subject=subject,
@@ -190,7 +210,8 @@ class AuditQueries:
             until=until,
             kind=kind,
             first=limit + 1,
-            after=_decode_cursor(after) if after else None,
+            after=decode_record_cursor(after) if after else None,
+            decision=decision,
         )
         ctx.audit_query = {
             key: value.isoformat() if isinstance(value, dt.datetime) else value
@@ -198,6 +219,7 @@ class AuditQueries:
                 ("customer", customer),
                 ("subject", subject),
                 ("field", field),
+                ("decision", decision),
                 ("kind", kind),
                 ("since", since),
                 ("until", until),
@@ -205,7 +227,9 @@ class AuditQueries:
             if value is not None
         }
         records = list(await ctx.audit.search(query))
-        edges = [AccessRecordEdge(cursor=_cursor(r), node=_node(r)) for r in records[:limit]]
+        edges = [
+            AccessRecordEdge(cursor=record_cursor(r), node=access_node(r)) for r in records[:limit]
+        ]
         return AccessRecordConnection(
             edges=edges,
             page_info=PageInfo(

@@ -1,4 +1,4 @@
-"""The Query type and the schema factory."""
+"""The Query and Mutation types and the schema factory."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from connectors.base import SourceUnavailable
 from connectors.identity.index import page_after
 from connectors.identity.keys import is_cuid
 from resolvers.audit import AuditQueries
+from resolvers.audit_actions import ConsoleMutations
+from resolvers.audit_views import ConsoleQueries
 from resolvers.context import GraphContext
 from resolvers.guard import default_policy_field, policies_of
 from resolvers.loading import CUSTOMER_POLICIES, load_customers
@@ -76,7 +78,7 @@ async def _segment_members(ctx: GraphContext, segment: str) -> list[str] | None:
 
 
 @strawberry.type
-class Query(AuditQueries):
+class Query(AuditQueries, ConsoleQueries):
     @default_policy_field(description="One customer by CUID; null when unknown.")
     async def customer(self, info: Info[GraphContext, None], id: strawberry.ID) -> Customer | None:
         if not is_cuid(id):
@@ -193,12 +195,23 @@ class StaleNotice(SchemaExtension):
         }
 
 
+@strawberry.type
+class Mutation(ConsoleMutations):
+    """Only the security console's actions so far; writes to department systems come later."""
+
+
 def schema_policies() -> set[str]:
     """Every policy a field of the schema names: the policy file must define them all."""
-    return set(CUSTOMER_POLICIES.values()) | set(policies_of(Query).values())
+    return (
+        set(CUSTOMER_POLICIES.values())
+        | set(policies_of(Query).values())
+        | set(policies_of(Mutation).values())
+    )
 
 
 def build_schema(extensions: Sequence[Any] = ()) -> strawberry.Schema:
     return GatewaySchema(
-        query=Query, extensions=[SourceErrors, StaleNotice, OperationCapture, *extensions]
+        query=Query,
+        mutation=Mutation,
+        extensions=[SourceErrors, StaleNotice, OperationCapture, *extensions],
     )

@@ -95,6 +95,7 @@ def test_shipped_default_loads_and_is_clean() -> None:
         "customer.segment",
         "opportunity.owned",
         "audit.read",
+        "audit.ack",
     }
     assert policy_set.warnings == ()
     assert policy_set.masks_used() <= MASK_NAMES - {"hash"}

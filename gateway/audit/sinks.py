@@ -1,5 +1,6 @@
 """Where access records are kept: a JSON Lines file (default; size-based rotation) or a
-PostgreSQL table (many instances, indexed by customer, subject and time).
+PostgreSQL table (many instances, indexed by customer, subject and time), with read models
+beside it that keep the security console's questions fast on millions of records.
 
 A sink's `write` returns only when the records are durable (fsync, or a committed
 transaction), and raises SinkUnavailable otherwise.
@@ -12,8 +13,10 @@ import datetime as dt
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,16 +26,20 @@ from sqlalchemy import (
     Column,
     Index,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
     and_,
-    or_,
+    func,
+    literal,
     select,
+    text,
+    tuple_,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, insert
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.audit.chain import GENESIS, ChainHead
 
@@ -52,9 +59,10 @@ class AccessQuery:
     field: str | None = None
     since: dt.datetime | None = None
     until: dt.datetime | None = None
-    kind: str | None = None  # "access" | "alert"
+    kind: str | None = None  # "access" | "alert" | "ack"
     first: int = 50
     after: tuple[str, str, int] | None = None  # (ts, chain, seq) of the last record seen
+    decision: str | None = None  # "allow" | "mask" | "deny"
 
 
 def _ts(record: Record) -> dt.datetime:
@@ -68,9 +76,16 @@ def matches(record: Record, query: AccessQuery) -> bool:
         return False
     if query.customer is not None and query.customer not in (record.get("customers") or []):
         return False
-    if query.field is not None:
-        fields = record.get("fields") or {}
-        if not any(query.field in seen for seen in fields.values()):
+    if query.field is not None or query.decision is not None:
+        fields: Mapping[str, Mapping[str, str]] = record.get("fields") or {}
+        # With a customer, "who read this customer's nationalId", not another one's.
+        scope = [fields.get(query.customer) or {}] if query.customer else fields.values()
+        if not any(
+            (query.field is None or name == query.field)
+            and (query.decision is None or decision == query.decision)
+            for seen in scope
+            for name, decision in seen.items()
+        ):
             return False
     moment = _ts(record)
     if query.since is not None and moment < query.since:
@@ -230,6 +245,98 @@ access_table = Table(
     Index("ix_c360_access_subject_ts", "subject", "ts"),
     Index("ix_c360_access_customers", "customers", postgresql_using="gin"),
 )
+# Added after the table first shipped, so `open()` creates them on an existing table too.
+# Alerts and acknowledgements are a sliver of the log: a partial index finds them without
+# walking the access records.
+LATER_INDEXES = (
+    Index(
+        "ix_c360_access_events",
+        access_table.c.ts,
+        access_table.c.chain,
+        access_table.c.seq,
+        postgresql_where=access_table.c.kind != "access",
+    ),
+    Index(
+        "ix_c360_access_acks",
+        access_table.c.record["alert_id"].astext,
+        postgresql_where=access_table.c.kind == "ack",
+    ),
+    # A subject's requests per day, counted from the index alone.
+    Index(
+        "ix_c360_access_subject_kind_ts",
+        access_table.c.subject,
+        access_table.c.kind,
+        access_table.c.ts,
+    ),
+)
+
+# Read models of the log for the security console, written in the same transaction as
+# the records they derive from (so they never disagree with the log) and never read by
+# `verify`: the chain stays the only evidence. One row per (record, customer): a
+# customer's timeline and a subject's footprint are index range scans, and a filter on one
+# customer's field decisions is exact (the log table's `fields` is the union over all the
+# customers of a request).
+EFFECT_BITS = {"allow": 1, "mask": 2, "deny": 4}
+customer_table = Table(
+    "c360_access_customer",
+    metadata,
+    Column("chain", String(128), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("customer", Text, primary_key=True),
+    Column("ts", TIMESTAMP(timezone=True), nullable=False),
+    Column("subject", Text),
+    Column("decisions", ARRAY(Text), nullable=False),  # "field:decision", sorted
+    Column("effects", SmallInteger, nullable=False),  # EFFECT_BITS of the decisions
+    Index("ix_c360_access_customer_ts", "customer", "ts", "chain", "seq"),
+    Index("ix_c360_access_customer_time", "ts", "subject", "customer"),
+    # Covering: a subject's footprint is an index-only scan of its own rows.
+    Index(
+        "ix_c360_access_customer_by_subject",
+        "subject",
+        "ts",
+        postgresql_include=["customer", "effects", "chain", "seq"],
+    ),
+    Index(
+        "ix_c360_access_customer_denied",
+        "subject",
+        "ts",
+        postgresql_include=["chain", "seq"],
+        postgresql_where=text("effects & 4 <> 0"),
+    ),
+)
+# When each subject last touched each customer: "distinct customers per subject since T"
+# for a range that reaches the present is a count over this table's recent rows, where
+# the customer rows would need one row per read.
+subject_customer_table = Table(
+    "c360_access_subject_customer",
+    metadata,
+    Column("subject", Text, primary_key=True),
+    Column("customer", Text, primary_key=True),
+    Column("last_ts", TIMESTAMP(timezone=True), nullable=False),
+    Index("ix_c360_access_subject_customer_last", "last_ts", postgresql_include=["subject"]),
+)
+# Hourly counts (UTC hours) for the charts: a day of them is a few thousand rows, whatever
+# the traffic. Only access records count; '' stands for "none" in a key column.
+hourly_table = Table(
+    "c360_access_hourly",
+    metadata,
+    Column("hour", TIMESTAMP(timezone=True), primary_key=True),
+    Column("subject", Text, primary_key=True),
+    Column("roles", Text, primary_key=True),  # sorted, comma-separated
+    Column("outcome", String(16), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Index("ix_c360_access_hourly_subject", "subject", "hour"),
+)
+decision_hourly_table = Table(
+    "c360_access_decision_hourly",
+    metadata,
+    Column("hour", TIMESTAMP(timezone=True), primary_key=True),
+    Column("subject", Text, primary_key=True),
+    Column("field", Text, primary_key=True),
+    Column("decision", String(8), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+    Index("ix_c360_access_decision_hourly_subject", "subject", "hour"),
+)
 
 
 def _row(record: Record) -> dict[str, Any]:
@@ -248,8 +355,123 @@ def _row(record: Record) -> dict[str, Any]:
     }
 
 
+def customer_rows(record: Record) -> list[dict[str, Any]]:
+    """The record's rows of `c360_access_customer`: one per customer it touched."""
+    decided: Mapping[str, Mapping[str, str]] = record.get("fields") or {}
+    moment = _ts(record)
+    rows = []
+    for customer in record.get("customers") or []:
+        seen = decided.get(customer) or {}
+        effects = 0
+        for decision in seen.values():
+            effects |= EFFECT_BITS.get(decision, 0)
+        rows.append(
+            {
+                "chain": record["chain"],
+                "seq": record["seq"],
+                "customer": customer,
+                "ts": moment,
+                "subject": record.get("subject"),
+                "decisions": sorted(f"{name}:{decision}" for name, decision in seen.items()),
+                "effects": effects,
+            }
+        )
+    return rows
+
+
+@dataclass
+class Rollup:
+    """Hourly counts of a batch of records, added to the tables in one upsert each."""
+
+    requests: Counter[tuple[dt.datetime, str, str, str]] = dataclass_field(default_factory=Counter)
+    decisions: Counter[tuple[dt.datetime, str, str, str]] = dataclass_field(default_factory=Counter)
+
+    def add(self, record: Record) -> None:
+        if record.get("kind", "access") != "access":
+            return
+        hour = _ts(record).astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+        subject = str(record.get("subject") or "")
+        roles = ",".join(sorted(record.get("roles") or []))
+        self.requests[hour, subject, roles, str(record.get("outcome") or "")] += 1
+        for seen in (record.get("fields") or {}).values():
+            for name, decision in seen.items():
+                self.decisions[hour, subject, name, decision] += 1
+
+    def request_rows(self) -> list[dict[str, Any]]:
+        # Sorted: concurrent writers then lock the rows they share in the same order.
+        return [
+            {"hour": h, "subject": s, "roles": r, "outcome": o, "requests": n}
+            for (h, s, r, o), n in sorted(self.requests.items())
+        ]
+
+    def decision_rows(self) -> list[dict[str, Any]]:
+        return [
+            {"hour": h, "subject": s, "field": f, "decision": d, "n": n}
+            for (h, s, f, d), n in sorted(self.decisions.items())
+        ]
+
+
+async def write_read_models(connection: AsyncConnection, records: Sequence[Record]) -> None:
+    """Add records (new to the log: a replayed record must not count twice) to the read
+    models, inside the caller's transaction."""
+    rows = [row for record in records for row in customer_rows(record)]
+    if rows:
+        # COPY: a page of customers makes a row each, several times the records' own rows.
+        # The records are new to the log, so their rows cannot be in the table yet.
+        raw = await connection.get_raw_connection()
+        columns = [column.name for column in customer_table.columns]
+        await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+            customer_table.name,
+            records=[tuple(row[name] for name in columns) for row in rows],
+            columns=columns,
+        )
+    await _touch_subject_customers(connection, records)
+    rollup = Rollup()
+    for record in records:
+        rollup.add(record)
+    for table, count, values in (
+        (hourly_table, "requests", rollup.request_rows()),
+        (decision_hourly_table, "n", rollup.decision_rows()),
+    ):
+        if not values:
+            continue
+        statement = insert(table)
+        statement = statement.on_conflict_do_update(
+            index_elements=[column.name for column in table.primary_key.columns],
+            set_={count: table.c[count] + statement.excluded[count]},
+        )
+        await connection.execute(statement, values)
+
+
+async def _touch_subject_customers(connection: AsyncConnection, records: Sequence[Record]) -> None:
+    """Move each (subject, customer)'s last access forward, from the customer rows just
+    written (by seq range per chain: rows of older records in the range change nothing,
+    as the last access only moves forward)."""
+    spans: dict[str, tuple[int, int]] = {}
+    for record in records:
+        if record.get("subject") and record.get("customers"):
+            low, high = spans.get(record["chain"], (record["seq"], record["seq"]))
+            spans[record["chain"]] = (min(low, record["seq"]), max(high, record["seq"]))
+    rows, pairs = customer_table, subject_customer_table
+    for chain, (low, high) in sorted(spans.items()):
+        latest = (
+            select(rows.c.subject, rows.c.customer, func.max(rows.c.ts))
+            .where(rows.c.chain == chain, rows.c.seq.between(low, high))
+            .where(rows.c.subject.is_not(None))
+            .group_by(rows.c.subject, rows.c.customer)
+            .order_by(rows.c.subject, rows.c.customer)  # one lock order for all writers
+        )
+        statement = insert(pairs).from_select(["subject", "customer", "last_ts"], latest)
+        statement = statement.on_conflict_do_update(
+            index_elements=["subject", "customer"],
+            set_={"last_ts": func.greatest(pairs.c.last_ts, statement.excluded.last_ts)},
+        )
+        await connection.execute(statement)
+
+
 class PostgresSink:
-    """One table; inserts batched in one transaction; replays are idempotent."""
+    """One table and its read models; inserts batched in one transaction; replays are
+    idempotent."""
 
     name = "postgresql"
 
@@ -261,23 +483,41 @@ class PostgresSink:
     @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:
-            self._engine = create_async_engine(self.dsn, pool_pre_ping=True, pool_size=4)
+            self._engine = create_async_engine(
+                self.dsn,
+                pool_pre_ping=True,
+                pool_size=4,
+                # The log's queries are index range scans; compiling them (JIT) costs more
+                # than it saves.
+                connect_args={"server_settings": {"jit": "off"}},
+            )
         return self._engine
 
     async def open(self) -> None:
         try:
             async with self.engine.begin() as connection:
                 await connection.run_sync(metadata.create_all)
+                # create_all skips the indexes of a table that exists: a log made by an
+                # earlier version gets the ones added since.
+                for index in (*LATER_INDEXES, *customer_table.indexes):
+                    await connection.run_sync(index.create, checkfirst=True)
         except (SQLAlchemyError, OSError) as error:
             raise SinkUnavailable(f"postgresql: {type(error).__name__}") from error
 
     async def write(self, records: Sequence[Record]) -> None:
         if not records:
             return
-        statement = insert(self.table).on_conflict_do_nothing(index_elements=["chain", "seq"])
+        statement = (
+            insert(self.table)
+            .on_conflict_do_nothing(index_elements=["chain", "seq"])
+            .returning(self.table.c.chain, self.table.c.seq)
+        )
         try:
             async with self.engine.begin() as connection:
-                await connection.execute(statement, [_row(record) for record in records])
+                result = await connection.execute(statement, [_row(record) for record in records])
+                inserted = {(str(chain), int(seq)) for chain, seq in result}
+                fresh = [r for r in records if (str(r["chain"]), int(r["seq"])) in inserted]
+                await write_read_models(connection, fresh)
         except (SQLAlchemyError, OSError) as error:
             raise SinkUnavailable(f"postgresql: {type(error).__name__}") from error
 
@@ -303,29 +543,19 @@ class PostgresSink:
 
     async def search(self, query: AccessQuery) -> list[Record]:
         table = self.table
+        if query.customer is not None or query.field is not None or query.decision is not None:
+            return await self._search_by_customer_rows(query)
         conditions = []
         if query.kind is not None:
             conditions.append(table.c.kind == query.kind)
         if query.subject is not None:
             conditions.append(table.c.subject == query.subject)
-        if query.customer is not None:
-            conditions.append(table.c.customers.contains([query.customer]))
-        if query.field is not None:
-            conditions.append(table.c.fields.contains([query.field]))
         if query.since is not None:
             conditions.append(table.c.ts >= query.since)
         if query.until is not None:
             conditions.append(table.c.ts < query.until)
         if query.after is not None:
-            ts, chain, seq = query.after
-            moment = dt.datetime.fromisoformat(ts)
-            conditions.append(
-                or_(
-                    table.c.ts < moment,
-                    and_(table.c.ts == moment, table.c.chain < chain),
-                    and_(table.c.ts == moment, table.c.chain == chain, table.c.seq < seq),
-                )
-            )
+            conditions.append(_before(table, query.after))
         statement = (
             select(table.c.record)
             .where(and_(*conditions))
@@ -336,7 +566,60 @@ class PostgresSink:
             rows = await connection.execute(statement)
             return [row[0] for row in rows]
 
+    async def _search_by_customer_rows(self, query: AccessQuery) -> list[Record]:
+        """Through `c360_access_customer`: a customer's records are one index range, and
+        field and decision filters apply to that customer's own decisions."""
+        rows = customer_table
+        conditions = []
+        if query.customer is not None:
+            conditions.append(rows.c.customer == query.customer)
+        if query.subject is not None:
+            conditions.append(rows.c.subject == query.subject)
+        if query.field is not None and query.decision is not None:
+            conditions.append(rows.c.decisions.contains([f"{query.field}:{query.decision}"]))
+        elif query.field is not None:
+            conditions.append(rows.c.decisions.overlap([f"{query.field}:{d}" for d in EFFECT_BITS]))
+        elif query.decision is not None:
+            bit = EFFECT_BITS.get(query.decision, 0)
+            conditions.append(rows.c.effects.op("&")(bit) != 0)
+        if query.since is not None:
+            conditions.append(rows.c.ts >= query.since)
+        if query.until is not None:
+            conditions.append(rows.c.ts < query.until)
+        if query.after is not None:
+            conditions.append(_before(rows, query.after))
+        order = (rows.c.ts.desc(), rows.c.chain.desc(), rows.c.seq.desc())
+        page = select(rows.c.chain, rows.c.seq, rows.c.ts).where(and_(*conditions))
+        if query.customer is None:
+            page = page.group_by(rows.c.ts, rows.c.chain, rows.c.seq)  # one per record
+        page_sq = page.order_by(*order).limit(query.first).subquery()
+        table = self.table
+        statement = (
+            select(table.c.record)
+            .join_from(
+                page_sq,
+                table,
+                and_(table.c.chain == page_sq.c.chain, table.c.seq == page_sq.c.seq),
+            )
+            .order_by(page_sq.c.ts.desc(), page_sq.c.chain.desc(), page_sq.c.seq.desc())
+        )
+        if query.kind is not None:
+            # Only access records touch customers; another kind finds nothing here.
+            statement = statement.where(table.c.kind == query.kind)
+        async with self.engine.connect() as connection:
+            result = await connection.execute(statement)
+            return [row[0] for row in result]
+
     async def close(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+
+
+def _before(table: Table, after: tuple[str, str, int]) -> Any:
+    """Rows after the cursor in newest-first order (ts, chain, seq descending)."""
+    ts, chain, seq = after
+    moment = dt.datetime.fromisoformat(ts)
+    return tuple_(table.c.ts, table.c.chain, table.c.seq) < tuple_(
+        literal(moment, TIMESTAMP(timezone=True)), literal(chain), literal(seq)
+    )

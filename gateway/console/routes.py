@@ -1,0 +1,77 @@
+"""`GET /console` and its static files. The page is a shell with labels and no data: it
+carries no token and needs none, and everything it shows it fetches from `/graphql` with
+the reviewer's bearer token, so the policy file decides what it may show."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+HERE = Path(__file__).parent
+LANGUAGES = ("en", "zh-CN")
+
+# No script, style, font or image from anywhere but the gateway itself, no inline script,
+# no framing; requests only to the gateway (the GraphQL API).
+SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "cache-control": "no-store",
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+}
+
+
+@functools.cache
+def labels() -> dict[str, dict[str, str]]:
+    loaded: dict[str, dict[str, str]] = json.loads((HERE / "labels.json").read_text("utf-8"))
+    return loaded
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def language(accept_language: str | None) -> str:
+    """The first Chinese or English entry of Accept-Language; English otherwise."""
+    for part in (accept_language or "").split(","):
+        tag = part.split(";")[0].strip().lower()
+        if tag.startswith("zh"):
+            return "zh-CN"
+        if tag.startswith("en"):
+            return "en"
+    return "en"
+
+
+async def console_page(request: Request) -> HTMLResponse:
+    lang = language(request.headers.get("accept-language"))
+    context: dict[str, Any] = {
+        "lang": lang,
+        "t": labels()[lang],
+        "languages": [(code, labels()[code]["lang.name"]) for code in LANGUAGES],
+        "all_labels": labels(),
+    }
+    html = _environment().get_template("console.html").render(context)
+    return HTMLResponse(html, headers=SECURITY_HEADERS)
+
+
+def console_routes() -> list[BaseRoute]:
+    return [
+        Route("/console", console_page, methods=["GET"]),
+        Mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static"),
+    ]

@@ -1,0 +1,800 @@
+// The c360 security console: a small client of the gateway's own GraphQL API, so the
+// policy file decides what it may show and every view is itself an access-log record.
+// The token lives in sessionStorage only (this tab); it is never put in a URL or a cookie.
+// Everything from the log (subjects, clients, ids) is inserted as text, never as HTML:
+// a token's subject or an X-Client-Name header is chosen by whoever sent the request.
+"use strict";
+
+(() => {
+  const TOKEN_KEY = "c360.console.token";
+  const LANG_KEY = "c360.console.lang";
+  const PAGE = 25;
+  const EXPORT_PAGE = 50; // a page of records stays within the gateway's query cost limit
+  const EXPORT_CAP = 10000;
+  const FIELDS = [
+    "name", "email", "phone", "nationalId", "address", "lifetimeValue", "orders",
+    "tickets", "satisfaction", "segment", "consents", "opportunities",
+  ];
+  const DECISIONS = ["allow", "mask", "deny"];
+  const RESOLUTIONS = ["REVIEWED", "EXPECTED", "ESCALATED", "FALSE_POSITIVE"];
+  const COLORS = {
+    sales: "#1f5fbf", sales_manager: "#5b8fd9", service: "#2e7d4f", marketing: "#8e44ad",
+    security: "#c0392b", allow: "#2e7d4f", mask: "#d4a017", deny: "#c0392b",
+  };
+  const SPARE = ["#7f8c8d", "#16a085", "#d35400", "#34495e", "#e84393", "#6d4c41"];
+  const LABELS = JSON.parse(document.getElementById("c360-labels").textContent);
+  const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  const $ = (selector) => document.querySelector(selector);
+  const state = { lang: pickLanguage(), checked: false, focus: false };
+
+  // --- language, text, time -----------------------------------------------------------
+
+  function pickLanguage() {
+    const saved = localStorage.getItem(LANG_KEY);
+    if (saved && LABELS[saved]) return saved;
+    for (const tag of navigator.languages || [navigator.language || ""]) {
+      if (/^zh/i.test(tag)) return "zh-CN";
+      if (/^en/i.test(tag)) return "en";
+    }
+    return LABELS[document.documentElement.lang] ? document.documentElement.lang : "en";
+  }
+
+  function t(key, params) {
+    let text = (LABELS[state.lang] || {})[key] ?? LABELS.en[key] ?? key;
+    for (const [name, value] of Object.entries(params || {})) {
+      text = text.split(`{${name}}`).join(String(value));
+    }
+    return text;
+  }
+
+  function offset(date) {
+    const minutes = -date.getTimezoneOffset();
+    const abs = Math.abs(minutes);
+    const two = (n) => String(n).padStart(2, "0");
+    return `UTC${minutes >= 0 ? "+" : "-"}${two(Math.floor(abs / 60))}:${two(abs % 60)}`;
+  }
+
+  function when(iso) {
+    const date = new Date(iso);
+    const text = new Intl.DateTimeFormat(state.lang, {
+      year: "numeric", month: "2-digit", day: "2-digit",
+      hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
+    }).format(date);
+    return `${text} (${offset(date)})`;
+  }
+
+  function hourLabel(date, withDay) {
+    const options = withDay
+      ? { month: "2-digit", day: "2-digit", hour: "2-digit", hourCycle: "h23" }
+      : { hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
+    return new Intl.DateTimeFormat(state.lang, options).format(date);
+  }
+
+  function duration(seconds) {
+    return seconds % 3600 === 0 ? `${seconds / 3600} h` : `${Math.round(seconds / 60)} min`;
+  }
+
+  // A datetime-local input holds local wall time; the API and the URL hold UTC ISO times.
+  function toInput(iso) {
+    if (!iso) return "";
+    const date = new Date(iso);
+    const local = new Date(date.getTime() - date.getTimezoneOffset() * 60000);
+    return local.toISOString().slice(0, 16);
+  }
+
+  function fromInput(value) {
+    return value ? new Date(value).toISOString() : "";
+  }
+
+  function ago(hours) {
+    return new Date(Date.now() - hours * 3600 * 1000).toISOString();
+  }
+
+  // --- DOM ------------------------------------------------------------------------------
+
+  function h(tag, attrs, ...children) {
+    const element = document.createElement(tag);
+    setAttributes(element, attrs);
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      element.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return element;
+  }
+
+  function svg(tag, attrs, ...children) {
+    const element = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    setAttributes(element, attrs);
+    for (const child of children.flat()) {
+      if (child === null || child === undefined) continue;
+      element.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return element;
+  }
+
+  function setAttributes(element, attrs) {
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (name.startsWith("on")) element.addEventListener(name.slice(2), value);
+      else element.setAttribute(name === "className" ? "class" : name, value === true ? "" : value);
+    }
+  }
+
+  function link(view, params, text) {
+    return h("a", { href: hashOf(view, params) }, text);
+  }
+
+  function chip(name, decision, policy) {
+    return h("span", { class: `chip ${decision}`, title: policy || "" },
+      `${name}: ${t(`decision.${decision}`)}`);
+  }
+
+  // --- the GraphQL API ------------------------------------------------------------------
+
+  class Unauthenticated extends Error {}
+  class Refused extends Error {}
+
+  async function gql(query, variables) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) throw new Unauthenticated();
+    let response;
+    try {
+      response = await fetch("/graphql", {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          accept: "application/graphql-response+json, application/json",
+          authorization: `Bearer ${token}`,
+          "x-client-name": "c360-console",
+        },
+        body: JSON.stringify({ query, variables: variables || {} }),
+        credentials: "omit",
+        cache: "no-store",
+      });
+    } catch (error) {
+      throw new Error(t("signin.unreachable"));
+    }
+    if (response.status === 401) throw new Unauthenticated();
+    const body = await response.json().catch(() => ({}));
+    const errors = body.errors || [];
+    const refused = errors.some((e) => (e.extensions || {}).code === "FORBIDDEN"
+      && String((e.extensions || {}).policy || "").startsWith("audit."));
+    if (refused) throw new Refused();
+    if (!body.data) {
+      throw new Error(errors.map((e) => e.message).join("; ") || `HTTP ${response.status}`);
+    }
+    const failed = errors.filter((e) => (e.extensions || {}).code !== "FORBIDDEN");
+    if (failed.length && Object.values(body.data).some((v) => v === null)) {
+      throw new Error(failed.map((e) => e.message).join("; "));
+    }
+    return body.data;
+  }
+
+  // --- routing --------------------------------------------------------------------------
+
+  function route() {
+    const [path, query] = (location.hash || "#/overview").slice(1).split("?");
+    return { view: path.replace(/^\//, "") || "overview", params: new URLSearchParams(query || "") };
+  }
+
+  function hashOf(view, params) {
+    const kept = Object.entries(params || {}).filter(([, v]) => v !== null && v !== undefined && v !== "");
+    const query = new URLSearchParams(kept).toString();
+    return `#/${view}${query ? `?${query}` : ""}`;
+  }
+
+  function go(view, params) {
+    const target = hashOf(view, params);
+    if (location.hash === target) render();
+    else location.hash = target;
+  }
+
+  // --- paged tables with CSV export -------------------------------------------------------
+
+  // columns: [{label, cell(row) -> Node|string, csv(row) -> string, num}]
+  // fetch(after, first) -> {rows, pageInfo}; exportAs: {view, filters, name}
+  function pagedTable({ title, columns, fetch, exportAs }) {
+    const section = h("section", { class: "panel" });
+    const cursors = [];
+    let after = null;
+
+    async function load() {
+      const body = h("tbody");
+      const table = h("table", {},
+        h("thead", {}, h("tr", {}, columns.map((c) => h("th", { class: [c.num ? "num" : "", c.width || ""].join(" ").trim() || null, scope: "col" }, t(c.label))))),
+        body);
+      const { rows, pageInfo } = await fetch(after, PAGE);
+      for (const row of rows) {
+        body.append(h("tr", {}, columns.map((c) => h("td", { class: c.num ? "num" : c.mono ? "mono" : null }, c.cell(row)))));
+      }
+      const prev = h("button", { type: "button", class: "quiet", disabled: cursors.length === 0,
+        onclick: async () => { after = cursors.pop(); await refresh(); } }, t("prev"));
+      const next = h("button", { type: "button", class: "quiet", disabled: !pageInfo.hasNextPage,
+        onclick: async () => { cursors.push(after); after = pageInfo.endCursor; await refresh(); } }, t("next"));
+      const status = h("span", { class: "note", role: "status" });
+      const exporter = exportAs && h("button", { type: "button", class: "quiet", "data-export": exportAs.view,
+        onclick: () => runExport(status, () => exportCsv(columns, fetch, exportAs)) }, t("export"));
+      section.replaceChildren(
+        h("h2", {}, title),
+        rows.length ? h("div", { class: "tablewrap" }, table) : h("p", { class: "note" }, t("none")),
+        h("div", { class: "pager" }, prev, h("span", { class: "note" }, `${t("page")} ${cursors.length + 1}`), next,
+          h("span", { class: "spacer" }), status, exporter));
+    }
+
+    async function refresh() {
+      try { await load(); } catch (error) { fail(error); }
+    }
+
+    return { section, load };
+  }
+
+  function csvCell(value) {
+    let text = value === null || value === undefined ? "" : String(value);
+    if (/^[=+\-@\t\r]/.test(text)) text = `'${text}`; // a spreadsheet must not run it
+    return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+  }
+
+  async function runExport(status, work) {
+    status.textContent = t("loading");
+    try {
+      status.textContent = await work();
+    } catch (error) {
+      status.textContent = "";
+      fail(error);
+    }
+  }
+
+  async function exportCsv(columns, fetch, exportAs) {
+    const rows = [];
+    let after = null;
+    for (;;) {
+      const page = await fetch(after, EXPORT_PAGE);
+      rows.push(...page.rows);
+      if (!page.pageInfo.hasNextPage || rows.length >= EXPORT_CAP) break;
+      after = page.pageInfo.endCursor;
+    }
+    const kept = rows.slice(0, EXPORT_CAP);
+    const lines = [columns.map((c) => csvCell(t(c.label))).join(",")];
+    for (const row of kept) lines.push(columns.map((c) => csvCell(c.csv(row))).join(","));
+    // Recorded first: an export the log could not record does not happen.
+    await gql(`mutation ConsoleExport($view: ConsoleView!, $rows: Int!, $filters: ConsoleExportFilters) {
+      recordConsoleExport(view: $view, rows: $rows, filters: $filters) { requestId } }`,
+    { view: exportAs.view, rows: kept.length, filters: exportAs.filters || null });
+    const blob = new Blob([`\ufeff${lines.join("\r\n")}\r\n`], { type: "text/csv;charset=utf-8" });
+    const url = URL.createObjectURL(blob);
+    const anchor = h("a", { href: url, download: exportAs.name, hidden: true });
+    document.body.append(anchor);
+    anchor.click();
+    anchor.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+    return t("exported", { rows: kept.length });
+  }
+
+  // --- charts (inline SVG) ------------------------------------------------------------------
+
+  function colorOf(key, keys) {
+    return COLORS[key] || SPARE[keys.indexOf(key) % SPARE.length];
+  }
+
+  // buckets: [{label, at, parts: {key: n}}]; one stacked bar per bucket.
+  function stackedBars({ title, buckets, keys, tickEvery }) {
+    const width = 560;
+    const height = 190;
+    const left = 40;
+    const bottom = 24;
+    const top = 8;
+    const max = Math.max(1, ...buckets.map((b) => keys.reduce((s, k) => s + (b.parts[k] || 0), 0)));
+    const slot = (width - left - 4) / Math.max(1, buckets.length);
+    const scale = (height - top - bottom) / max;
+    const barWidth = Math.max(1, Math.min(slot * 0.8, 28)); // a lone day stays a bar
+    const totals = {};
+    const bars = [];
+    buckets.forEach((bucket, i) => {
+      let y = height - bottom;
+      for (const key of keys) {
+        const n = bucket.parts[key] || 0;
+        totals[key] = (totals[key] || 0) + n;
+        if (!n) continue;
+        const barHeight = Math.max(1, n * scale);
+        y -= barHeight;
+        bars.push(svg("rect", {
+          x: (left + i * slot + (slot - barWidth) / 2).toFixed(1), y: y.toFixed(1),
+          width: barWidth.toFixed(1), height: barHeight.toFixed(1),
+          fill: colorOf(key, keys),
+        }, svg("title", {}, `${bucket.label} · ${key}: ${n}`)));
+      }
+      if (i % tickEvery === 0) {
+        bars.push(svg("text", { x: (left + i * slot).toFixed(1), y: height - 6, "font-size": 10, fill: "#5b6575" }, bucket.label));
+      }
+    });
+    const total = Object.values(totals).reduce((a, b) => a + b, 0);
+    const summary = keys.map((k) => `${k}: ${totals[k] || 0}`).join(", ");
+    const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `${title}. ${t("chart.total")} ${total}. ${summary}` },
+      svg("line", { x1: left, y1: height - bottom, x2: width, y2: height - bottom, stroke: "#9aa6b5" }),
+      svg("text", { x: left - 6, y: top + 10, "font-size": 10, "text-anchor": "end", fill: "#5b6575" }, String(max)),
+      svg("text", { x: left - 6, y: height - bottom, "font-size": 10, "text-anchor": "end", fill: "#5b6575" }, "0"),
+      bars);
+    const legend = h("div", { class: "legend" }, keys.map((k) => h("span", {},
+      svg("svg", { class: "swatch", viewBox: "0 0 10 10", "aria-hidden": "true" },
+        svg("rect", { width: 10, height: 10, fill: colorOf(k, keys) })),
+      `${k} (${totals[k] || 0})`)));
+    return h("figure", { class: "chart" }, h("figcaption", {}, h("h2", {}, title)),
+      total ? chart : h("p", { class: "note" }, t("chart.empty")), legend);
+  }
+
+  function hourBuckets(since, until, counts) {
+    const start = new Date(since).getTime();
+    const end = new Date(until).getTime();
+    const hours = Math.max(1, Math.round((end - start) / 3600000));
+    const buckets = [];
+    const index = new Map();
+    for (let i = 0; i < hours; i++) {
+      const at = new Date(start + i * 3600000);
+      index.set(at.getTime(), buckets.length);
+      buckets.push({ at, label: hourLabel(at, hours > 48), parts: {} });
+    }
+    const keys = [];
+    for (const { hour, key: raw, count } of counts) {
+      const key = raw || "—"; // a rejected request has no role
+      const slot = index.get(new Date(hour).getTime());
+      if (slot === undefined) continue;
+      buckets[slot].parts[key] = (buckets[slot].parts[key] || 0) + count;
+      if (!keys.includes(key)) keys.push(key);
+    }
+    return { buckets, keys, tickEvery: Math.max(1, Math.ceil(hours / 8)) };
+  }
+
+  // --- the views ------------------------------------------------------------------------
+
+  const RECORD_FIELDS = "id kind ts subject roles purpose client operation outcome traceId";
+
+  function recordColumns(customer) {
+    const fieldsOf = (r) => r.fields.filter((f) => !customer || f.customer === customer);
+    return [
+      { label: "col.when", width: "when", cell: (r) => when(r.ts), csv: (r) => r.ts },
+      { label: "col.subject", cell: (r) => r.subject ? link("footprint", { subject: r.subject }, r.subject) : "—", csv: (r) => r.subject },
+      { label: "col.role", cell: (r) => r.roles.join(", "), csv: (r) => r.roles.join(" ") },
+      { label: "col.purpose", cell: (r) => r.purpose || "—", csv: (r) => r.purpose },
+      { label: "col.client", cell: (r) => r.client || "—", csv: (r) => r.client },
+      { label: "col.fields", width: "wide", cell: (r) => h("div", { class: "chips" }, fieldsOf(r).map((f) => chip(f.field, f.decision, f.policy))),
+        csv: (r) => fieldsOf(r).map((f) => `${customer ? "" : `${f.customer}.`}${f.field}=${f.decision} (${f.policy || ""})`).join("; ") },
+      { label: "col.outcome", cell: (r) => r.outcome || r.kind, csv: (r) => r.outcome || r.kind },
+      { label: "col.trace", mono: true, cell: (r) => r.traceId || "—", csv: (r) => r.traceId },
+    ];
+  }
+
+  function field(label, control) {
+    return h("div", {}, h("label", { for: control.id }, t(label)), control);
+  }
+
+  function select(id, options, value) {
+    return h("select", { id }, options.map(([v, text]) => h("option", { value: v, selected: v === value }, text)));
+  }
+
+  function rangeSelect(id, value) {
+    return select(id, [["24h", t("range.24h")], ["7d", t("range.7d")], ["30d", t("range.30d")]], value);
+  }
+
+  const RANGE_HOURS = { "24h": 24, "7d": 168, "30d": 720 };
+
+  async function timelineView(root, params) {
+    const customer = params.get("customer") || "";
+    const find = h("input", { id: "f-customer", class: "wide", value: customer, autocomplete: "off", spellcheck: "false", "aria-describedby": "f-customer-help" });
+    const fieldSelect = select("f-field", [["", t("any")], ...FIELDS.map((f) => [f, f])], params.get("field") || "");
+    const decision = select("f-decision", [["", t("any")], ...DECISIONS.map((d) => [d, t(`decision.${d}`)])], params.get("decision") || "");
+    const subject = h("input", { id: "f-subject", value: params.get("subject") || "", autocomplete: "off" });
+    const since = h("input", { id: "f-since", type: "datetime-local", value: toInput(params.get("since")) });
+    const until = h("input", { id: "f-until", type: "datetime-local", value: toInput(params.get("until")) });
+    const problem = h("p", { class: "error", role: "alert" });
+    const lookup = async (email) => {
+      try {
+        const data = await gql("query ConsoleFindCustomer($email: String!) { customerByEmail(email: $email) { id } }", { email });
+        return data.customerByEmail ? data.customerByEmail.id : null;
+      } catch (error) {
+        fail(error);
+        return null;
+      }
+    };
+    const form = h("form", { class: "filters", onsubmit: async (event) => {
+      event.preventDefault();
+      problem.textContent = "";
+      let id = find.value.trim();
+      if (id.includes("@")) {
+        find.value = ""; // the address is not kept on the page, in the URL or in history
+        id = await lookup(id);
+        if (!id) { problem.textContent = t("timeline.unknown"); return; }
+      }
+      if (!/^cus_[a-z2-7]{16}$/.test(id)) { problem.textContent = t("timeline.badid"); return; }
+      go("timeline", { customer: id, field: fieldSelect.value, decision: decision.value,
+        subject: subject.value.trim(), since: fromInput(since.value), until: fromInput(until.value) });
+    } },
+    field("timeline.find", find), field("filter.field", fieldSelect), field("filter.decision", decision),
+    field("filter.subject", subject), field("since", since), field("until", until),
+    h("div", {}, h("button", { type: "submit", id: "f-show" }, t("timeline.search"))));
+    const head = h("section", { class: "panel" }, h("h1", { tabindex: "-1" }, t("timeline.title")), form,
+      h("p", { class: "note", id: "f-customer-help" }, t("timeline.findhelp")), problem);
+    root.replaceChildren(head);
+    if (!customer) {
+      head.append(h("p", {}, t("timeline.pick")));
+      return;
+    }
+    const filters = { customer, field: params.get("field") || null, decision: params.get("decision") || null,
+      subject: params.get("subject") || null, since: params.get("since") || null, until: params.get("until") || null };
+    const who = await gql("query ConsoleCustomer($id: ID!) { customer(id: $id) { id name } }", { id: customer });
+    head.append(h("dl", { class: "stats" },
+      h("div", { class: "stat" }, h("dt", {}, t("timeline.customer")), h("dd", { class: "mono", id: "customer-id" }, customer)),
+      h("div", { class: "stat" }, h("dt", {}, t("timeline.name")), h("dd", { id: "customer-name" }, (who.customer && who.customer.name) || "—"))));
+    const table = pagedTable({
+      title: t("timeline.title"),
+      columns: recordColumns(customer),
+      exportAs: { view: "TIMELINE", filters, name: `c360-timeline-${customer}.csv` },
+      fetch: async (after, first) => {
+        const data = await gql(`query ConsoleTimeline($customer: ID!, $field: String, $decision: String, $subject: String, $since: DateTime, $until: DateTime, $first: Int, $after: String) {
+          accessLog(customer: $customer, field: $field, decision: $decision, subject: $subject, since: $since, until: $until, first: $first, after: $after) {
+            edges { node { ${RECORD_FIELDS} fields(customer: $customer) { customer field decision policy } } }
+            pageInfo { hasNextPage endCursor } } }`, { ...filters, first, after });
+        return { rows: data.accessLog.edges.map((e) => e.node), pageInfo: data.accessLog.pageInfo };
+      },
+    });
+    table.section.id = "timeline-table";
+    root.append(table.section);
+    await table.load();
+  }
+
+  async function footprintView(root, params) {
+    const subject = params.get("subject") || "";
+    const range = params.get("range") || "7d";
+    const input = h("input", { id: "p-subject", class: "wide", value: subject, autocomplete: "off" });
+    const rangeInput = rangeSelect("p-range", range);
+    const form = h("form", { class: "filters", onsubmit: (event) => {
+      event.preventDefault();
+      go("footprint", { subject: input.value.trim(), range: rangeInput.value });
+    } }, field("footprint.subject", input), field("range", rangeInput),
+    h("div", {}, h("button", { type: "submit" }, t("footprint.show"))));
+    const head = h("section", { class: "panel" }, h("h1", { tabindex: "-1" }, t("footprint.title")), form);
+    root.replaceChildren(head);
+    if (!subject) {
+      head.append(h("p", {}, t("footprint.pick")));
+      return;
+    }
+    const since = params.get("since") || ago(RANGE_HOURS[range] || 168);
+    const until = params.get("until") || null;
+    const data = await gql(`query ConsoleFootprint($subject: String!, $since: DateTime, $until: DateTime, $zone: String!) {
+      accessFootprint(subject: $subject, since: $since, until: $until, timeZone: $zone) {
+        since until requests customers deniedRequests
+        days { day customers requests } decisions { field decision count } } }`,
+    { subject, since, until, zone: ZONE });
+    const fp = data.accessFootprint;
+    head.append(
+      h("p", { class: "note" }, `${when(fp.since)} – ${when(fp.until)}`),
+      h("dl", { class: "stats" },
+        h("div", { class: "stat" }, h("dt", {}, t("footprint.requests")), h("dd", {}, h("b", {}, fp.requests))),
+        h("div", { class: "stat" }, h("dt", {}, t("footprint.customers")), h("dd", {}, h("b", { id: "fp-customers" }, fp.customers))),
+        h("div", { class: "stat" }, h("dt", {}, t("footprint.denied")), h("dd", {}, h("b", {}, fp.deniedRequests)))));
+    const days = fp.days.map((d) => ({ label: d.day.slice(5), parts: { customers: d.customers } }));
+    const perDecision = {};
+    for (const { field: name, decision, count } of fp.decisions) {
+      perDecision[name] = perDecision[name] || { allow: 0, mask: 0, deny: 0 };
+      perDecision[name][decision] = count;
+    }
+    const decisionTable = h("table", {},
+      h("thead", {}, h("tr", {}, ["col.field", "col.allow", "col.mask", "col.deny"].map((k, i) => h("th", { scope: "col", class: i ? "num" : null }, t(k))))),
+      h("tbody", {}, Object.entries(perDecision).map(([name, c]) => h("tr", {},
+        h("td", {}, name), h("td", { class: "num" }, c.allow), h("td", { class: "num" }, c.mask), h("td", { class: "num" }, c.deny)))));
+    root.append(h("div", { class: "grid" },
+      h("section", { class: "panel" }, stackedBars({ title: t("footprint.perday"), buckets: days, keys: ["customers"], tickEvery: Math.max(1, Math.ceil(days.length / 10)) })),
+      h("section", { class: "panel" }, h("h2", {}, t("footprint.decisions")),
+        fp.decisions.length ? h("div", { class: "tablewrap" }, decisionTable) : h("p", { class: "note" }, t("none")))));
+    const scope = { subject, since: fp.since, until: fp.until };
+    const seen = pagedTable({
+      title: t("footprint.seen"),
+      columns: [
+        { label: "col.customer", mono: true, cell: (r) => link("timeline", { customer: r.customer, subject }, r.customer), csv: (r) => r.customer },
+        { label: "col.accesses", num: true, cell: (r) => r.accesses, csv: (r) => r.accesses },
+        { label: "col.lastseen", cell: (r) => when(r.lastSeen), csv: (r) => r.lastSeen },
+      ],
+      exportAs: { view: "FOOTPRINT", filters: scope, name: `c360-footprint-${subject}.csv` },
+      fetch: async (after, first) => {
+        const page = await gql(`query ConsoleFootprintCustomers($subject: String!, $since: DateTime, $until: DateTime, $zone: String!, $first: Int, $after: String) {
+          accessFootprint(subject: $subject, since: $since, until: $until, timeZone: $zone) {
+            customersSeen(first: $first, after: $after) { edges { node { customer accesses lastSeen } } pageInfo { hasNextPage endCursor } } } }`,
+        { ...scope, zone: ZONE, first, after });
+        const found = page.accessFootprint.customersSeen;
+        return { rows: found.edges.map((e) => e.node), pageInfo: found.pageInfo };
+      },
+    });
+    const deniedOnly = (r) => ({ ...r, fields: r.fields.filter((f) => f.decision === "deny") });
+    const denied = pagedTable({
+      title: t("footprint.deniedlist"),
+      columns: [
+        { label: "col.when", width: "when", cell: (r) => when(r.ts), csv: (r) => r.ts },
+        { label: "col.customer", mono: true, cell: (r) => h("div", {}, [...new Set(r.fields.map((f) => f.customer))].map((c) => h("div", {}, link("timeline", { customer: c, decision: "deny" }, c)))),
+          csv: (r) => [...new Set(r.fields.map((f) => f.customer))].join(" ") },
+        { label: "col.fields", cell: (r) => h("div", { class: "chips" }, r.fields.map((f) => chip(f.field, f.decision, f.policy))),
+          csv: (r) => r.fields.map((f) => `${f.customer}.${f.field} (${f.policy || ""})`).join("; ") },
+        { label: "col.purpose", cell: (r) => r.purpose || "—", csv: (r) => r.purpose },
+        { label: "col.trace", mono: true, cell: (r) => r.traceId || "—", csv: (r) => r.traceId },
+      ],
+      exportAs: { view: "FOOTPRINT", filters: { ...scope, decision: "deny" }, name: `c360-denied-${subject}.csv` },
+      fetch: async (after, first) => {
+        const page = await gql(`query ConsoleDenied($subject: String!, $since: DateTime, $until: DateTime, $first: Int, $after: String) {
+          accessLog(subject: $subject, decision: "deny", since: $since, until: $until, first: $first, after: $after) {
+            edges { node { ${RECORD_FIELDS} fields { customer field decision policy } } } pageInfo { hasNextPage endCursor } } }`,
+        { ...scope, first, after });
+        return { rows: page.accessLog.edges.map((e) => deniedOnly(e.node)), pageInfo: page.accessLog.pageInfo };
+      },
+    });
+    seen.section.id = "footprint-customers";
+    denied.section.id = "footprint-denied";
+    root.append(seen.section, denied.section);
+    await Promise.all([seen.load(), denied.load()]);
+  }
+
+  function alertDetail(alert) {
+    const span = duration(alert.windowSeconds);
+    return alert.type === "bulk_access"
+      ? t("alerts.bulkdetail", { n: alert.distinctCustomers, w: span, t: alert.threshold })
+      : t("alerts.denieddetail", { n: alert.deniedFields, w: span, t: alert.threshold });
+  }
+
+  function footprintOf(node) {
+    const at = new Date(node.ts).getTime();
+    const span = (node.alert.windowSeconds || 3600) * 1000;
+    return { subject: node.subject, since: new Date(at - span).toISOString(), until: new Date(at + 3600000).toISOString() };
+  }
+
+  async function alertsView(root, params) {
+    const show = params.get("state") || "open";
+    const stateSelect = select("a-state", [["open", t("alerts.open")], ["all", t("alerts.all")]], show);
+    stateSelect.addEventListener("change", () => go("alerts", { state: stateSelect.value }));
+    root.replaceChildren(h("section", { class: "panel" }, h("h1", { tabindex: "-1" }, t("alerts.title")),
+      h("div", { class: "filters" }, field("col.state", stateSelect))));
+    const acknowledged = show === "open" ? false : null;
+    let table;
+    const acknowledge = async (id, resolution) => {
+      await gql(`mutation ConsoleAcknowledge($id: ID!, $resolution: AlertResolution!) {
+        acknowledgeAccessAlert(id: $id, resolution: $resolution) { id } }`, { id, resolution });
+      await table.load();
+    };
+    const stateCell = (edge) => {
+      const ack = edge.acknowledgement;
+      if (ack) {
+        return h("span", { class: "ok" }, t("alerts.acked", { by: ack.by || "—", at: when(ack.at), resolution: t(`resolution.${ack.resolution}`) }));
+      }
+      const id = `res-${edge.node.id.replace(/[^A-Za-z0-9]/g, "-")}`;
+      const resolution = select(id, RESOLUTIONS.map((r) => [r, t(`resolution.${r.toLowerCase()}`)]), "REVIEWED");
+      return h("div", { class: "filters" },
+        h("div", {}, h("label", { for: id }, t("alerts.resolution")), resolution),
+        h("div", {}, h("button", { type: "button", "data-ack": edge.node.id,
+          onclick: (event) => { event.target.disabled = true; acknowledge(edge.node.id, resolution.value).catch(fail); } }, t("alerts.ack"))));
+    };
+    table = pagedTable({
+      title: t("alerts.title"),
+      columns: [
+        { label: "col.when", width: "when", cell: (e) => when(e.node.ts), csv: (e) => e.node.ts },
+        { label: "col.type", cell: (e) => t(`alerts.${e.node.alert.type}`), csv: (e) => e.node.alert.type },
+        { label: "col.subject", cell: (e) => h("div", {}, h("div", {}, e.node.subject || "—"), e.node.subject ? link("footprint", footprintOf(e.node), t("alerts.footprint")) : null), csv: (e) => e.node.subject },
+        { label: "col.detail", cell: (e) => alertDetail(e.node.alert), csv: (e) => alertDetail(e.node.alert) },
+        { label: "col.state", width: "wide", cell: stateCell,
+          csv: (e) => (e.acknowledgement ? `${e.acknowledgement.resolution} by ${e.acknowledgement.by} at ${e.acknowledgement.at}` : "open") },
+      ],
+      exportAs: { view: "ALERTS", filters: null, name: "c360-alerts.csv" },
+      fetch: async (after, first) => {
+        const data = await gql(`query ConsoleAlerts($acknowledged: Boolean, $first: Int, $after: String) {
+          accessAlerts(acknowledged: $acknowledged, first: $first, after: $after) {
+            edges { node { id ts subject roles alert { type distinctCustomers deniedFields threshold windowSeconds } }
+                    acknowledgement { id by at resolution } }
+            pageInfo { hasNextPage endCursor } } }`, { acknowledged, first, after });
+        return { rows: data.accessAlerts.edges, pageInfo: data.accessAlerts.pageInfo };
+      },
+    });
+    table.section.id = "alerts-table";
+    root.append(table.section);
+    await table.load();
+  }
+
+  function integrityPanel(integrity, recheck) {
+    const panel = h("section", { class: "panel", id: "integrity" }, h("h2", {}, t("overview.integrity")));
+    if (integrity.intact === null) {
+      panel.append(h("p", { role: "status" }, t("integrity.checking")));
+      return panel;
+    }
+    panel.append(integrity.intact
+      ? h("p", { class: "ok", role: "status" }, t("integrity.intact", { records: integrity.records, chains: integrity.chains.length }))
+      : h("p", { class: "bad", role: "status" }, t("integrity.broken")));
+    const rows = integrity.chains.map((c) => {
+      const broken = integrity.breaks.find((b) => b.chain === c.chain);
+      return h("tr", {}, h("td", { class: "mono" }, c.chain), h("td", { class: "num" }, c.lastSeq),
+        h("td", {}, broken ? `seq ${broken.seq} (${broken.location}): ${broken.problem}` : "—"));
+    });
+    for (const b of integrity.breaks.filter((b) => !integrity.chains.some((c) => c.chain === b.chain))) {
+      rows.push(h("tr", {}, h("td", { class: "mono" }, b.chain), h("td", { class: "num" }, "—"), h("td", {}, `seq ${b.seq} (${b.location}): ${b.problem}`)));
+    }
+    panel.append(h("div", { class: "tablewrap" }, h("table", {},
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, t("integrity.chain")), h("th", { scope: "col", class: "num" }, t("integrity.lastseq")), h("th", { scope: "col" }, t("integrity.break")))),
+      h("tbody", {}, rows))));
+    if (integrity.tornTail) panel.append(h("p", { class: "note" }, t("integrity.torn", { where: integrity.tornTail })));
+    panel.append(h("p", { class: "note" }, `${t("integrity.checked")}: ${when(integrity.checkedAt)}${integrity.checking ? ` · ${t("integrity.checking")}` : ""} `,
+      h("button", { type: "button", class: "quiet", onclick: recheck }, t("integrity.recheck"))));
+    return panel;
+  }
+
+  async function overviewView(root, params) {
+    const range = params.get("range") || "24h";
+    const rangeInput = rangeSelect("o-range", range);
+    rangeInput.addEventListener("change", () => go("overview", { range: rangeInput.value }));
+    const head = h("section", { class: "panel" }, h("h1", { tabindex: "-1" }, t("overview.title")),
+      h("div", { class: "filters" }, field("range", rangeInput)));
+    root.replaceChildren(head);
+    const data = await gql(`query ConsoleOverview($since: DateTime, $zone: String!) {
+      accessOverview(since: $since, timeZone: $zone, top: 10) {
+        since until byRole { hour key count } byDecision { hour key count }
+        topSubjects { subject customers requests } fields { field allow mask deny } }
+      accessLogIntegrity { checking checkedAt intact records chains { chain lastSeq } breaks { chain seq location problem } tornTail } }`,
+    { since: ago(RANGE_HOURS[range] || 24), zone: ZONE });
+    const o = data.accessOverview;
+    head.append(h("p", { class: "note" }, `${when(o.since)} – ${when(o.until)}`));
+    const roles = hourBuckets(o.since, o.until, o.byRole);
+    const decisions = hourBuckets(o.since, o.until, o.byDecision);
+    decisions.keys = DECISIONS.filter((d) => decisions.keys.includes(d));
+    const pct = (n, total) => (total ? `${((100 * n) / total).toFixed(1)} %` : "—");
+    const fieldRows = o.fields.map((f) => ({ ...f, total: f.allow + f.mask + f.deny }));
+    const summaryTable = (id, title, columns, rows, view) => {
+      const status = h("span", { class: "note", role: "status" });
+      const fetch = async () => ({ rows, pageInfo: { hasNextPage: false, endCursor: null } });
+      return h("section", { class: "panel", id }, h("h2", {}, title),
+        rows.length ? h("div", { class: "tablewrap" }, h("table", {},
+          h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.num ? "num" : null }, t(c.label))))),
+          h("tbody", {}, rows.map((r) => h("tr", {}, columns.map((c) => h("td", { class: c.num ? "num" : null }, c.cell(r)))))))) : h("p", { class: "note" }, t("none")),
+        h("div", { class: "pager" }, h("span", { class: "spacer" }), status,
+          h("button", { type: "button", class: "quiet", "data-export": view, onclick: () => runExport(status,
+            () => exportCsv(columns, fetch, { view: "OVERVIEW", filters: { since: o.since, until: o.until }, name: `c360-${id}.csv` })) },
+          t("export"))));
+    };
+    const integrityHolder = h("div", {});
+    const showIntegrity = (integrity) => {
+      integrityHolder.replaceChildren(integrityPanel(integrity, async () => {
+        const again = await gql(`query ConsoleIntegrity($refresh: Boolean!) { accessLogIntegrity(refresh: $refresh) {
+          checking checkedAt intact records chains { chain lastSeq } breaks { chain seq location problem } tornTail } }`, { refresh: true });
+        showIntegrity(again.accessLogIntegrity);
+      }));
+      if (integrity.checking && route().view === "overview") {
+        setTimeout(async () => {
+          try {
+            const again = await gql(`query ConsoleIntegrity { accessLogIntegrity {
+              checking checkedAt intact records chains { chain lastSeq } breaks { chain seq location problem } tornTail } }`);
+            showIntegrity(again.accessLogIntegrity);
+          } catch (error) { fail(error); }
+        }, 2000);
+      }
+    };
+    showIntegrity(data.accessLogIntegrity);
+    root.append(
+      h("div", { class: "grid" },
+        h("section", { class: "panel", id: "chart-roles" }, stackedBars({ title: t("overview.byrole"), ...roles })),
+        h("section", { class: "panel", id: "chart-decisions" }, stackedBars({ title: t("overview.bydecision"), ...decisions }))),
+      h("div", { class: "grid" },
+        summaryTable("top-subjects", t("overview.top"), [
+          { label: "col.subject", cell: (r) => link("footprint", { subject: r.subject, range }, r.subject), csv: (r) => r.subject },
+          { label: "col.customers", num: true, cell: (r) => r.customers, csv: (r) => r.customers },
+          { label: "col.requests", num: true, cell: (r) => r.requests, csv: (r) => r.requests },
+        ], o.topSubjects, "top"),
+        summaryTable("field-shares", t("overview.fields"), [
+          { label: "col.field", cell: (r) => r.field, csv: (r) => r.field },
+          { label: "col.maskshare", num: true, cell: (r) => pct(r.mask, r.total), csv: (r) => pct(r.mask, r.total) },
+          { label: "col.denyshare", num: true, cell: (r) => pct(r.deny, r.total), csv: (r) => pct(r.deny, r.total) },
+          { label: "col.requests", num: true, cell: (r) => r.total, csv: (r) => r.total },
+        ], fieldRows, "fields")),
+      integrityHolder);
+  }
+
+  const VIEWS = { overview: overviewView, timeline: timelineView, footprint: footprintView, alerts: alertsView };
+
+  // --- the shell ----------------------------------------------------------------------------
+
+  function only(id) {
+    for (const section of ["signin", "denied", "view"]) $(`#${section}`).hidden = section !== id;
+    const signedIn = Boolean(sessionStorage.getItem(TOKEN_KEY));
+    $("#signout").hidden = !signedIn;
+    $("#whoami").hidden = !signedIn || id === "signin";
+    $("#nav").hidden = id !== "view";
+  }
+
+  function applyLabels() {
+    document.documentElement.lang = state.lang;
+    for (const element of document.querySelectorAll("[data-i18n]")) element.textContent = t(element.dataset.i18n);
+    for (const element of document.querySelectorAll("[data-i18n-aria]")) element.setAttribute("aria-label", t(element.dataset.i18nAria));
+    document.title = `c360 · ${t("title")}`;
+    $("#lang").value = state.lang;
+    $("#zone").textContent = `${ZONE} (${offset(new Date())})`;
+  }
+
+  function subjectOf(token) {
+    try {
+      const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      return JSON.parse(atob(payload)).sub || "";
+    } catch (error) {
+      return "";
+    }
+  }
+
+  function fail(error) {
+    if (error instanceof Unauthenticated) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      state.checked = false;
+      only("signin");
+      $("#signin-error").textContent = t("signin.rejected");
+    } else if (error instanceof Refused) {
+      $("#view").replaceChildren(); // nothing of the log stays on the page
+      only("denied");
+      $("#denied h1").focus();
+    } else {
+      $("#view").append(h("p", { class: "error", role: "alert" }, `${t("error")}: ${error.message}`));
+    }
+  }
+
+  async function render() {
+    applyLabels();
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) {
+      only("signin");
+      return;
+    }
+    $("#whoami").textContent = `${t("signedin")} ${subjectOf(token)}`;
+    try {
+      if (!state.checked) {
+        await gql("query ConsoleSignIn { accessAlerts(first: 0) { pageInfo { hasNextPage } } }");
+        state.checked = true;
+      }
+      const { view, params } = route();
+      const draw = VIEWS[view] || overviewView;
+      for (const a of document.querySelectorAll("#nav a")) {
+        if (a.dataset.view === (VIEWS[view] ? view : "overview")) a.setAttribute("aria-current", "page");
+        else a.removeAttribute("aria-current");
+      }
+      only("view");
+      const root = $("#view");
+      delete root.dataset.ready;
+      root.replaceChildren(h("p", { class: "note" }, t("loading")));
+      await draw(root, params);
+      if (state.focus) {
+        const heading = root.querySelector("h1");
+        if (heading) heading.focus();
+      }
+      root.dataset.ready = view;
+    } catch (error) {
+      fail(error);
+    }
+  }
+
+  function start() {
+    $("#signin-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const token = $("#token").value.trim().replace(/^Bearer\s+/i, "");
+      $("#token").value = "";
+      $("#signin-error").textContent = "";
+      if (!token) return;
+      sessionStorage.setItem(TOKEN_KEY, token);
+      state.checked = false;
+      render();
+    });
+    $("#signout").addEventListener("click", () => {
+      sessionStorage.removeItem(TOKEN_KEY);
+      state.checked = false;
+      $("#view").replaceChildren();
+      render();
+    });
+    $("#lang").addEventListener("change", () => {
+      state.lang = $("#lang").value;
+      localStorage.setItem(LANG_KEY, state.lang);
+      render();
+    });
+    window.addEventListener("hashchange", () => {
+      state.focus = true;
+      render();
+    });
+    render();
+  }
+
+  start();
+})();

@@ -1,0 +1,166 @@
+"""What a reviewer does in the console, as mutations that leave a trace in the access log:
+acknowledging an alert (an `ack` record of its own, policy `audit.ack`) and exporting a
+view as CSV (recorded in the request's own record, policy `audit.read`). Neither accepts
+free text, so no personal value can reach the log through them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+import re
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.types import Info
+
+from connectors.identity.keys import is_cuid
+from resolvers.audit import DECISIONS
+from resolvers.audit_views import AlertAcknowledgement, acknowledgement, note_audit_use
+from resolvers.context import GraphContext
+from resolvers.guard import policy_field
+from resolvers.types import bad_input
+
+log = logging.getLogger("c360.console")
+FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+
+
+@strawberry.enum
+class AlertResolution(enum.Enum):
+    REVIEWED = "reviewed"
+    EXPECTED = "expected"
+    ESCALATED = "escalated"
+    FALSE_POSITIVE = "false_positive"
+
+
+@strawberry.enum
+class ConsoleView(enum.Enum):
+    TIMELINE = "timeline"
+    FOOTPRINT = "footprint"
+    ALERTS = "alerts"
+    OVERVIEW = "overview"
+
+
+@strawberry.input
+class ConsoleExportFilters:
+    customer: strawberry.ID | None = None
+    subject: str | None = None
+    field: str | None = None
+    decision: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+
+@strawberry.type
+class ConsoleExportReceipt:
+    request_id: str | None = strawberry.field(description="The request whose record holds it.")
+    view: ConsoleView
+    rows: int
+
+
+def _alert_id(value: str) -> tuple[str, int]:
+    chain, _, seq = value.rpartition(":")
+    if not chain or not seq.isdigit():
+        raise bad_input("id", "'id' is an alert id (chain:seq)")
+    return chain, int(seq)
+
+
+def _filters(filters: ConsoleExportFilters | None) -> dict[str, str]:
+    """The filters as the log keeps them, each checked to be an id, a name or a time:
+    a filter is never a place for a customer's email or name."""
+    if filters is None:
+        return {}
+    kept: dict[str, str] = {}
+    if filters.customer is not None:
+        if not is_cuid(filters.customer):
+            raise bad_input("filters", "'customer' is a CUID")
+        kept["customer"] = filters.customer
+    if filters.subject is not None:
+        if not filters.subject or len(filters.subject) > 256 or not filters.subject.isprintable():
+            raise bad_input("filters", "'subject' is not a subject name")
+        kept["subject"] = filters.subject
+    if filters.field is not None:
+        if not FIELD_NAME.fullmatch(filters.field):
+            raise bad_input("filters", "'field' is a field name")
+        kept["field"] = filters.field
+    if filters.decision is not None:
+        if filters.decision not in DECISIONS:
+            raise bad_input("filters", "'decision' is allow, mask or deny")
+        kept["decision"] = filters.decision
+    for key, moment in (("since", filters.since), ("until", filters.until)):
+        if moment is not None:
+            kept[key] = moment.isoformat()
+    return kept
+
+
+@strawberry.type
+class ConsoleMutations:
+    @policy_field(
+        "audit.ack",
+        description="Acknowledge an alert: writes an `ack` record naming the alert into the "
+        "access log. Acknowledging twice returns the first acknowledgement.",
+    )
+    async def acknowledge_access_alert(
+        self,
+        info: Info[GraphContext, None],
+        id: strawberry.ID,
+        resolution: AlertResolution = AlertResolution.REVIEWED,
+    ) -> AlertAcknowledgement | None:
+        ctx = info.context
+        chain, seq = _alert_id(id)
+        note_audit_use(ctx, "ack", alert=id, resolution=resolution.value)
+        alert = await ctx.audit.find(chain, seq)
+        if alert is None or alert.get("kind") != "alert":
+            raise bad_input("id", "no alert has this id")
+        earlier = await ctx.audit.acknowledgement(f"{chain}:{seq}")
+        if earlier is not None:  # acknowledged already: the first acknowledgement stands
+            return acknowledgement(earlier)
+        principal = ctx.guard.principal
+        request = ctx.request
+        record = {
+            "kind": "ack",
+            "ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "request_id": getattr(getattr(request, "state", None), "request_id", None),
+            "subject": principal.subject,
+            "roles": sorted(principal.roles),
+            "purpose": principal.purpose,
+            "customers": [],
+            "fields": {},
+            "alert_id": f"{chain}:{seq}",
+            "alert_subject": alert.get("subject"),
+            "resolution": resolution.value,
+        }
+        try:
+            written = await ctx.audit.append(record)
+        except Exception as error:
+            # The log could not make it durable (fail_closed), so nothing was acknowledged;
+            # the reason goes to the gateway's log, not to the client.
+            log.warning("acknowledgement not recorded", extra={"reason": type(error).__name__})
+            raise GraphQLError(
+                "The access log cannot record the acknowledgement; try again.",
+                extensions={"code": "AUDIT_UNAVAILABLE"},
+            ) from error
+        return acknowledgement(written)
+
+    @policy_field(
+        "audit.read",
+        description="Record that the reviewer exported a console view as CSV (the export "
+        "itself happens in the browser, from rows fetched through this API).",
+    )
+    def record_console_export(
+        self,
+        info: Info[GraphContext, None],
+        view: ConsoleView,
+        rows: int,
+        filters: ConsoleExportFilters | None = None,
+    ) -> ConsoleExportReceipt | None:
+        ctx = info.context
+        if rows < 0 or rows > 10_000_000:
+            raise bad_input("rows", "'rows' is a count of exported rows")
+        note_audit_use(ctx, "export", export=view.value, rows=rows, **_filters(filters))
+        request = ctx.request
+        return ConsoleExportReceipt(
+            request_id=getattr(getattr(request, "state", None), "request_id", None),
+            view=view,
+            rows=rows,
+        )
