@@ -43,8 +43,10 @@ clean:
 
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { echo "bench: needs wrk (apt-get install -y wrk)"; exit 1; }
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench --quick
 
 bench-full: $(STAMP)
 	@command -v wrk >/dev/null || { echo "bench: needs wrk (apt-get install -y wrk)"; exit 1; }
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench --full

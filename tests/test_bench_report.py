@@ -1,0 +1,257 @@
+"""The benchmark harness's own logic, without starting anything: how targets are judged,
+how wrk's and py-spy's output and the gateway's metrics are read, and what the report says."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+# `bench/` is a tool next to the package, not an installed package: import it from the repo.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import report
+from bench.counters import Counts, metric_sum
+from bench.direct import percentile
+from bench.load import LoadResult, lua_script, parse_result
+from bench.procs import cpu_seconds, machine_busy_seconds, peak_rss_bytes, rss_bytes
+from bench.profiling import Profile
+from bench.runner import soak_summary
+from bench.scenarios import ONE, PAGE, SCENARIOS, problem_with
+from bench.tokens import mint
+
+
+def run(target: str, label: str, c: int, p50: float, p99: float, rps: float) -> dict[str, Any]:
+    return {
+        "target": target,
+        "label": label,
+        "concurrency": c,
+        "status": "ok",
+        "p50_ms": p50,
+        "p95_ms": p99,
+        "p99_ms": p99,
+        "rps": rps,
+        "gateway_cpu_ms_per_request": 2.0,
+    }
+
+
+def results(runs: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {
+        "meta": {
+            "date": "2026-01-01 00:00 UTC",
+            "machine": "test",
+            "latency": "x",
+            "load_generator": "wrk",
+        },
+        "plan": {"mode": "quick", "duration_s": 2.0, "warmup_s": 1.0},
+        "titles": {"a": "one", "b": "page"},
+        "runs": runs,
+        "checks": [],
+        "peers": {},
+        **extra,
+    }
+
+
+def verdicts(data: dict[str, Any]) -> dict[str, bool | None]:
+    return {row["target"]: row["met"] for row in report.targets(data)}
+
+
+def test_overhead_targets_are_judged_at_concurrency_one() -> None:
+    data = results(
+        [
+            run("c360", "a", 1, 22.5, 30.0, 40.0),
+            run("lower bound", "a", 1, 21.0, 25.0, 45.0),
+            run("c360", "b", 1, 40.0, 50.0, 20.0),
+            run("lower bound", "b", 1, 25.0, 30.0, 30.0),
+        ]
+    )
+    met = verdicts(data)
+    assert met["(a) p50 overhead over the lower bound ≤ 2 ms (concurrency 1)"] is True
+    assert met["(b) p50 overhead over the lower bound ≤ 10 ms (concurrency 1)"] is False
+    row = report.overhead(data["runs"])[0]
+    assert row["overhead_p50_ms"] == pytest.approx(1.5)
+    assert row["ratio_p50"] == pytest.approx(22.5 / 21.0, abs=1e-3)
+
+
+def test_tail_target_fails_when_any_concurrency_exceeds_three_times_p50() -> None:
+    data = results([run("c360", "a", 1, 20.0, 30.0, 50.0), run("c360", "a", 16, 50.0, 160.0, 300)])
+    row = next(r for r in report.targets(data) if r["target"].startswith("(a) p99"))
+    assert row["met"] is False
+    assert "worst 3.20 at c=16" in row["measured"]
+
+
+def test_call_and_cache_targets_read_the_exact_probes() -> None:
+    checks = [
+        {"target": "c360", "label": "b", "problem": None, "calls_per_query": {
+            "sales": 1.0, "service": 1.0, "marketing": 1.0}},
+        {"target": "c360", "label": "c:a", "problem": None, "calls_per_query": {
+            "sales": 0.0, "service": 0.0, "marketing": 0.0}},
+        {"target": "c360", "label": "c:b", "problem": None, "calls_per_query": {
+            "sales": 0.0, "service": 0.2, "marketing": 0.0}},
+    ]  # fmt: skip
+    met = verdicts(results([], checks=checks))
+    assert met["(b) exactly one call per source system (sales/service/marketing)"] is True
+    assert met["(c) zero source calls on a warm cache"] is False
+
+
+def test_a_cache_that_did_not_start_is_not_available_rather_than_failed() -> None:
+    checks = [
+        {"target": "c360", "label": label, "problem": "not available: cache: unknown key",
+         "calls_per_query": None}
+        for label in ("c:a", "c:b")
+    ]  # fmt: skip
+    row = next(r for r in report.targets(results([], checks=checks)) if "(c)" in r["target"])
+    assert row["met"] is None
+    assert "cache: unknown key" in row["measured"]
+
+
+def test_throughput_against_a_peer_takes_the_worst_ratio() -> None:
+    runs = [
+        run("c360", "a", 16, 50.0, 80.0, 300.0),
+        run("apollo", "a", 16, 60.0, 90.0, 200.0),
+        run("c360", "b", 16, 400.0, 500.0, 30.0),
+        run("apollo", "b", 16, 200.0, 300.0, 60.0),
+    ]
+    data = results(runs, peers={"apollo": {"status": "ok"}})
+    row = next(r for r in report.targets(data) if "apollo" in r["target"])
+    assert row["met"] is False
+    assert "×0.5 (b, c=16)" in row["measured"]
+    assert verdicts(data)["throughput ≥ hive, (a) and (b), every concurrency"] is None
+
+
+def test_markdown_lists_every_run_and_failed_runs_with_their_reason() -> None:
+    runs = [
+        run("c360", "a", 1, 22.0, 25.0, 40.0),
+        {"target": "c360", "label": "d", "concurrency": 64, "status": "failed: no answer"},
+    ]
+    text = report.markdown(report.finish(results(runs)))
+    assert "| a | c360 | 1 | 40.0 | 22.0 |" in text
+    assert "| d | c360 | 64 | failed: no answer |" in text
+    assert "## Targets" in text
+
+
+def test_lua_script_quotes_bodies_that_contain_closing_brackets() -> None:
+    body = b'{"query": "]]", "x": "]=]"}'
+    script = lua_script([body], {"Authorization": "Bearer t"})
+    assert "[==[" + body.decode() + "]==]" in script
+    assert "wrk.headers[ [=[Authorization]=] ] = [=[Bearer t]=]" in script
+
+
+def test_wrk_result_line_is_parsed_into_milliseconds() -> None:
+    line = (
+        'BENCH_RESULT {"requests": 200, "sent": 203, "duration_us": 2000000, "bytes": 1, '
+        '"connect": 0, "read": 1, "write": 0, "status": 2, "timeout": 0, "mean_us": 9000.0, '
+        '"max_us": 30000.0, "min_us": 1000.0, "percentiles_us": {"50": 8000, "90": 12000, '
+        '"95": 15000, "99": 25000, "99.9": 29000}}'
+    )
+    result = parse_result("Running 2s test\n" + line + "\n", client_cpu_s=0.01)
+    assert isinstance(result, LoadResult)
+    assert (result.rps, result.p50_ms, result.p99_ms, result.p999_ms) == (100.0, 8.0, 25.0, 29.0)
+    assert (result.non_2xx, result.socket_errors) == (2, 1)
+
+
+def test_metric_sum_reads_one_label_or_all() -> None:
+    text = "\n".join(
+        [
+            "# HELP c360_source_requests_total Calls",
+            'c360_source_requests_total{source="sales"} 12.0',
+            'c360_source_requests_total{source="service"} 3.0',
+            'c360_source_requests_created{source="sales"} 1.7e9',
+            'c360_requests_total{outcome="ok"} 10.0',
+            'c360_requests_total{outcome="error"} 2.0',
+        ]
+    )
+    assert metric_sum(text, "c360_source_requests_total", {"source": "sales"}) == 12.0
+    assert metric_sum(text, "c360_requests_total") == 12.0
+
+
+def test_calls_per_request_are_deltas_over_requests_served() -> None:
+    before = Counts({"sales": 10.0, "service": 4.0, "marketing": 0.0}, requests=100.0)
+    after = Counts({"sales": 20.0, "service": 9.0, "marketing": 0.0}, requests=110.0)
+    assert after.per_request(before) == {"sales": 1.0, "service": 0.5, "marketing": 0.0}
+    assert before.per_request(before) == {"sales": None, "service": None, "marketing": None}
+
+
+def test_profile_counts_self_and_inclusive_time_once_per_stack() -> None:
+    lines = [
+        "main (gateway/cli.py);execute (graphql/execution/executor.py);"
+        "resolve (resolvers/types.py) 3",
+        "main (gateway/cli.py);execute (graphql/execution/executor.py) 1",
+        "main (gateway/cli.py);loop (asyncio/base_events.py);loop (asyncio/base_events.py) 1",
+    ]
+    profile = Profile.parse(lines)
+    assert profile.samples == 5
+    assert profile.self_by_library == {"resolvers": 3, "graphql": 1, "asyncio": 1}
+    assert profile.total_by_library["gateway"] == 5
+    assert profile.total_by_library["asyncio"] == 1  # a recursive frame counts once
+
+
+def test_soak_growth_ignores_the_warmup_minute() -> None:
+    samples = [(float(t), 100.0 if t < 60 else 150.0 + 0.01 * t) for t in range(0, 600, 5)]
+    result = LoadResult(1000, 1000, 600.0, 1.7, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1.0)
+    summary = soak_summary(samples, result, 16, 160.0)
+    assert summary["status"] == "ok"
+    assert summary["slope_mb_per_min"] == pytest.approx(0.6, abs=0.01)
+    assert 4.0 < summary["growth_mb"] < 5.5  # 0.6 MB/min over the ~9 min after warm-up
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (
+        50.0,
+        99.0,
+        100.0,
+    )
+    assert percentile([], 50) == 0.0
+
+
+def test_proc_readers_see_this_process() -> None:
+    pid = os.getpid()
+    assert cpu_seconds(pid) > 0
+    assert peak_rss_bytes(pid) >= rss_bytes(pid) > 1_000_000
+    assert machine_busy_seconds() >= cpu_seconds(pid)
+
+
+def test_runs_disturbed_by_other_work_are_flagged() -> None:
+    quiet = run("c360", "a", 1, 22.0, 25.0, 40.0) | {"other_cores": 0.05}
+    busy = run("c360", "a", 16, 50.0, 90.0, 300.0) | {"other_cores": 0.9}
+    notes = report.finish(results([quiet, busy]))["notes"]
+    assert any("busy with other work during 1 run(s)" in note for note in notes)
+
+
+def test_tokens_carry_role_purpose_and_the_configured_issuer() -> None:
+    config = {
+        "auth": {
+            "issuer": "iss-x",
+            "audience": "aud-y",
+            "hs256": {"k1": "s" * 32, "dev": "d" * 32},
+            "dev_key": "dev",
+        }
+    }
+    token = mint(config, role="marketing", purpose="marketing")
+    assert jwt.get_unverified_header(token)["kid"] == "dev"
+    claims = jwt.decode(token, "d" * 32, algorithms=["HS256"], audience="aud-y", issuer="iss-x")
+    assert (claims["roles"], claims["purpose"]) == (["marketing"], ["marketing"])
+
+
+def test_answers_are_checked_against_the_scenario() -> None:
+    ok = {"data": {"customer": {"id": "cus_x"}}}
+    assert problem_with(200, ok, SCENARIOS["a"]) is None
+    assert problem_with(401, {"errors": []}, SCENARIOS["a"]) == "HTTP 401: {'errors': []}"
+    partial = {
+        "data": {"customer": {"id": "cus_x"}},
+        "errors": [{"extensions": {"code": "SOURCE_UNAVAILABLE", "source": "service"}}],
+    }
+    assert problem_with(200, partial, SCENARIOS["e"]) is None
+    assert "unexpected error codes" in str(problem_with(200, partial, SCENARIOS["a"]))
+    assert "missing error codes" in str(problem_with(200, ok, SCENARIOS["e"]))
+
+
+def test_the_single_customer_query_varies_the_id_and_the_page_does_not() -> None:
+    assert len(ONE.bodies(ONE.c360, ["cus_a", "cus_b"])) == 2
+    assert len(PAGE.bodies(PAGE.c360, ["cus_a", "cus_b"])) == 1
+    assert ONE.peer is not None and "requester" in ONE.peer and "contact" in ONE.peer
