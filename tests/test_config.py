@@ -88,3 +88,23 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("[server\nport = 1", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_an_invalid_policy_file_stops_start_up(tmp_path: Path) -> None:
+    broken = tmp_path / "policies.toml"
+    broken.write_text(
+        'version = 1\nroles = ["sales"]\ndefault_policy = "x"\n[policy.x]\nrules = []\n'
+    )
+    data = template()
+    data["policies"]["file"] = str(broken)
+    with pytest.raises(ConfigError) as raised:
+        Gateway(parse_config(data))
+    assert str(raised.value).startswith("policies.file:")
+    missing = tmp_path / "partial.toml"
+    missing.write_text(
+        'version = 1\nroles = ["sales"]\ndefault_policy = "authenticated"\n'
+        '[policy.authenticated]\nrules = [{ role = "*", effect = "allow" }]\n'
+    )
+    data["policies"]["file"] = str(missing)
+    with pytest.raises(ConfigError, match=r"missing: .*customer\.email"):
+        Gateway(parse_config(data))

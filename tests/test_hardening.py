@@ -269,3 +269,66 @@ async def test_sigterm_under_load_loses_no_access_record(
     ok_records = [r for r in records if r["outcome"] == "ok" and r["status"] == 200]
     assert len(ok_records) >= answered  # every answered request was recorded
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+
+
+async def test_cors_allows_only_configured_origins(
+    demo_systems: DemoSystems, tmp_path: Path
+) -> None:
+    overrides = {"server.cors_origins": ["https://crm.example.com"]}
+    async with running_gateway(demo_systems, tmp_path, overrides) as gateway:
+
+        async def preflight(origin: str) -> dict[str, str]:
+            headers = {
+                "origin": origin,
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "authorization, content-type",
+            }
+            async with gateway.http.options(gateway.url + "/graphql", headers=headers) as reply:
+                return {k.lower(): v for k, v in reply.headers.items()}
+
+        allowed = await preflight("https://crm.example.com")
+        refused = await preflight("https://evil.example")
+    assert allowed["access-control-allow-origin"] == "https://crm.example.com"
+    assert "authorization" in allowed["access-control-allow-headers"].lower()
+    assert "access-control-allow-origin" not in refused
+
+
+async def test_serve_with_workers(demo_systems: DemoSystems, tmp_path: Path) -> None:
+    import socket as sockets
+
+    with sockets.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config, data = write_config(demo_systems, tmp_path, {"server.port": port})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--config",
+        str(config),
+        "--workers",
+        "2",
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    headers = {"authorization": f"Bearer {sales_token(data)}", "content-type": "application/json"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(60):
+                while True:  # until a worker has started and synced its crosswalk
+                    try:
+                        async with http.get(url + "/readyz") as ready:
+                            if ready.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.2)
+            body = orjson.dumps({"query": "{ customers(first: 2) { edges { node { name } } } }"})
+            async with http.post(url + "/graphql", data=body, headers=headers) as reply:
+                answer = await reply.json()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            await process.wait()
+    assert len(answer["data"]["customers"]["edges"]) == 2
