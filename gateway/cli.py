@@ -108,7 +108,7 @@ async def _serve(
     sock = bind(host, port)
     gateway = Gateway(config, config_path)
     running = await start_server(build_app(config, gateway), sock, tls)
-    reload_on_sighup(gateway)
+    reload_on_sighup(gateway, running)
     log.warning("serving", extra={"url": running.url, "customers": len(gateway.identity)})
     await running.task
     return 0
@@ -178,7 +178,7 @@ async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
         tls = ServerTLS.from_server_table(config.raw.get("server", {}), data_dir)
         gateway = Gateway(config, config_path)
         running = await start_server(build_app(config, gateway), sock, tls)
-        reload_on_sighup(gateway)
+        reload_on_sighup(gateway, running)
         print(demo_banner(running.url, len(gateway.identity), systems.endpoints, options.down))
         if tls_notes:
             print("\n".join(tls_notes))
@@ -208,10 +208,16 @@ def demo_tokens(config: Config) -> str:
     return "\n".join(lines)
 
 
-def reload_on_sighup(gateway: Any) -> None:
-    """SIGHUP re-reads the keys and the policy file atomically (a broken file is refused)."""
+def reload_on_sighup(gateway: Any, running: Any) -> None:
+    """SIGHUP re-reads the keys and the policy file atomically (a broken file is refused),
+    and the TLS certificate the gateway serves."""
+
+    def reload() -> None:
+        gateway.reload()
+        running.reload_tls()
+
     with contextlib.suppress(NotImplementedError, RuntimeError):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reload)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
 
 def demo_banner(

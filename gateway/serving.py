@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,8 +18,10 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
+from gateway.errors import ConfigError
 from gateway.tls import HSTSMiddleware, ServerTLS, uvicorn_ssl_context
 
+log = logging.getLogger("c360.serving")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -60,6 +64,29 @@ class RunningServer:
     server: GatewayServer
     task: asyncio.Task[None]
     url: str
+    tls: ServerTLS | None = None
+
+    def reload_tls(self) -> bool:
+        """Serve the certificate and key now in the files (replaced in place) to every
+        new connection, without a restart; connections already open keep theirs. The
+        files are checked on a scratch context first, so a bad pair leaves the served
+        certificate as it was."""
+        live = self.server.config.ssl
+        if self.tls is None or live is None:
+            return True
+        try:
+            self.tls.context()  # whole and matching, or a ConfigError
+            live.load_cert_chain(self.tls.cert_file, self.tls.key_file)
+            if self.tls.client_ca is not None:
+                live.load_verify_locations(cafile=str(self.tls.client_ca))
+        except (ConfigError, ssl.SSLError, OSError) as error:
+            log.error(
+                "TLS certificate not reloaded; serving the previous one",
+                extra={"reason": str(error)},
+            )
+            return False
+        log.warning("TLS certificate reloaded", extra={"cert": str(self.tls.cert_file)})
+        return True
 
     async def stop(self) -> None:
         self.server.should_exit = True
@@ -105,4 +132,4 @@ async def start_server(
             raise RuntimeError("the server stopped during start-up")
         await asyncio.sleep(0.01)
     scheme = "https" if tls is not None else "http"
-    return RunningServer(server, task, f"{scheme}://{host}:{port}")
+    return RunningServer(server, task, f"{scheme}://{host}:{port}", tls)

@@ -618,3 +618,48 @@ async def test_no_private_key_material_in_logs_or_responses(
         body = key_file.read_text().splitlines()[1]  # the first line of base64
         assert body not in everything
     assert "TLS: certificate verify failed" in everything  # the failures' logs were seen
+
+
+async def test_the_served_certificate_reloads_without_a_restart(tmp_path: Path) -> None:
+    """Issue 10: every secret rotates without a restart, the TLS key included: replace the
+    files in place, SIGHUP (here: reload_tls), and new connections get the new one."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from gateway.serving import bind, start_server
+    from gateway.tls import DemoCA, ServerTLS
+
+    ca = DemoCA.create(tmp_path / "ca")
+    first, second = ca.issue("gateway-2026"), ca.issue("gateway-2027")
+    served = ServerTLS(tmp_path / "served.pem", tmp_path / "served-key.pem")
+    served.cert_file.write_bytes(first.cert_file.read_bytes())
+    served.key_file.write_bytes(first.key_file.read_bytes())
+
+    async def ok(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/", ok)])
+    running = await start_server(app, bind("127.0.0.1", 0), served)
+    host, port = running.url.removeprefix("https://").split(":")
+    trust = ssl.create_default_context(cafile=str(ca.ca_file))
+
+    async def presented() -> str:
+        _, writer = await asyncio.open_connection(host, int(port), ssl=trust)
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        from cryptography import x509
+
+        return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+    try:
+        assert await presented() == "CN=gateway-2026"
+        served.key_file.write_bytes(b"not a key")  # a bad pair is refused ...
+        served.cert_file.write_bytes(second.cert_file.read_bytes())
+        assert not running.reload_tls()
+        assert await presented() == "CN=gateway-2026"  # ... and nothing changes
+        served.key_file.write_bytes(second.key_file.read_bytes())
+        assert running.reload_tls()
+        assert await presented() == "CN=gateway-2027"
+    finally:
+        await running.stop()
