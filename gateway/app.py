@@ -152,7 +152,8 @@ class Gateway:
                 *limit_extensions(config.limits, page_size_cap=config.max_page_size),
                 GraphQLSpanAttributes,
                 *([] if config.server.introspection else [DisableIntrospection]),
-            ]
+            ],
+            max_batch=config.limits.max_batch,
         )
         self.authenticator = Authenticator(config.auth)
         try:
@@ -329,6 +330,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
         account=gw.account,
         rate_limiter=gw.rate_limiter,
         deadline_s=config.resilience.request_deadline_s,
+        limits=config.limits,
         documents=lambda: (gw.documents, gw.config.documents),
         max_body_bytes=config.server.max_body_bytes,
         observe=observe,

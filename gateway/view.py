@@ -37,6 +37,7 @@ from gateway.documents import (
     TrustedDocuments,
     resolve_document,
 )
+from gateway.limits import QueryLimits, QueryTooComplex, check_batch
 from gateway.ratelimit import RateLimiter, retry_after
 from gateway.resilience import DeadlineExceeded, request_deadline
 from gateway.telemetry import set_request_id
@@ -111,6 +112,7 @@ class GraphQLView(GraphQL[Any, None]):
         rate_limiter: RateLimiter | None = None,
         deadline_s: float | None = None,
         documents: Callable[[], tuple[DocumentStore, TrustedDocuments]] | None = None,
+        limits: QueryLimits | None = None,
         max_body_bytes: int,
         observe: Callable[[int, float], None] = lambda status, seconds: None,
         **kwargs: Any,
@@ -122,6 +124,7 @@ class GraphQLView(GraphQL[Any, None]):
         self._rate_limiter = rate_limiter
         self._deadline_s = deadline_s
         self._documents = documents
+        self._limits = limits
         self._max_body_bytes = max_body_bytes
         self._observe = observe
 
@@ -176,6 +179,13 @@ class GraphQLView(GraphQL[Any, None]):
                 return await self.run(request)
             async with request_deadline(self._deadline_s):
                 return await self.run(request)
+        except QueryTooComplex as refused:
+            request.state.reason = "too_complex"
+            return Response(
+                orjson.dumps({"errors": [refused.error().formatted]}),
+                status_code=400,
+                media_type=self._media_type(request),
+            )
         except DocumentRefused as refused:
             request.state.reason = "document_refused"
             return Response(
@@ -226,8 +236,10 @@ class GraphQLView(GraphQL[Any, None]):
         is the client's mistake, a 400, not an error deeper in the view."""
         parsed = super().parse_json(data)
         items = parsed if isinstance(parsed, list) else [parsed]
-        if not all(isinstance(item, dict) for item in items):
-            raise HTTPException(400, "The request body must be a JSON object.")
+        if not items or not all(isinstance(item, dict) for item in items):
+            raise HTTPException(400, "The request body must be a JSON object (or a batch of them).")
+        if isinstance(parsed, list) and self._limits is not None:
+            check_batch(len(parsed), self._limits)  # QueryTooComplex, before anything runs
         return parsed
 
     async def parse_http_body(self, request: Any) -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.config import StrawberryConfig
 from strawberry.types import Info
 
 from connectors.base import SourceUnavailable
@@ -209,9 +210,14 @@ def schema_policies() -> set[str]:
     )
 
 
-def build_schema(extensions: Sequence[Any] = ()) -> strawberry.Schema:
+def build_schema(extensions: Sequence[Any] = (), max_batch: int = 0) -> strawberry.Schema:
+    """`max_batch`: operations allowed in one array-batched request (0: no batching)."""
+    config = StrawberryConfig(
+        batching_config={"max_operations": max_batch} if max_batch > 0 else None
+    )
     return GatewaySchema(
         query=Query,
         mutation=Mutation,
         extensions=[SourceErrors, StaleNotice, OperationCapture, *extensions],
+        config=config,
     )

@@ -313,7 +313,9 @@ async def test_many_concurrent_requests_all_succeed(gateway: RunningGateway) -> 
     assert all(r.status == 200 and not r.errors for r in replies)
 
 
-@pytest.mark.parametrize("body", [b"null", b"[1, 2]", b'"a string"', b"\x80", b"\xff\xfe{}", b"42"])
+@pytest.mark.parametrize(
+    "body", [b"null", b"[1, 2]", b'"a string"', b"\x80", b"\xff\xfe{}", b"42", b"[]"]
+)
 async def test_json_that_is_not_a_request_is_400(gateway: RunningGateway, body: bytes) -> None:
     """Found by the fuzz run: these used to be 500s."""
     reply = await gateway.post(body)

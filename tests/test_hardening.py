@@ -332,3 +332,23 @@ async def test_serve_with_workers(demo_systems: DemoSystems, tmp_path: Path) -> 
         async with asyncio.timeout(30):
             await process.wait()
     assert len(answer["data"]["customers"]["edges"]) == 2
+
+
+async def test_array_batches_run_up_to_the_batch_limit(
+    demo_systems: DemoSystems, tmp_path: Path
+) -> None:
+    operation = {"query": "{ customers(first: 2) { edges { node { name } } } }"}
+    async with running_gateway(demo_systems, tmp_path, {"limits.max_batch": 3}) as gateway:
+        async with gateway.http.post(
+            gateway.url + "/graphql",
+            data=orjson.dumps([operation] * 3),
+            headers={**gateway.as_role("sales"), "content-type": "application/json"},
+        ) as reply:
+            batch = await reply.json()
+        calls = gateway.source_calls("sales")
+        too_many = await gateway.post(orjson.dumps([operation] * 4))
+        assert gateway.source_calls("sales") == calls  # refused before anything ran
+    assert [len(result["data"]["customers"]["edges"]) for result in batch] == [2, 2, 2]
+    assert too_many.status == 400
+    assert too_many.codes() == ["QUERY_TOO_COMPLEX"]
+    assert too_many.errors[0]["extensions"]["limit"] == "batch"
