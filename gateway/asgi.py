@@ -7,9 +7,13 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 
-from gateway.app import build_app
+from gateway.app import Gateway, build_app
 from gateway.config import load_config
+from gateway.telemetry import configure_telemetry
 
 
 def create_app() -> Starlette:
-    return build_app(load_config(Path(os.environ.get("C360_CONFIG", "c360.toml"))))
+    path = Path(os.environ.get("C360_CONFIG", "c360.toml"))
+    config = load_config(path)
+    # Each worker process has its own tracer provider (OTEL_* from the environment).
+    return build_app(config, Gateway(config, path, configure_telemetry("c360", os.environ)))

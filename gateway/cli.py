@@ -104,9 +104,10 @@ async def _serve(
 ) -> int:
     from gateway.app import Gateway, build_app
     from gateway.serving import bind, start_server
+    from gateway.telemetry import configure_telemetry
 
     sock = bind(host, port)
-    gateway = Gateway(config, config_path)
+    gateway = Gateway(config, config_path, configure_telemetry("c360", os.environ))
     running = await start_server(build_app(config, gateway), sock, tls)
     reload_on_sighup(gateway, running)
     log.warning("serving", extra={"url": running.url, "customers": len(gateway.identity)})
@@ -151,6 +152,7 @@ async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
     from gateway.app import Gateway, build_app
     from gateway.demo import DemoOptions, demo_config, demo_systems, demo_tls_overrides, to_toml
     from gateway.serving import bind, start_server
+    from gateway.telemetry import configure_telemetry
     from gateway.tls import DemoCertificates, ServerTLS
 
     sock = bind("127.0.0.1", args.port)
@@ -176,7 +178,7 @@ async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
         config_path.write_text(to_toml(data), encoding="utf-8")
         config = parse_config(data, base_dir=data_dir)
         tls = ServerTLS.from_server_table(config.raw.get("server", {}), data_dir)
-        gateway = Gateway(config, config_path)
+        gateway = Gateway(config, config_path, configure_telemetry("c360", os.environ))
         running = await start_server(build_app(config, gateway), sock, tls)
         reload_on_sighup(gateway, running)
         print(demo_banner(running.url, len(gateway.identity), systems.endpoints, options.down))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -55,3 +56,45 @@ async def test_serve_answers_reloads_on_sighup_and_stops_on_sigterm(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_otel_variables_turn_on_tracing(demo_systems: DemoSystems, tmp_path: Path) -> None:
+    """OTEL_TRACES_EXPORTER=console: `c360 serve` exports a server span per request and a
+    span per source lookup, flushed at shutdown; never the query's literals."""
+    import os
+
+    config_path, data = write_config(demo_systems, tmp_path)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--config",
+        str(config_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "c360-test"},
+    )
+    assert process.stderr is not None
+    async with asyncio.timeout(60):
+        while True:
+            entry = orjson.loads(await process.stderr.readline())
+            if entry.get("msg") == "serving":
+                url = str(entry["url"])
+                break
+    secret = "literal.secret@example.org"
+    body = orjson.dumps({"query": f'query Who {{ customerByEmail(email: "{secret}") {{ id }} }}'})
+    headers = {"authorization": f"Bearer {sales_token(data)}", "content-type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{url}/graphql", data=body, headers=headers) as response,
+    ):
+        request_id = response.headers["x-request-id"]
+    process.send_signal(signal.SIGTERM)
+    out, _ = await process.communicate()
+    exported = out.decode()
+    assert process.returncode == 0
+    assert '"c360-test"' in exported
+    assert '"graphql.operation.name": "Who"' in exported
+    assert f'"c360.request_id": "{request_id}"' in exported
+    assert secret not in exported
