@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -36,6 +37,7 @@ from connectors.settings import Settings
 from connectors.tls import ClientTLS, insecure_flag, refuse_or_warn, tls_failure
 
 KEY_TYPES = ("str", "int")
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,14 @@ def row_record(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
 
 def _cast(key: str, key_type: str) -> Any:
     return int(key) if key_type == "int" else key
+
+
+def _bindable(keys: Sequence[str], key_type: str) -> list[Any]:
+    """The keys as the column's type; a key that cannot be of that type (a letter in an
+    integer id) cannot match any row, so it is left out rather than failing the batch."""
+    if key_type == "str":
+        return list(keys)
+    return [int(key) for key in keys if _INTEGER.fullmatch(key)]
 
 
 def _first(value: str | tuple[str, ...] | None) -> str | None:
@@ -220,11 +230,7 @@ class SqlConnector:
 
     async def fetch(self, entity: str, keys: Sequence[str]) -> dict[str, Fetched]:
         spec = self._entities[entity]
-        try:
-            bound = [_cast(key, spec.key_type) for key in keys]
-        except ValueError:
-            # A key that cannot be of the column's type cannot match any row.
-            bound = [_cast(key, spec.key_type) for key in keys if key.lstrip("-").isdigit()]
+        bound = _bindable(keys, spec.key_type)
         if not bound:
             return group_records([], spec.spec, keys)
         rows = await self._rows(spec.query, {"keys": bound})

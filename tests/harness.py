@@ -228,3 +228,26 @@ _drains: set[asyncio.Task[None]] = set()
 async def _drain(stream: asyncio.StreamReader) -> None:
     while await stream.readline():
         pass
+
+
+@dataclass
+class Load:
+    """Clients posting one query in a loop until `stop`: how many got a 200."""
+
+    url: str
+    token: str
+    body: bytes
+    answered: int = 0
+
+    async def client(self, stop: asyncio.Event) -> None:
+        headers = {"authorization": f"Bearer {self.token}", "content-type": "application/json"}
+        async with aiohttp.ClientSession() as http:
+            while not stop.is_set():
+                try:
+                    async with http.post(
+                        self.url + "/graphql", data=self.body, headers=headers
+                    ) as reply:
+                        await reply.read()
+                        self.answered += reply.status == 200
+                except aiohttp.ClientError:
+                    return  # the server went away: that is what these tests do to it

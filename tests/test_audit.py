@@ -21,6 +21,7 @@ from demo.systems import DemoSystems
 from gateway.audit.sinks import JsonlSink, SinkUnavailable
 from gateway.demo import to_toml
 from harness import (
+    Load,
     RunningGateway,
     SourceAdmin,
     gateway_config,
@@ -403,23 +404,10 @@ async def test_kill_9_under_load_leaves_a_chain_that_verifies(
     async def start() -> tuple[asyncio.subprocess.Process, str]:
         return await start_serve(config)
 
-    async def load(url: str, until: asyncio.Event) -> int:
-        done = 0
-        headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
-        body = orjson.dumps({"query": PAGE, "variables": {"n": 5}})
-        async with aiohttp.ClientSession() as http:
-            while not until.is_set():
-                try:
-                    async with http.post(url + "/graphql", data=body, headers=headers) as r:
-                        await r.read()
-                        done += 1
-                except aiohttp.ClientError:
-                    return done
-        return done
-
     process, url = await start()
     stop = asyncio.Event()
-    clients = [asyncio.create_task(load(url, stop)) for _ in range(8)]
+    load = Load(url, token, orjson.dumps({"query": PAGE, "variables": {"n": 5}}))
+    clients = [asyncio.create_task(load.client(stop)) for _ in range(8)]
     log_file = tmp_path / "access.jsonl"
     async with asyncio.timeout(30):
         # under load until the log holds a good number of records

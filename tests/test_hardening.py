@@ -23,6 +23,7 @@ from gateway.demo import to_toml
 from gateway.documents import document_hash
 from gateway.telemetry import Telemetry
 from harness import (
+    Load,
     SourceAdmin,
     gateway_config,
     running_gateway,
@@ -234,26 +235,12 @@ async def test_sigterm_under_load_loses_no_access_record(
     config, data = write_config(demo_systems, tmp_path, {"audit.chain": "graceful"})
     token = sales_token(data)
     process, url = await start_serve(config)
-    answered = 0
     stop = asyncio.Event()
+    load = Load(url, token, orjson.dumps({"query": TICKETS, "variables": {"n": 3}}))
 
-    async def client() -> None:
-        nonlocal answered
-        headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
-        body = orjson.dumps({"query": TICKETS, "variables": {"n": 3}})
-        async with aiohttp.ClientSession() as http:
-            while not stop.is_set():
-                try:
-                    async with http.post(url + "/graphql", data=body, headers=headers) as reply:
-                        await reply.read()
-                        if reply.status == 200:
-                            answered += 1
-                except aiohttp.ClientError:
-                    return
-
-    clients = [asyncio.create_task(client()) for _ in range(6)]
+    clients = [asyncio.create_task(load.client(stop)) for _ in range(6)]
     async with asyncio.timeout(30):
-        while answered < 60:  # noqa: ASYNC110 - under load for a while
+        while load.answered < 60:  # noqa: ASYNC110 - under load for a while
             await asyncio.sleep(0.02)
     process.send_signal(signal.SIGTERM)
     async with asyncio.timeout(30):
@@ -267,7 +254,7 @@ async def test_sigterm_under_load_loses_no_access_record(
     ]
     assert code == 0
     ok_records = [r for r in records if r["outcome"] == "ok" and r["status"] == 200]
-    assert len(ok_records) >= answered  # every answered request was recorded
+    assert len(ok_records) >= load.answered  # every answered request was recorded
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
 
 
