@@ -10,6 +10,7 @@ estimated per request, after validation and before execution.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -117,67 +118,66 @@ def _is_introspection(node: FieldNode) -> bool:
     return node.name.value.startswith("__")
 
 
-def selection_depth(
+def _fold(
     selection_set: SelectionSetNode,
     fragments: Fragments,
-    memo: dict[str, int] | None = None,
-    active: set[str] | None = None,
+    field_value: Callable[[FieldNode, Callable[[SelectionSetNode], int]], int],
+    combine: Callable[[int, int], int],
+    memo: dict[str, int],
+    active: set[str],
+) -> int:
+    """One walk of a selection set for both measures: `field_value(field, below)` gives a
+    field's contribution (`below` measures a child selection set), `combine` folds them.
+    Each fragment is measured once (memo) and a fragment cycle is cut (active), so the
+    walk stays linear even for a fragment bomb."""
+
+    def below(child: SelectionSetNode) -> int:
+        return _fold(child, fragments, field_value, combine, memo, active)
+
+    result = 0
+    for selection in selection_set.selections:
+        if isinstance(selection, FieldNode):
+            result = combine(result, field_value(selection, below))
+        elif isinstance(selection, InlineFragmentNode):
+            result = combine(result, below(selection.selection_set))
+        elif isinstance(selection, FragmentSpreadNode):
+            name = selection.name.value
+            fragment = fragments.get(name)
+            if fragment is None or name in active:
+                continue
+            if name not in memo:
+                active.add(name)
+                memo[name] = below(fragment.selection_set)
+                active.discard(name)
+            result = combine(result, memo[name])
+    return result
+
+
+def selection_depth(
+    selection_set: SelectionSetNode, fragments: Fragments, memo: dict[str, int] | None = None
 ) -> int:
     """Level of the deepest field below a selection set, its own fields being level 0
     (graphql-depth-limit's measure: `{ a { b } }` has depth 1)."""
-    memo = {} if memo is None else memo
-    active = set() if active is None else active
-    deepest = 0
-    for selection in selection_set.selections:
-        if isinstance(selection, FieldNode):
-            if selection.selection_set is not None and not _is_introspection(selection):
-                below = selection_depth(selection.selection_set, fragments, memo, active)
-                deepest = max(deepest, 1 + below)
-        elif isinstance(selection, InlineFragmentNode):
-            deepest = max(
-                deepest, selection_depth(selection.selection_set, fragments, memo, active)
-            )
-        elif isinstance(selection, FragmentSpreadNode):
-            name = selection.name.value
-            fragment = fragments.get(name)
-            if fragment is None or name in active:
-                continue
-            if name not in memo:
-                active.add(name)
-                memo[name] = selection_depth(fragment.selection_set, fragments, memo, active)
-                active.discard(name)
-            deepest = max(deepest, memo[name])
-    return deepest
+
+    def field_depth(field: FieldNode, below: Callable[[SelectionSetNode], int]) -> int:
+        if field.selection_set is None or _is_introspection(field):
+            return 0
+        return 1 + below(field.selection_set)
+
+    return _fold(selection_set, fragments, field_depth, max, {} if memo is None else memo, set())
 
 
 def alias_count(
-    selection_set: SelectionSetNode,
-    fragments: Fragments,
-    memo: dict[str, int] | None = None,
-    active: set[str] | None = None,
+    selection_set: SelectionSetNode, fragments: Fragments, memo: dict[str, int] | None = None
 ) -> int:
     """Aliased fields as executed: a fragment's aliases count once per spread."""
-    memo = {} if memo is None else memo
-    active = set() if active is None else active
-    total = 0
-    for selection in selection_set.selections:
-        if isinstance(selection, FieldNode):
-            total += selection.alias is not None
-            if selection.selection_set is not None:
-                total += alias_count(selection.selection_set, fragments, memo, active)
-        elif isinstance(selection, InlineFragmentNode):
-            total += alias_count(selection.selection_set, fragments, memo, active)
-        elif isinstance(selection, FragmentSpreadNode):
-            name = selection.name.value
-            fragment = fragments.get(name)
-            if fragment is None or name in active:
-                continue
-            if name not in memo:
-                active.add(name)
-                memo[name] = alias_count(fragment.selection_set, fragments, memo, active)
-                active.discard(name)
-            total += memo[name]
-    return total
+
+    def field_aliases(field: FieldNode, below: Callable[[SelectionSetNode], int]) -> int:
+        own = int(field.alias is not None)
+        return own + (below(field.selection_set) if field.selection_set is not None else 0)
+
+    memo = {} if memo is None else memo  # shared: each fragment measured once per document
+    return _fold(selection_set, fragments, field_aliases, operator.add, memo, set())
 
 
 class CostEstimate:
