@@ -21,6 +21,7 @@ from resolvers.audit import AuditQueries
 from resolvers.audit_actions import ConsoleMutations
 from resolvers.audit_views import ConsoleQueries
 from resolvers.context import GraphContext
+from resolvers.execution import PlainFieldExecutor
 from resolvers.guard import default_policy_field, policies_of
 from resolvers.loading import CUSTOMER_POLICIES, load_customers
 from resolvers.selection import selected_fields
@@ -220,4 +221,5 @@ def build_schema(extensions: Sequence[Any] = (), max_batch: int = 0) -> strawber
         mutation=Mutation,
         extensions=[SourceErrors, StaleNotice, OperationCapture, *extensions],
         config=config,
+        execution_context_class=PlainFieldExecutor,
     )

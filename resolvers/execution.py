@@ -1,0 +1,222 @@
+"""Completing plain fields without graphql-core's per-field machinery.
+
+graphql-core executes every field the same way: a `ResolveInfo`, the resolver, then a walk
+through `complete_value` (non-null? list? leaf? object?) for the value and for every item
+and sub-field beneath it. For most of a page of customers that is all overhead: a field
+strawberry calls *basic* (no resolver, no field extension: an attribute read) whose
+selection is made only of basic fields is its attribute coerced by its type.
+
+`PlainFieldExecutor` (strawberry's `execution_context_class` seam) compiles such a
+selection, once per request and selection, into one function from value to result, and
+uses it where graphql-core would start the walk: for a basic field in `execute_field`, and
+for a resolver's result in `complete_value`. Anything irregular (an error value, null where
+the type is non-null, a value its scalar refuses, a list that is not a list) makes the
+function give up, and graphql-core completes that field the usual way, reporting exactly
+what it always reports. tests/test_execution.py runs the same operations through both and
+compares the responses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from graphql import (
+    GraphQLField,
+    GraphQLObjectType,
+    GraphQLOutputType,
+    Undefined,
+    is_leaf_type,
+    is_list_type,
+    is_non_null_type,
+    is_object_type,
+)
+from graphql.pyutils import Path
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from strawberry.types.field import StrawberryField
+
+# A compiled completion: the response value for a resolved value, or it raises.
+Complete = Callable[[Any], Any]
+
+
+class Irregular(Exception):
+    """The value needs graphql-core's own completion (which reports what is wrong)."""
+
+
+_BACKREF = "strawberry-definition"
+
+
+def basic_field(field_def: GraphQLField) -> StrawberryField | None:
+    """The strawberry field behind a graphql field if reading it is an attribute read."""
+    definition = field_def.extensions.get(_BACKREF)
+    if not isinstance(definition, StrawberryField) or not definition.is_basic_field:
+        return None
+    return definition if getattr(field_def.resolve, "_is_default", False) else None
+
+
+def _non_null(inner: Complete) -> Complete:
+    def complete(value: Any) -> Any:
+        completed = inner(value)
+        if completed is None:
+            raise Irregular
+        return completed
+
+    return complete
+
+
+def _listed(item: Complete) -> Complete:
+    def complete(value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, list | tuple):
+            raise Irregular
+        return [item(entry) for entry in value]
+
+    return complete
+
+
+def _leaf(coerce: Callable[[Any], Any]) -> Complete:
+    def complete(value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, Exception):
+            raise Irregular
+        coerced = coerce(value)
+        if coerced is None or coerced is Undefined:
+            raise Irregular
+        return coerced
+
+    return complete
+
+
+def _object(fields: list[tuple[str, StrawberryField | str, Complete | None]]) -> Complete:
+    """`fields`: response key, the basic field to read (or the `__typename` constant),
+    and how to complete what it holds."""
+
+    def complete(value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, Exception):
+            raise Irregular
+        result: dict[str, Any] = {}
+        for key, field, sub in fields:
+            if isinstance(field, str):
+                result[key] = field
+            else:
+                assert sub is not None
+                result[key] = sub(field.default_resolver(value, field.python_name))
+        return result
+
+    return complete
+
+
+class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
+    """graphql-core's executor, with plain selections completed by compiled functions."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        middleware = self.middleware_manager
+        # A schema extension with a `resolve` hook must see every field; incremental
+        # delivery (@defer/@stream) changes how lists complete: both keep the usual path.
+        self._enabled = (middleware is None or not middleware.middlewares) and (
+            self.schema.get_directive("stream") is None
+            and self.schema.get_directive("defer") is None
+        )
+        self._plans: dict[tuple[GraphQLOutputType, int], Complete | None] = {}
+        self._basic: dict[int, StrawberryField | None] = {}
+        self._held: list[Any] = []  # plans are keyed by id(): keep their selections alive
+
+    def _basic_field(self, field_def: GraphQLField) -> StrawberryField | None:
+        key = id(field_def)
+        try:
+            return self._basic[key]
+        except KeyError:
+            found = self._basic[key] = basic_field(field_def)
+            return found
+
+    def _plan(self, type_: GraphQLOutputType, field_details: Any) -> Complete | None:
+        key = (type_, id(field_details))
+        try:
+            return self._plans[key]
+        except KeyError:
+            self._held.append(field_details)
+            plan = self._plans[key] = self._compile(type_, field_details)
+            return plan
+
+    def _compile(self, type_: GraphQLOutputType, field_details: Any) -> Complete | None:
+        if is_non_null_type(type_):
+            inner = self._compile(type_.of_type, field_details)
+            return None if inner is None else _non_null(inner)
+        if is_list_type(type_):
+            item = self._compile(type_.of_type, field_details)
+            return None if item is None else _listed(item)
+        if is_leaf_type(type_):
+            return _leaf(type_.coerce_output_value)
+        if is_object_type(type_):
+            return self._compile_object(type_, field_details)
+        return None  # interfaces and unions: the runtime type is graphql-core's to find
+
+    def _compile_object(self, type_: GraphQLObjectType, field_details: Any) -> Complete | None:
+        if type_.is_type_of is not None:
+            return None
+        grouped, deferred, _ = self.collect_subfields(type_, field_details)
+        if deferred:
+            return None
+        fields: list[tuple[str, StrawberryField | str, Complete | None]] = []
+        for key, sub_details in grouped.items():
+            name = sub_details[0].node.name.value
+            if name == "__typename":
+                fields.append((key, type_.name, None))
+                continue
+            field_def = self.schema.get_field(type_, name)
+            basic = None if field_def is None else self._basic_field(field_def)
+            if field_def is None or basic is None:
+                return None
+            sub = self._plan(field_def.type, sub_details)
+            if sub is None:
+                return None
+            fields.append((key, basic, sub))
+        return _object(fields)
+
+    def execute_field(
+        self,
+        parent_type: GraphQLObjectType,
+        source: Any,
+        field_details_list: Any,
+        path: Path,
+        position_context: Any,
+    ) -> Any:
+        if self._enabled:
+            field_def = self.schema.get_field(parent_type, field_details_list[0].node.name.value)
+            basic = None if field_def is None else self._basic_field(field_def)
+            if basic is not None:
+                assert field_def is not None
+                plan = self._plan(field_def.type, field_details_list)
+                if plan is not None:
+                    try:
+                        return plan(basic.default_resolver(source, basic.python_name))
+                    except Exception:  # irregular: graphql-core completes and reports it
+                        pass
+        return super().execute_field(
+            parent_type, source, field_details_list, path, position_context
+        )
+
+    def complete_value(
+        self,
+        return_type: GraphQLOutputType,
+        field_details_list: Any,
+        info: Any,
+        path: Path,
+        result: Any,
+        position_context: Any,
+    ) -> Any:
+        if self._enabled and not isinstance(result, Exception):
+            plan = self._plan(return_type, field_details_list)
+            if plan is not None:
+                try:
+                    return plan(result)
+                except Exception:  # irregular: graphql-core completes and reports it
+                    pass
+        return super().complete_value(
+            return_type, field_details_list, info, path, result, position_context
+        )

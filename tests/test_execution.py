@@ -1,0 +1,198 @@
+"""The plain-field executor answers exactly what graphql-core's own executor answers.
+
+Each operation runs twice, through `PlainFieldExecutor` and through strawberry's default
+execution context, and the two responses (data, errors, their paths and order) must be
+equal: first on a small schema built to hit every irregular case (null in a non-null
+field, an error value, a value the scalar refuses, a list that is not one, an interface),
+then on the gateway itself over the demo systems, as several roles, with a system down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import strawberry
+from graphql import GraphQLError
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+from harness import RunningGateway, SourceAdmin
+from resolvers.execution import PlainFieldExecutor, basic_field
+
+
+@strawberry.interface
+class Named:
+    name: str | None
+
+
+@strawberry.type
+class Tag:
+    label: str
+    weight: int | None = None
+
+
+@strawberry.type
+class Item(Named):
+    id: strawberry.ID
+    count: int
+    tags: list[Tag] | None = None
+    required_tags: list[Tag] = strawberry.field(default_factory=list)
+    scores: list[int] | None = None
+    note: str | None = None
+
+    @strawberry.field
+    def computed(self, times: int = 2) -> list[Tag]:
+        return [Tag(label=f"{self.id}-{n}") for n in range(times)]
+
+
+def _items() -> list[Any]:
+    return [
+        Item(id=strawberry.ID("1"), name="a", count=1, tags=[Tag(label="x", weight=1)]),
+        Item(id=strawberry.ID("2"), name=None, count=2, tags=[], scores=[1, 2]),
+        # A plain field holding an error value, as the policy guard leaves a denied one.
+        Item(id=strawberry.ID("3"), name="c", count=3, note=GraphQLError("denied")),  # type: ignore[arg-type]
+        # Null in a non-null field: the error and the null go up to the nullable list item.
+        Item(id=strawberry.ID("4"), name="d", count=None),  # type: ignore[arg-type]
+        # A value the Int scalar refuses, and a "list" that is not one.
+        Item(id=strawberry.ID("5"), name="e", count="many", scores=7),  # type: ignore[arg-type]
+        Item(id=strawberry.ID("6"), name="f", count=6, required_tags=[Tag(label=None)]),  # type: ignore[arg-type]
+    ]
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    def items(self) -> list[Item | None]:
+        return _items()
+
+    @strawberry.field
+    def named(self) -> list[Named]:
+        return _items()[:2]
+
+    @strawberry.field
+    def first(self) -> Item:
+        return _items()[0]
+
+    @strawberry.field
+    def broken(self) -> Item:
+        return _items()[3]
+
+
+SMALL = strawberry.Schema(query=Query, types=[Item])
+
+SMALL_OPERATIONS = [
+    "{ items { id name count note tags { label weight } scores } }",
+    "{ items { __typename id renamed: name again: name name count } }",
+    "{ items { ...F } } fragment F on Item { id tags { __typename label } }",
+    "{ items { id requiredTags { label } } }",
+    "{ items { id computed(times: 1) { label } computed2: computed { label weight } } }",
+    "{ named { __typename name ... on Item { count } } }",
+    "{ first { id count tags { label } } }",
+    "{ broken { id count } }",
+    "query($skip: Boolean!) { items { id name @skip(if: $skip) count @include(if: $skip) } }",
+]
+
+
+def _both(schema: strawberry.Schema, query: str, **kwargs: Any) -> tuple[Any, Any]:
+    results = []
+    for executor in (PlainFieldExecutor, StrawberryGraphQLCoreExecutionContext):
+        schema.execution_context_class = executor
+        result = schema.execute_sync(query, variable_values={"skip": True}, **kwargs)
+        results.append((result.data, [e.formatted for e in result.errors or []]))
+    return results[0], results[1]
+
+
+@pytest.mark.parametrize("query", SMALL_OPERATIONS)
+def test_the_same_response_as_graphql_core(query: str) -> None:
+    fast, reference = _both(SMALL, query)
+    assert fast == reference
+    assert fast[0] is not None or fast[1]
+
+
+def test_irregular_values_are_reported_as_graphql_core_reports_them() -> None:
+    (data, errors), _ = _both(SMALL, SMALL_OPERATIONS[0])
+    messages = " | ".join(error["message"] for error in errors)
+    assert "denied" in messages
+    assert "Cannot return null for non-nullable field Item.count." in messages
+    assert "Int cannot represent non-integer value: 'many'" in messages
+    assert data["items"][3] is None and data["items"][4] is None  # nulled by the errors
+    assert data["items"][0]["tags"] == [{"label": "x", "weight": 1}]
+
+
+def test_plain_selections_skip_the_per_field_machinery(monkeypatch: pytest.MonkeyPatch) -> None:
+    infos: list[str] = []
+    build = StrawberryGraphQLCoreExecutionContext.build_resolve_info
+
+    def counting(self: Any, field_def: Any, nodes: Any, parent: Any, path: Any) -> Any:
+        infos.append(f"{parent.name}.{nodes[0].name.value}")
+        return build(self, field_def, nodes, parent, path)
+
+    monkeypatch.setattr(StrawberryGraphQLCoreExecutionContext, "build_resolve_info", counting)
+    query = "{ items { id name tags { label weight } } first { computed { label } } }"
+    seen = {}
+    for executor in (PlainFieldExecutor, StrawberryGraphQLCoreExecutionContext):
+        SMALL.execution_context_class = executor
+        infos.clear()
+        assert not SMALL.execute_sync(query).errors
+        seen[executor] = list(infos)
+    # Only the fields with resolvers (this selection reads no irregular value).
+    assert seen[PlainFieldExecutor] == ["Query.items", "Query.first", "Item.computed"]
+    assert len(seen[StrawberryGraphQLCoreExecutionContext]) > 20  # one per field and item
+
+
+def test_only_attribute_reads_count_as_basic() -> None:
+    fields = SMALL._schema.type_map["Item"].fields  # type: ignore[attr-defined]
+    assert basic_field(fields["name"]) is not None
+    assert basic_field(fields["computed"]) is None
+
+
+@pytest.fixture
+def each_executor(gateway: RunningGateway) -> Iterator[list[type]]:
+    schema = gateway.gateway.schema
+    original = schema.execution_context_class
+    assert original is PlainFieldExecutor
+    yield [PlainFieldExecutor, StrawberryGraphQLCoreExecutionContext]
+    schema.execution_context_class = original
+
+
+FIELDS = """id name email phone nationalId address lifetimeValue segment satisfaction
+    consents { channel granted updatedAt __typename }
+    tickets(first: 2) { id subject status openedAt closedAt satisfaction }
+    orders(first: 2) { id total status placedAt }
+    opportunities { id stage amount owner }"""
+
+GATEWAY_OPERATIONS = [
+    "{ customers(first: 30) { edges { cursor node { " + FIELDS + " } } "
+    "pageInfo { hasNextPage endCursor } } }",
+    "{ customers(first: 10) { edges { n: node { ...C k: id } } } } "
+    "fragment C on Customer { __typename id e: email name name tickets(status: CLOSED) { id } }",
+    '{ customer(id: "c_does_not_exist") { id name } }',
+]
+
+
+@pytest.mark.parametrize("role", ["sales", "service", "marketing", "sales_manager", "security"])
+@pytest.mark.parametrize("operation", range(len(GATEWAY_OPERATIONS)))
+async def test_the_gateway_answers_the_same_through_either_executor(
+    gateway: RunningGateway, each_executor: list[type], role: str, operation: int
+) -> None:
+    replies = []
+    for executor in each_executor:
+        gateway.gateway.schema.execution_context_class = executor
+        reply = await gateway.query(GATEWAY_OPERATIONS[operation], headers=gateway.as_role(role))
+        assert reply.status == 200
+        replies.append(reply.body)
+    assert replies[0] == replies[1]
+
+
+async def test_the_same_partial_answer_with_a_system_down(
+    gateway: RunningGateway, each_executor: list[type], sources: SourceAdmin
+) -> None:
+    await sources.fault("service", "error")
+    replies = []
+    for executor in each_executor:
+        gateway.gateway.schema.execution_context_class = executor
+        reply = await gateway.query(GATEWAY_OPERATIONS[0])
+        replies.append(reply.body)
+    assert "SOURCE_UNAVAILABLE" in str(replies[0]["errors"])
+    assert replies[0] == replies[1]
