@@ -100,58 +100,61 @@ class Consent:
     updated_at: dt.datetime
 
 
-class RecordShape:
-    """Reads a nested record by graph field name, through the configured renames."""
-
-    def __init__(self, ctx: GraphContext, type_name: str, record: Mapping[str, Any]) -> None:
-        self.renames = ctx.bindings.renames.get(type_name, {})
-        self.record = record
-
-    def __getitem__(self, graph_field: str) -> Any:
-        return self.record.get(self.renames.get(graph_field, graph_field))
+def record_keys(ctx: GraphContext, type_name: str, fields: tuple[str, ...]) -> tuple[str, ...]:
+    """The record keys that hold these graph fields, through the configured renames:
+    looked up once per list of records, not per record and field."""
+    renames = ctx.bindings.renames.get(type_name, {})
+    return tuple(renames.get(name, name) for name in fields)
 
 
-def _order(ctx: GraphContext, record: Mapping[str, Any]) -> Order:
-    r = RecordShape(ctx, "Order", record)
-    return Order(
-        id=strawberry.ID(str(r["id"])),
-        placed_at=_timestamp(r["placedAt"]),
-        total=_number(r["total"]),
-        status=str(r["status"]),
+def _ticket_status(value: Any) -> TicketStatus:
+    return TicketStatus(str(value).strip().upper())
+
+
+def orders_of(ctx: GraphContext, records: Any) -> list[Order]:
+    id_, placed_at, total, status = record_keys(ctx, "Order", ("id", "placedAt", "total", "status"))
+    return [
+        Order(
+            id=strawberry.ID(str(r.get(id_))),
+            placed_at=_timestamp(r.get(placed_at)),
+            total=_number(r.get(total)),
+            status=str(r.get(status)),
+        )
+        for r in _records_of(records)
+    ]
+
+
+def tickets_of(ctx: GraphContext, records: Any) -> list[Ticket]:
+    id_, subject, status, csat, opened_at, closed_at = record_keys(
+        ctx, "Ticket", ("id", "subject", "status", "satisfaction", "openedAt", "closedAt")
     )
+    return [
+        Ticket(
+            id=strawberry.ID(str(r.get(id_))),
+            subject=str(r.get(subject)),
+            status=_ticket_status(r.get(status)),
+            satisfaction=None if (score := r.get(csat)) is None else int(score),
+            opened_at=_timestamp(r.get(opened_at)),
+            closed_at=_optional_timestamp(r.get(closed_at)),
+        )
+        for r in _records_of(records)
+    ]
 
 
-def _ticket(ctx: GraphContext, record: Mapping[str, Any]) -> Ticket:
-    r = RecordShape(ctx, "Ticket", record)
-    csat = r["satisfaction"]
-    return Ticket(
-        id=strawberry.ID(str(r["id"])),
-        subject=str(r["subject"]),
-        status=TicketStatus(str(r["status"]).strip().upper()),
-        satisfaction=None if csat is None else int(csat),
-        opened_at=_timestamp(r["openedAt"]),
-        closed_at=_optional_timestamp(r["closedAt"]),
+def opportunities_of(ctx: GraphContext, records: Any) -> list[Opportunity]:
+    id_, stage, amount, owner, updated_at = record_keys(
+        ctx, "Opportunity", ("id", "stage", "amount", "owner", "updatedAt")
     )
-
-
-def _opportunity(ctx: GraphContext, record: Mapping[str, Any]) -> Opportunity:
-    r = RecordShape(ctx, "Opportunity", record)
-    return Opportunity(
-        id=strawberry.ID(str(r["id"])),
-        stage=str(r["stage"]),
-        amount=_number(r["amount"]),
-        owner=str(r["owner"]),
-        updated_at=_timestamp(r["updatedAt"]),
-    )
-
-
-def _consent(ctx: GraphContext, record: Mapping[str, Any]) -> Consent:
-    r = RecordShape(ctx, "Consent", record)
-    return Consent(
-        channel=str(r["channel"]),
-        granted=bool(r["granted"]),
-        updated_at=_timestamp(r["updatedAt"]),
-    )
+    return [
+        Opportunity(
+            id=strawberry.ID(str(r.get(id_))),
+            stage=str(r.get(stage)),
+            amount=_number(r.get(amount)),
+            owner=str(r.get(owner)),
+            updated_at=_timestamp(r.get(updated_at)),
+        )
+        for r in _records_of(records)
+    ]
 
 
 def _text(value: Any) -> str | None:
@@ -169,17 +172,28 @@ def _records_of(value: Any) -> list[Mapping[str, Any]]:
 
 
 def satisfaction_of(ctx: GraphContext, records: Any) -> float | None:
-    """Mean satisfaction score of the customer's closed tickets."""
+    """Mean satisfaction score of the customer's closed tickets (read off the records:
+    only two of a ticket's fields matter here)."""
+    status, csat = record_keys(ctx, "Ticket", ("status", "satisfaction"))
     scores = [
-        ticket.satisfaction
-        for ticket in (_ticket(ctx, record) for record in _records_of(records))
-        if ticket.status == TicketStatus.CLOSED and ticket.satisfaction is not None
+        int(score)
+        for r in _records_of(records)
+        if (score := r.get(csat)) is not None
+        and _ticket_status(r.get(status)) is TicketStatus.CLOSED
     ]
     return round(sum(scores) / len(scores), 2) if scores else None
 
 
 def consents_of(ctx: GraphContext, records: Any) -> list[Consent]:
-    return [_consent(ctx, record) for record in _records_of(records)]
+    channel, granted, updated_at = record_keys(ctx, "Consent", ("channel", "granted", "updatedAt"))
+    return [
+        Consent(
+            channel=str(r.get(channel)),
+            granted=bool(r.get(granted)),
+            updated_at=_timestamp(r.get(updated_at)),
+        )
+        for r in _records_of(records)
+    ]
 
 
 # Customer fields without arguments, computed for all customers at once by the parent
@@ -272,7 +286,7 @@ class Customer:
         limit = page_size(first, "first", ctx.max_page_size, 10)
 
         def shape(records: Any) -> list[Order]:
-            orders = [_order(ctx, record) for record in _records_of(records)]
+            orders = orders_of(ctx, records)
             orders.sort(key=lambda order: order.placed_at, reverse=True)
             return orders[:limit]
 
@@ -289,7 +303,7 @@ class Customer:
         limit = page_size(first, "first", ctx.max_page_size, 10)
 
         def shape(records: Any) -> list[Ticket]:
-            tickets = [_ticket(ctx, record) for record in _records_of(records)]
+            tickets = tickets_of(ctx, records)
             if status is not None:
                 tickets = [ticket for ticket in tickets if ticket.status == status]
             tickets.sort(key=lambda ticket: ticket.opened_at, reverse=True)
@@ -306,7 +320,7 @@ class Customer:
         return self._resolve(
             info,
             "opportunities",
-            lambda records: [_opportunity(ctx, r) for r in _records_of(records)],
+            lambda records: opportunities_of(ctx, records),
         )
 
 
