@@ -9,7 +9,10 @@ selection is made only of basic fields is its attribute coerced by its type.
 `PlainFieldExecutor` (strawberry's `execution_context_class` seam) compiles such a
 selection, once per request and selection, into one function from value to result, and
 uses it where graphql-core would start the walk: for a basic field in `execute_field`, and
-for a resolver's result in `complete_value`. Anything irregular (an error value, null where
+for a resolver's result in `complete_value`. A field with arguments marked `PREPARED`
+(`tickets(first: 3)`) is read from its source's `prepared` values when the parent settled
+it there for all the customers of a page (resolvers/loading.py), instead of calling its
+resolver and field extensions once per customer. Anything irregular (an error value, null where
 the type is non-null, a value its scalar refuses, a list that is not a list) makes the
 function give up, and graphql-core completes that field the usual way, reporting exactly
 what it always reports. tests/test_execution.py runs the same operations through both and
@@ -44,6 +47,12 @@ class Irregular(Exception):
 
 
 _BACKREF = "strawberry-definition"
+
+PREPARED = "c360.prepared"
+"""Metadata of a field whose value a parent may have prepared for its source: the
+source's `prepared` dict holds it by response key. Where it does not, the resolver runs
+(with its field extensions) as usual; where it does, the parent decided the policy."""
+PREPARED_FIELD = {PREPARED: True}
 
 
 def basic_field(field_def: GraphQLField) -> StrawberryField | None:
@@ -110,6 +119,27 @@ def _object(fields: list[tuple[str, StrawberryField | str, Complete | None]]) ->
     return complete
 
 
+def prepared_field(field_def: GraphQLField) -> bool:
+    definition = field_def.extensions.get(_BACKREF)
+    return isinstance(definition, StrawberryField) and definition.metadata.get(PREPARED) is True
+
+
+def _read_prepared(key: str, complete: Complete) -> Complete:
+    def read(source: Any) -> Any:
+        return complete(source.prepared[key])  # not there: KeyError, the resolver runs
+
+    return read
+
+
+def _read(field: StrawberryField, complete: Complete) -> Complete:
+    resolve, name = field.default_resolver, field.python_name
+
+    def read(source: Any) -> Any:
+        return complete(resolve(source, name))
+
+    return read
+
+
 class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
     """graphql-core's executor, with plain selections completed by compiled functions."""
 
@@ -124,6 +154,8 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
         )
         self._plans: dict[tuple[GraphQLOutputType, int], Complete | None] = {}
         self._basic: dict[int, StrawberryField | None] = {}
+        # id(selection of one field) -> (its parent type, how to read and complete it)
+        self._readers: dict[int, tuple[GraphQLObjectType, Complete | None]] = {}
         self._held: list[Any] = []  # plans are keyed by id(): keep their selections alive
 
     def _basic_field(self, field_def: GraphQLField) -> StrawberryField | None:
@@ -178,6 +210,25 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
             fields.append((key, basic, sub))
         return _object(fields)
 
+    def _reader(
+        self, parent_type: GraphQLObjectType, field_details_list: Any
+    ) -> tuple[GraphQLObjectType, Complete | None]:
+        """How to read one field of a source and complete it without its resolver: a
+        basic field's attribute, or a prepared value; None if the selection is not plain."""
+        read: Complete | None = None
+        node = field_details_list[0].node
+        field_def = self.schema.get_field(parent_type, node.name.value)
+        basic = None if field_def is None else self._basic_field(field_def)
+        if field_def is not None and (basic is not None or prepared_field(field_def)):
+            plan = self._plan(field_def.type, field_details_list)
+            if plan is not None and basic is not None:
+                read = _read(basic, plan)
+            elif plan is not None:
+                read = _read_prepared((node.alias or node.name).value, plan)
+        self._held.append(field_details_list)
+        found = self._readers[id(field_details_list)] = (parent_type, read)
+        return found
+
     def execute_field(
         self,
         parent_type: GraphQLObjectType,
@@ -187,16 +238,15 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
         position_context: Any,
     ) -> Any:
         if self._enabled:
-            field_def = self.schema.get_field(parent_type, field_details_list[0].node.name.value)
-            basic = None if field_def is None else self._basic_field(field_def)
-            if basic is not None:
-                assert field_def is not None
-                plan = self._plan(field_def.type, field_details_list)
-                if plan is not None:
-                    try:
-                        return plan(basic.default_resolver(source, basic.python_name))
-                    except Exception:  # irregular: graphql-core completes and reports it
-                        pass
+            found = self._readers.get(id(field_details_list))
+            if found is None or found[0] is not parent_type:
+                found = self._reader(parent_type, field_details_list)
+            read = found[1]
+            if read is not None:
+                try:
+                    return read(source)
+                except Exception:  # irregular: graphql-core completes and reports it
+                    pass
         return super().execute_field(
             parent_type, source, field_details_list, path, position_context
         )

@@ -8,7 +8,8 @@ resolve without awaiting.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import strawberry
@@ -91,43 +92,81 @@ async def load_customers(
             customer.records[slot] = found.get(key) if key is not None else None
 
     await asyncio.gather(*(fill(slot) for slot in needed_slots(ctx, fields)))
+    batch = CustomerBatch(ctx, customers, path_of)
     for name, key in fields.items():
         if name in PLAIN_FIELDS:
-            _settle(ctx, customers, name, key, path_of)
+            batch.settle_plain(name, key)
+    if len(customers) > 1:
+        for customer in customers:
+            customer.siblings = batch
     return customers
 
 
-def _settle(
-    ctx: GraphContext,
-    customers: Sequence[Customer],
-    name: str,
-    key: str,
-    path_of: Callable[[int, str], list[str | int]],
-) -> None:
-    """One plain field for every customer: the policy's static part once, its record
-    part per customer only when the policy has one; then the value, masked if so."""
-    attribute, shape = PLAIN_FIELDS[name]
-    binding = ctx.bindings.customer.get(name)
-    guard = ctx.guard
-    static = guard.static(CUSTOMER_POLICIES.get(name))
-    errors: dict[Decision, GraphQLError] = {}
+@dataclass(eq=False)
+class CustomerBatch:
+    """The customers one parent resolved together, whose fields are settled in bulk: the
+    policy's static part once, its record part per customer only when the policy has
+    one; then the value, masked if so.
 
-    def shaped(value: Any) -> Any:
-        return shape(ctx, value)
+    Plain fields are settled by the parent. A field with arguments (`tickets(first: 3)`)
+    is settled when the first customer resolves it, with the arguments strawberry gave
+    that resolver (the same for every sibling): each sibling's value goes to its
+    `prepared`, where the executor reads it instead of calling the resolver again. A
+    denied sibling gets nothing there, so its own resolver runs and its guard raises."""
 
-    for index, customer in enumerate(customers):
-        decision = static if isinstance(static, Decision) else guard.decide_for(static, customer)
-        guard.note(customer.id, name, decision)
-        if decision.effect == "deny":
-            # Returned, not raised: graphql-core reports it at this field's path.
-            error = errors.get(decision) or errors.setdefault(decision, forbidden(decision))
-            setattr(customer, attribute, error)
-            continue
+    ctx: GraphContext
+    customers: Sequence[Customer]
+    path_of: Callable[[int, str], list[str | int]]
+    settled: set[str] = field(default_factory=set)  # response keys of fields with arguments
+
+    def settle_plain(self, name: str, key: str) -> None:
+        attribute, shape = PLAIN_FIELDS[name]
+        ctx = self.ctx
+        errors: dict[Decision, GraphQLError] = {}
+        for index, customer, decision in self._decisions(name):
+            self.ctx.guard.note(customer.id, name, decision)
+            if decision.effect == "deny":
+                # Returned, not raised: graphql-core reports it at this field's path.
+                error = errors.get(decision) or errors.setdefault(decision, forbidden(decision))
+                setattr(customer, attribute, error)
+            else:
+                value = self._value(name, key, index, decision, lambda v: shape(ctx, v))
+                setattr(customer, attribute, value)
+
+    def prepare(
+        self, name: str, key: str, shape: Callable[[Any], Any], resolving: Customer
+    ) -> None:
+        if key in self.settled:
+            return
+        self.settled.add(key)
+        for index, customer, decision in self._decisions(name, skip=resolving):
+            if decision.effect != "deny":  # else its guard notes and raises it
+                self.ctx.guard.note(customer.id, name, decision)
+                customer.prepared[key] = self._value(name, key, index, decision, shape)
+
+    def _decisions(
+        self, name: str, skip: Customer | None = None
+    ) -> Iterator[tuple[int, Customer, Decision]]:
+        """Each customer's decision on the field."""
+        guard = self.ctx.guard
+        static = guard.static(CUSTOMER_POLICIES.get(name))
+        for index, customer in enumerate(self.customers):
+            if customer is skip:
+                continue
+            decision = (
+                static if isinstance(static, Decision) else guard.decide_for(static, customer)
+            )
+            yield index, customer, decision
+
+    def _value(
+        self, name: str, key: str, index: int, decision: Decision, shape: Callable[[Any], Any]
+    ) -> Any:
+        """An allowed or masked field's value from the fetched record."""
+        binding = self.ctx.bindings.customer.get(name)
         if binding is None:
-            continue
-        value, failure = shape_value(binding, customer.records.get(binding.slot), shaped)
+            return None
+        customer = self.customers[index]
+        value, failure = shape_value(binding, customer.records.get(binding.slot), shape)
         if failure is not None:
-            ctx.fail(failure, path_of(index, key))
-        if decision.effect == "mask":
-            value = guard.mask(decision, value)
-        setattr(customer, attribute, value)
+            self.ctx.fail(failure, self.path_of(index, key))
+        return self.ctx.guard.mask(decision, value) if decision.effect == "mask" else value

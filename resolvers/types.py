@@ -12,7 +12,7 @@ import datetime as dt
 import enum
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import strawberry
 from graphql import GraphQLError
@@ -22,6 +22,7 @@ from connectors.base import SourceUnavailable
 from policies.directive import Policy
 from resolvers.bindings import Binding
 from resolvers.context import GraphContext
+from resolvers.execution import PREPARED_FIELD
 from resolvers.guard import policy_field
 
 
@@ -161,6 +162,13 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value).strip() or None
 
 
+class Siblings(Protocol):
+    """The customers one parent resolved together (resolvers/loading.py)."""
+
+    def prepare(self, name: str, key: str, shape: Callable[[Any], Any], resolving: Any) -> None:
+        """Settle field `name` (response key `key`) for every sibling but `resolving`."""
+
+
 # Fetched records (or the failure) per (source, entity), filled by the parent resolver.
 Records = dict[tuple[str, str], Any]
 
@@ -236,6 +244,11 @@ class Customer:
     consents: list[Consent] | None = guarded("customer.segment")
     links: strawberry.Private[Mapping[str, str]] = dataclasses.field(default_factory=dict)
     records: strawberry.Private[Records] = dataclasses.field(default_factory=dict)
+    # Fields with arguments that a sibling settled for this customer, by response key,
+    # read by the executor instead of calling the resolver (resolvers/execution.py).
+    prepared: strawberry.Private[dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # The customers resolved together with this one (resolvers/loading.py), if several.
+    siblings: strawberry.Private[Siblings | None] = None
 
     def _resolve(
         self, info: Info[GraphContext, None], field: str, shape: Callable[[Any], Any]
@@ -247,7 +260,10 @@ class Customer:
         if binding is None:
             return None
         if binding.slot in self.records:
-            return self._shape(ctx, info, binding, self.records[binding.slot], shape)
+            value = self._shape(ctx, info, binding, self.records[binding.slot], shape)
+            if self.siblings is not None:
+                self.siblings.prepare(field, str(info.path.key), shape, self)
+            return value
         return self._load(ctx, info, binding, shape)
 
     async def _load(
@@ -280,7 +296,7 @@ class Customer:
             ctx.fail(failure, info.path.as_list())
         return value
 
-    @policy_field("customer.orders", description="Newest first.")
+    @policy_field("customer.orders", description="Newest first.", metadata=PREPARED_FIELD)
     def orders(self, info: Info[GraphContext, None], first: int | None = 10) -> list[Order] | None:
         ctx = info.context
         limit = page_size(first, "first", ctx.max_page_size, 10)
@@ -292,7 +308,7 @@ class Customer:
 
         return self._resolve(info, "orders", shape)
 
-    @policy_field("customer.tickets", description="Newest first.")
+    @policy_field("customer.tickets", description="Newest first.", metadata=PREPARED_FIELD)
     def tickets(
         self,
         info: Info[GraphContext, None],
@@ -314,6 +330,7 @@ class Customer:
     @policy_field(
         "opportunity.owned",
         description="Open and past deals; a sales rep sees those of the accounts they own.",
+        metadata=PREPARED_FIELD,
     )
     def opportunities(self, info: Info[GraphContext, None]) -> list[Opportunity] | None:
         ctx = info.context

@@ -9,6 +9,7 @@ then on the gateway itself over the demo systems, as several roles, with a syste
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ import strawberry
 from graphql import GraphQLError
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
+from gateway.audit.sinks import JsonlSink
 from harness import RunningGateway, SourceAdmin
 from resolvers.execution import PlainFieldExecutor, basic_field
 
@@ -171,18 +173,57 @@ GATEWAY_OPERATIONS = [
 ]
 
 
+async def last_record(gateway: RunningGateway) -> dict[str, Any]:
+    await gateway.gateway.access_log.flush()
+    sink = gateway.gateway.config.audit_sink
+    assert isinstance(sink, JsonlSink)
+    return [r for _, r in sink.lines() if r is not None and r["kind"] == "access"][-1]
+
+
 @pytest.mark.parametrize("role", ["sales", "service", "marketing", "sales_manager", "security"])
 @pytest.mark.parametrize("operation", range(len(GATEWAY_OPERATIONS)))
 async def test_the_gateway_answers_the_same_through_either_executor(
     gateway: RunningGateway, each_executor: list[type], role: str, operation: int
 ) -> None:
-    replies = []
+    replies, logged = [], []
     for executor in each_executor:
         gateway.gateway.schema.execution_context_class = executor
         reply = await gateway.query(GATEWAY_OPERATIONS[operation], headers=gateway.as_role(role))
         assert reply.status == 200
         replies.append(reply.body)
+        logged.append(await last_record(gateway))
     assert replies[0] == replies[1]
+    # The same decision on every field of every customer in the access log, whether the
+    # parent settled a field for all siblings or each customer's resolver decided it.
+    for key in ("fields", "customers", "policies", "outcome"):
+        assert logged[0][key] == logged[1][key]
+
+
+async def test_the_same_answer_for_a_rep_who_owns_some_of_the_page(
+    gateway: RunningGateway, each_executor: list[type]
+) -> None:
+    """`opportunities` as a sales rep: allowed on the accounts the rep owns, FORBIDDEN on
+    the others, so siblings differ from the customer whose resolver settled the field."""
+    page = "{ customers(first: 30) { edges { node { id opportunities { id owner } } } } }"
+    everything = await gateway.query(page, headers=gateway.as_role("sales_manager"))
+    owners = Counter(
+        opportunity["owner"]
+        for edge in everything.data["customers"]["edges"]
+        for opportunity in edge["node"]["opportunities"] or []
+    )
+    rep = owners.most_common(1)[0][0]
+    replies, logged = [], []
+    for executor in each_executor:
+        gateway.gateway.schema.execution_context_class = executor
+        reply = await gateway.query(page, headers=gateway.as_role("sales", subject=rep))
+        replies.append(reply.body)
+        logged.append(await last_record(gateway))
+    opportunities = [
+        edge["node"]["opportunities"] for edge in replies[0]["data"]["customers"]["edges"]
+    ]
+    assert any(opportunities) and None in opportunities  # owned and not, on one page
+    assert replies[0] == replies[1]
+    assert logged[0]["fields"] == logged[1]["fields"]
 
 
 async def test_the_same_partial_answer_with_a_system_down(
