@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -18,8 +19,10 @@ import pytest
 
 from demo.people import DemoWorld
 from demo.systems import DemoSystems
+from gateway.audit.settings import parse_audit
 from gateway.audit.sinks import JsonlSink, SinkUnavailable
 from gateway.demo import to_toml
+from gateway.errors import ConfigError
 from harness import (
     Load,
     RunningGateway,
@@ -297,6 +300,57 @@ async def test_rotation_keeps_one_chain_across_files(
     assert [r["seq"] for r in written] == list(range(1, 13))
     code, out, _ = await run_cli("audit", "verify", "--config", str(config))
     assert code == 0, out
+
+
+def _fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    return calls
+
+
+async def test_jsonl_group_commit_writes_at_once_and_fsyncs_at_most_per_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fsyncs = _fsyncs(monkeypatch)
+    sink = JsonlSink(tmp_path / "access.jsonl", sync_interval_s=0.2)
+    await sink.open()
+    for seq in range(1, 21):
+        await sink.write([{"seq": seq}])
+        # In the file (the OS has it: a crashing process loses nothing) before fsync.
+        assert sum(1 for _ in sink.lines()) == seq
+    assert len(fsyncs) == 1  # the first batch; the rest wait for the interval
+    await asyncio.sleep(0.35)
+    assert len(fsyncs) == 2  # one deferred fsync covered the other nineteen
+    await sink.write([{"seq": 21}])
+    await sink.close()  # flushes what the deferred fsync had not reached
+    assert len(fsyncs) >= 3
+
+
+@pytest.mark.parametrize(
+    "table", [{"fsync_interval_ms": 0}, {"fail_closed": True, "fsync_interval_ms": 500}]
+)
+async def test_jsonl_fsyncs_every_batch_when_asked_or_fail_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: dict[str, Any]
+) -> None:
+    _, sink = parse_audit({"path": "access.jsonl", **table}, tmp_path)
+    assert isinstance(sink, JsonlSink)
+    fsyncs = _fsyncs(monkeypatch)
+    await sink.open()
+    for seq in range(5):
+        await sink.write([{"seq": seq}])
+    assert len(fsyncs) == 5
+    await sink.close()
+
+
+def test_fsync_interval_is_checked() -> None:
+    with pytest.raises(ConfigError, match="fsync_interval_ms"):
+        parse_audit({"fsync_interval_ms": -1}, Path("."))
 
 
 async def test_bulk_access_alert(

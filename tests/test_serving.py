@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
-from gateway.serving import bind
+from gateway.serving import HeadersWithBody, bind
 
 
 def test_accepted_connections_have_tcp_nodelay() -> None:
@@ -22,3 +23,41 @@ def test_accepted_connections_have_tcp_nodelay() -> None:
             client.close()
     finally:
         listener.close()
+
+
+class _Recording:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> str:
+        return f"extra:{name}"
+
+
+async def test_a_response_leaves_in_one_write() -> None:
+    raw = _Recording()
+    transport = HeadersWithBody(raw)  # type: ignore[arg-type]
+    transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    assert raw.writes == []  # held for the body
+    transport.write(b"{}")
+    assert raw.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    assert transport.get_extra_info("peername") == "extra:peername"
+
+
+async def test_held_headers_leave_by_the_next_loop_iteration_or_on_close() -> None:
+    raw = _Recording()
+    transport = HeadersWithBody(raw)  # type: ignore[arg-type]
+    transport.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    await asyncio.sleep(0)  # a streamed body's first part may come much later
+    assert raw.writes == [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"]
+    transport.write(b"HTTP/1.1 404 Not Found\r\n\r\n")
+    transport.close()
+    assert raw.writes[-1] == b"HTTP/1.1 404 Not Found\r\n\r\n" and raw.closed
+    transport.write(b"5\r\nhello\r\n")  # anything else goes straight through
+    assert raw.writes[-1] == b"5\r\nhello\r\n"

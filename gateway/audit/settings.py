@@ -16,6 +16,7 @@ KEYS = {
     "sink",
     "path",
     "max_bytes",
+    "fsync_interval_ms",
     "dsn",
     "chain",
     "spill_path",
@@ -45,7 +46,16 @@ def parse_audit(
         max_bytes = table.get("max_bytes", 64 * 1024 * 1024)
         if not isinstance(max_bytes, int) or max_bytes < 4096:
             raise ConfigError("audit.max_bytes: an integer >= 4096")
-        sink = JsonlSink(path("path", "access.jsonl"), max_bytes)
+        interval_ms = table.get("fsync_interval_ms", 100)
+        if not isinstance(interval_ms, int) or not 0 <= interval_ms <= 10_000:
+            raise ConfigError("audit.fsync_interval_ms: an integer from 0 to 10000")
+        # fail_closed answers only once a record is durable: every batch is fsynced.
+        every_batch = table.get("fail_closed") is True
+        sink = JsonlSink(
+            path("path", "access.jsonl"),
+            max_bytes,
+            sync_interval_s=0.0 if every_batch else interval_ms / 1000,
+        )
     elif kind == "postgresql":
         dsn = table.get("dsn")
         if not isinstance(dsn, str) or not dsn.startswith("postgresql"):

@@ -9,10 +9,12 @@ transaction), and raises SinkUnavailable otherwise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
 import re
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -118,14 +120,25 @@ _ROTATED = re.compile(r"\.(\d{5})\.jsonl$")
 
 class JsonlSink:
     """`access.jsonl`, rotated to `access.00001.jsonl`, `access.00002.jsonl`, … (oldest
-    first) when it passes `max_bytes`. The chain runs across files."""
+    first) when it passes `max_bytes`. The chain runs across files.
+
+    Every batch is written to the file before `write` returns, so a crashing process
+    loses none of it. With `sync_interval_s` = 0 (and always in fail_closed mode) each
+    batch is also fsynced before `write` returns; otherwise fsync runs at most that often
+    (group commit), so that a crash of the machine itself loses at most the last
+    interval: an fsync per request cost about 0.6 ms of every request's latency."""
 
     name = "jsonl"
 
-    def __init__(self, path: Path, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self, path: Path, max_bytes: int = 64 * 1024 * 1024, sync_interval_s: float = 0.0
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self.sync_interval_s = sync_interval_s
         self.torn_bytes = 0
+        self._synced_at = 0.0
+        self._sync_later: asyncio.Task[None] | None = None
 
     def files(self) -> list[Path]:
         """Every file of the log, oldest first."""
@@ -158,20 +171,48 @@ class JsonlSink:
 
     async def write(self, records: Sequence[Record]) -> None:
         data = b"".join(orjson.dumps(record) + b"\n" for record in records)
+        now = time.monotonic()
+        sync = now - self._synced_at >= self.sync_interval_s
         try:
-            await asyncio.to_thread(self._append, data)
+            await asyncio.to_thread(self._append, data, sync)
         except OSError as error:
             raise SinkUnavailable(f"{self.path}: {error.strerror}") from error
+        if sync:
+            self._synced_at = now
+        elif self._sync_later is None:
+            self._sync_later = asyncio.create_task(self._sync_after())
 
-    def _append(self, data: bytes) -> None:
+    async def _sync_after(self) -> None:
+        """The deferred fsync of the batches written since the last one."""
+        try:
+            due = self._synced_at + self.sync_interval_s
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            self._synced_at = time.monotonic()
+            await asyncio.to_thread(self._fsync)
+        except OSError as error:
+            log.warning("fsync of the access log failed", extra={"error": error.strerror})
+        finally:
+            self._sync_later = None
+
+    def _append(self, data: bytes, sync: bool) -> None:
         if self.path.exists() and self.path.stat().st_size + len(data) > self.max_bytes:
+            self._fsync()  # what the deferred fsync has not reached yet, before it moves
             self._rotate()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, data)
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
+
+    def _fsync(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _rotate(self) -> None:
         stem = self.path.name.removesuffix(".jsonl")
@@ -224,7 +265,12 @@ class JsonlSink:
         return await asyncio.to_thread(run)
 
     async def close(self) -> None:
-        return None
+        pending, self._sync_later = self._sync_later, None
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
+            await asyncio.to_thread(self._fsync)
 
 
 metadata = MetaData()
