@@ -55,7 +55,7 @@ def decode_cursor(cursor: str) -> str:
 async def _one(info: Info[GraphContext, None], cuid: str | None) -> Customer | None:
     if cuid is None or info.context.identity.links(cuid) is None:
         return None
-    fields = selected_fields(info.selected_fields[0].selections)
+    fields = selected_fields(info)
     here = info.path.as_list()
     [customer] = await load_customers(info.context, [cuid], fields, lambda _, key: [*here, key])
     return customer
@@ -113,7 +113,7 @@ class Query(AuditQueries, ConsoleQueries):
         else:
             members = await _segment_members(ctx, segment)
             cuids, has_next = page_after(members or [], start, limit)
-        fields = selected_fields(info.selected_fields[0].selections, ("edges", "node"))
+        fields = selected_fields(info, ("edges", "node"))
         here = info.path.as_list()
         customers = await load_customers(
             ctx, cuids, fields, lambda index, key: [*here, "edges", index, "node", key]

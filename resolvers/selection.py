@@ -1,31 +1,83 @@
 """Look-ahead: which Customer fields a query selects, so a parent resolver can fetch every
-needed source for all its customers at once (one batched call per source per level)."""
+needed source for all its customers at once (one batched call per source per level).
+
+It reads graphql-core's syntax tree directly (strawberry's `info.selected_fields` builds
+a converted copy of the whole subtree, arguments and directives included, on every call:
+about 0.15 ms of a one-customer request), and leaves out what `@skip`/`@include` exclude,
+as execution will: a skipped field is neither fetched nor decided."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
-from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
+from graphql import (
+    BooleanValueNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    InlineFragmentNode,
+    SelectionSetNode,
+    VariableNode,
+)
+from strawberry.types import Info
 
 
-def _fields(selections: Iterable[Selection]) -> Iterable[SelectedField]:
-    for selection in selections:
-        if isinstance(selection, SelectedField):
+def _included(node: Any, variables: Mapping[str, Any]) -> bool:
+    for directive in node.directives or ():
+        name = directive.name.value
+        if name not in ("skip", "include"):
+            continue
+        condition = next((a.value for a in directive.arguments if a.name.value == "if"), None)
+        if isinstance(condition, BooleanValueNode):
+            value = condition.value
+        elif isinstance(condition, VariableNode):
+            value = variables.get(condition.name.value) is True
+        else:
+            continue  # validation has refused anything else
+        if value == (name == "skip"):
+            return False
+    return True
+
+
+def _fields(
+    selection_set: SelectionSetNode | None,
+    fragments: Mapping[str, FragmentDefinitionNode],
+    variables: Mapping[str, Any],
+) -> Iterator[FieldNode]:
+    for selection in selection_set.selections if selection_set else ():
+        if not _included(selection, variables):
+            continue
+        if isinstance(selection, FieldNode):
             yield selection
-        elif isinstance(selection, FragmentSpread | InlineFragment):
-            yield from _fields(selection.selections)
+        elif isinstance(selection, InlineFragmentNode):
+            yield from _fields(selection.selection_set, fragments, variables)
+        elif isinstance(selection, FragmentSpreadNode):
+            fragment = fragments.get(selection.name.value)
+            if fragment is not None:
+                yield from _fields(fragment.selection_set, fragments, variables)
 
 
-def selected_fields(selections: Iterable[Selection], path: Sequence[str] = ()) -> dict[str, str]:
-    """Field names selected under `path` (e.g. ("edges", "node") below `customers`),
-    through fragments, each with the response key it appears under first (its alias,
-    or its name)."""
-    level = list(_fields(selections))
+def selected_fields(info: Info[Any, Any], path: Sequence[str] = ()) -> dict[str, str]:
+    """Field names selected below the resolving field, under `path` (e.g. ("edges",
+    "node") below `customers`), through fragments, each with the response key it appears
+    under first (its alias, or its name)."""
+    raw = info._raw_info
+    fragments = raw.fragments
+    variables: Mapping[str, Any] = info.variable_values or {}  # coerced, by strawberry
+    level: Iterable[FieldNode] = [
+        child
+        for node in raw.field_nodes
+        for child in _fields(node.selection_set, fragments, variables)
+    ]
     for step in path:
         level = [
-            child for field in level if field.name == step for child in _fields(field.selections)
+            child
+            for field in level
+            if field.name.value == step
+            for child in _fields(field.selection_set, fragments, variables)
         ]
     found: dict[str, str] = {}
     for field in level:
-        found.setdefault(field.name, field.alias or field.name)
+        found.setdefault(field.name.value, (field.alias or field.name).value)
     return found

@@ -170,6 +170,8 @@ GATEWAY_OPERATIONS = [
     "{ customers(first: 10) { edges { n: node { ...C k: id } } } } "
     "fragment C on Customer { __typename id e: email name name tickets(status: CLOSED) { id } }",
     '{ customer(id: "c_does_not_exist") { id name } }',
+    "{ customers(first: 5) { edges { node { id name @skip(if: true) email @include(if: false) "
+    "... on Customer @skip(if: false) { phone tickets @include(if: true) { id } } } } } }",
 ]
 
 
@@ -237,3 +239,14 @@ async def test_the_same_partial_answer_with_a_system_down(
         replies.append(reply.body)
     assert "SOURCE_UNAVAILABLE" in str(replies[0]["errors"])
     assert replies[0] == replies[1]
+
+
+async def test_a_skipped_field_is_neither_fetched_nor_decided(gateway: RunningGateway) -> None:
+    query = """query($skip: Boolean!) { customers(first: 3) { edges { node {
+        id segment nationalId @skip(if: $skip) ...F } } } }
+        fragment F on Customer { phone @include(if: false) }"""
+    reply = await gateway.query(query, {"skip": True})
+    assert reply.status == 200 and not reply.errors
+    fields = (await last_record(gateway))["fields"]
+    assert len(fields) == 3
+    assert all(set(decided) == {"segment"} for decided in fields.values())
