@@ -129,7 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         import uvicorn
 
-        from gateway.serving import uvicorn_tls_options
+        from gateway.serving import GatewayHttpProtocol, uvicorn_tls_options
 
         # Each worker process builds its own app from the same file.
         os.environ["C360_CONFIG"] = str(Path(args.config).resolve())
@@ -140,6 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=port,
             workers=args.workers,
             log_config=None,
+            http=GatewayHttpProtocol,
             **uvicorn_tls_options(tls),
         )
         return 0

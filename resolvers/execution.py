@@ -21,7 +21,7 @@ compares the responses.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from graphql import (
@@ -140,6 +140,51 @@ def _read(field: StrawberryField, complete: Complete) -> Complete:
     return read
 
 
+class _Shared:
+    """Plans and readers kept across requests, keyed by schema type and the syntax nodes
+    of a selection. ParserCache hands every request with the same document the same
+    nodes, so a page asked again and again is compiled once. Only for documents without
+    @skip/@include: elsewhere how fields group depends on the variables."""
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        # key -> (what keeps the key's ids from being reused, the compiled value)
+        self.entries: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+        self.conditional: dict[int, tuple[Any, bool]] = {}  # id(operation) -> uses them
+
+    def uses_conditions(self, operation: Any, fragments: Mapping[str, Any]) -> bool:
+        found = self.conditional.get(id(operation))
+        if found is None or found[0] is not operation:
+            if len(self.conditional) >= self.LIMIT:
+                self.conditional.clear()
+            uses = any(_conditional(node) for node in (operation, *fragments.values()))
+            found = self.conditional[id(operation)] = (operation, uses)
+        return found[1]
+
+    def get(self, key: tuple[Any, ...]) -> tuple[Any, Any] | None:
+        return self.entries.get(key)
+
+    def put(self, key: tuple[Any, ...], keep: Any, value: Any) -> None:
+        if len(self.entries) >= self.LIMIT:
+            self.entries.clear()
+        self.entries[key] = (keep, value)
+
+
+def _conditional(node: Any) -> bool:
+    """Whether a selection below this node carries @skip or @include."""
+    selection_set = getattr(node, "selection_set", None)
+    for selection in selection_set.selections if selection_set else ():
+        if any(d.name.value in ("skip", "include") for d in selection.directives or ()):
+            return True
+        if _conditional(selection):
+            return True
+    return False
+
+
+_SHARED = _Shared()
+
+
 class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
     """graphql-core's executor, with plain selections completed by compiled functions."""
 
@@ -157,6 +202,22 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
         # id(selection of one field) -> (its parent type, how to read and complete it)
         self._readers: dict[int, tuple[GraphQLObjectType, Complete | None]] = {}
         self._held: list[Any] = []  # plans are keyed by id(): keep their selections alive
+        self._shared = (
+            _SHARED
+            if self._enabled
+            and not _SHARED.uses_conditions(self.operation, self.fragment_definitions)
+            else None
+        )
+
+    def _shared_key(self, type_: Any, field_details: Any) -> tuple[tuple[Any, ...], Any] | None:
+        """The key of a selection across requests, and the nodes it names; None when
+        its plan may not be shared."""
+        if self._shared is None:
+            return None
+        nodes = tuple(detail.node for detail in field_details)
+        if any(detail.fragment_variable_values is not None for detail in field_details):
+            return None
+        return (type_, *map(id, nodes)), nodes
 
     def _basic_field(self, field_def: GraphQLField) -> StrawberryField | None:
         key = id(field_def)
@@ -171,9 +232,18 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
         try:
             return self._plans[key]
         except KeyError:
-            self._held.append(field_details)
-            plan = self._plans[key] = self._compile(type_, field_details)
-            return plan
+            pass
+        self._held.append(field_details)
+        shared = self._shared_key(("plan", type_), field_details)
+        found = None if shared is None or self._shared is None else self._shared.get(shared[0])
+        if found is not None:
+            plan: Complete | None = found[1]
+        else:
+            plan = self._compile(type_, field_details)
+            if shared is not None and self._shared is not None:
+                self._shared.put(shared[0], shared[1], plan)
+        self._plans[key] = plan
+        return plan
 
     def _compile(self, type_: GraphQLOutputType, field_details: Any) -> Complete | None:
         if is_non_null_type(type_):
@@ -215,6 +285,13 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
     ) -> tuple[GraphQLObjectType, Complete | None]:
         """How to read one field of a source and complete it without its resolver: a
         basic field's attribute, or a prepared value; None if the selection is not plain."""
+        self._held.append(field_details_list)
+        shared = self._shared_key(("read", parent_type), field_details_list)
+        known = None if shared is None or self._shared is None else self._shared.get(shared[0])
+        if known is not None:
+            found: tuple[GraphQLObjectType, Complete | None] = (parent_type, known[1])
+            self._readers[id(field_details_list)] = found
+            return found
         read: Complete | None = None
         node = field_details_list[0].node
         field_def = self.schema.get_field(parent_type, node.name.value)
@@ -225,7 +302,8 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
                 read = _read(basic, plan)
             elif plan is not None:
                 read = _read_prepared((node.alias or node.name).value, plan)
-        self._held.append(field_details_list)
+        if shared is not None and self._shared is not None:
+            self._shared.put(shared[0], shared[1], read)
         found = self._readers[id(field_details_list)] = (parent_type, read)
         return found
 

@@ -250,3 +250,30 @@ async def test_a_skipped_field_is_neither_fetched_nor_decided(gateway: RunningGa
     fields = (await last_record(gateway))["fields"]
     assert len(fields) == 3
     assert all(set(decided) == {"segment"} for decided in fields.values())
+
+
+async def test_plans_are_compiled_once_per_document_unless_variables_shape_it(
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled: list[str] = []
+    compile_ = PlainFieldExecutor._compile
+
+    def counting(self: PlainFieldExecutor, type_: Any, field_details: Any) -> Any:
+        compiled.append(str(type_))
+        return compile_(self, type_, field_details)
+
+    monkeypatch.setattr(PlainFieldExecutor, "_compile", counting)
+    fixed = "{ customers(first: 4) { edges { node { id consents { channel } } } } }"
+    shaped = (
+        "query($s: Boolean!) { customers(first: 4) { edges { node { id "
+        "consents @skip(if: $s) { channel } } } } }"
+    )
+    counts = []
+    for query, variables in [(fixed, None), (fixed, None), (shaped, {"s": False})] * 2:
+        compiled.clear()
+        reply = await gateway.query(query, variables)
+        assert reply.status == 200 and not reply.errors
+        counts.append(len(compiled))
+    first, again, conditional, third, _, conditional_again = counts
+    assert first > 0 and again == 0 and third == 0
+    assert conditional > 0 and conditional_again > 0
