@@ -103,12 +103,13 @@ async def _serve(
     config: Config, host: str, port: int, config_path: Path | None = None, tls: Any = None
 ) -> int:
     from gateway.app import Gateway, build_app
-    from gateway.serving import bind, start_server
+    from gateway.serving import bind, settle_heap, start_server
     from gateway.telemetry import configure_telemetry
 
     sock = bind(host, port)
     gateway = Gateway(config, config_path, configure_telemetry("c360", os.environ))
     running = await start_server(build_app(config, gateway), sock, tls)
+    settle_heap()
     reload_on_sighup(gateway, running)
     log.warning("serving", extra={"url": running.url, "customers": len(gateway.identity)})
     await running.task
@@ -152,7 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
     from gateway.app import Gateway, build_app
     from gateway.demo import DemoOptions, demo_config, demo_systems, demo_tls_overrides, to_toml
-    from gateway.serving import bind, start_server
+    from gateway.serving import bind, settle_heap, start_server
     from gateway.telemetry import configure_telemetry
     from gateway.tls import DemoCertificates, ServerTLS
 
@@ -181,6 +182,7 @@ async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
         tls = ServerTLS.from_server_table(config.raw.get("server", {}), data_dir)
         gateway = Gateway(config, config_path, configure_telemetry("c360", os.environ))
         running = await start_server(build_app(config, gateway), sock, tls)
+        settle_heap()
         reload_on_sighup(gateway, running)
         print(demo_banner(running.url, len(gateway.identity), systems.endpoints, options.down))
         if tls_notes:

@@ -141,6 +141,9 @@ class GraphQLView(GraphQL[Any, None]):
             # Every request is accounted for, rejected ones too; with fail_closed, a
             # request whose record cannot be made durable gets a 503 instead of data.
             response = await self._account(request, response, time.perf_counter() - started)
+        context = getattr(request.state, "context", None)
+        if context is not None:
+            context.release()
         response.headers["x-request-id"] = request.state.request_id
         self._observe(response.status_code, time.perf_counter() - started)
         await response(scope, receive, send)

@@ -12,7 +12,7 @@ import datetime as dt
 import enum
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import strawberry
 from graphql import GraphQLError
@@ -162,13 +162,6 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value).strip() or None
 
 
-class Siblings(Protocol):
-    """The customers one parent resolved together (resolvers/loading.py)."""
-
-    def prepare(self, name: str, key: str, shape: Callable[[Any], Any], resolving: Any) -> None:
-        """Settle field `name` (response key `key`) for every sibling but `resolving`."""
-
-
 # Fetched records (or the failure) per (source, entity), filled by the parent resolver.
 Records = dict[tuple[str, str], Any]
 
@@ -247,8 +240,6 @@ class Customer:
     # Fields with arguments that a sibling settled for this customer, by response key,
     # read by the executor instead of calling the resolver (resolvers/execution.py).
     prepared: strawberry.Private[dict[str, Any]] = dataclasses.field(default_factory=dict)
-    # The customers resolved together with this one (resolvers/loading.py), if several.
-    siblings: strawberry.Private[Siblings | None] = None
 
     def _resolve(
         self, info: Info[GraphContext, None], field: str, shape: Callable[[Any], Any]
@@ -261,8 +252,9 @@ class Customer:
             return None
         if binding.slot in self.records:
             value = self._shape(ctx, info, binding, self.records[binding.slot], shape)
-            if self.siblings is not None:
-                self.siblings.prepare(field, str(info.path.key), shape, self)
+            siblings = ctx.siblings.get(id(self))
+            if siblings is not None:
+                siblings.prepare(ctx, field, str(info.path.key), shape, self)
             return value
         return self._load(ctx, info, binding, shape)
 

@@ -9,6 +9,8 @@ then on the gateway itself over the demo systems, as several roles, with a syste
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -277,3 +279,23 @@ async def test_plans_are_compiled_once_per_document_unless_variables_shape_it(
     first, again, conditional, third, _, conditional_again = counts
     assert first > 0 and again == 0 and third == 0
     assert conditional > 0 and conditional_again > 0
+
+
+async def test_a_page_leaves_its_customers_to_reference_counting(gateway: RunningGateway) -> None:
+    """Nothing of a page waits for the cyclic collector (whose full passes stalled the
+    gateway 60-90 ms when every page did): the context lets go of it once answered."""
+    query = "{ customers(first: 20) { edges { node { id name tickets { id } } } } }"
+    await gateway.query(query)
+    await asyncio.sleep(0.05)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        reply = await gateway.query(query)
+        assert reply.status == 200 and not reply.errors
+        await asyncio.sleep(0.05)
+        gc.collect()
+        kinds = {type(garbage).__name__ for garbage in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert not kinds & {"Customer", "Ticket", "CustomerBatch", "Request"}
