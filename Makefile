@@ -20,11 +20,12 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/c360 schema check
-	@# The console's browser test drives Debian's chromium (it skips without, fails on CI).
-	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	@# The console's browser test drives Debian's chromium (it skips without, fails on CI);
+	@# a CJK font draws the console's Chinese labels in its screenshots.
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || [ ! -d /usr/share/fonts/truetype/wqy ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get install -y --no-install-recommends chromium chromium-driver \
-	      || { apt-get update -qq && apt-get install -y --no-install-recommends chromium chromium-driver; }; \
+	    apt-get install -y --no-install-recommends chromium chromium-driver fonts-wqy-zenhei \
+	      || { apt-get update -qq && apt-get install -y --no-install-recommends chromium chromium-driver fonts-wqy-zenhei; }; \
 	  else echo "make test: chromium/chromium-driver missing and not root: the browser test will skip"; fi; \
 	fi
 	$(BIN)/pytest -q

@@ -71,8 +71,8 @@ Q_ALERTS = """query ConsoleAlerts($acknowledged: Boolean, $first: Int, $after: S
     pageInfo { hasNextPage endCursor } } }"""
 INTEGRITY = """accessLogIntegrity { checking checkedAt intact records chains { chain lastSeq }
   breaks { chain seq location problem } tornTail }"""
-Q_OVERVIEW = f"""query ConsoleOverview($since: DateTime, $zone: String!) {{
-  accessOverview(since: $since, timeZone: $zone, top: 10) {{
+Q_OVERVIEW = f"""query ConsoleOverview($since: DateTime, $until: DateTime, $zone: String!) {{
+  accessOverview(since: $since, until: $until, timeZone: $zone, top: 10) {{
     since until byRole {{ hour key count }} byDecision {{ hour key count }}
     topSubjects {{ subject customers requests }} fields {{ field allow mask deny }} }}
   {INTEGRITY} }}"""
@@ -177,8 +177,10 @@ def since(hours: int) -> str:
 async def views(console: Console, rng: random.Random) -> dict[str, Callable[[], Awaitable[None]]]:
     """Each view as the console loads it; customers and subjects vary per round."""
 
-    async def overview(hours: int) -> None:
-        await console.ask(f"overview {hours}h", Q_OVERVIEW, {"since": since(hours), "zone": ZONE})
+    async def overview(hours: int, ago: int = 0) -> None:
+        variables = {"since": since(hours + ago), "until": since(ago) if ago else None}
+        label = f"overview {hours}h" + (f", {ago}h ago" if ago else "")
+        await console.ask(label, Q_OVERVIEW, {**variables, "zone": ZONE})
 
     async def timeline(kind: str) -> None:
         customer = cuid(rng.randrange(10)) if kind == "hot" else cuid(rng.randrange(20_000))
@@ -221,6 +223,7 @@ async def views(console: Console, rng: random.Random) -> dict[str, Callable[[], 
     return {
         "overview (24 h)": lambda: overview(24),
         "overview (7 days)": lambda: overview(168),
+        "overview (7 days, ending a week ago)": lambda: overview(168, ago=168),
         "timeline (a customer in 5% of single reads)": lambda: timeline("hot"),
         "timeline (a typical customer)": lambda: timeline("typical"),
         "footprint 7 days (a sales rep)": lambda: footprint(f"rep-{rng.randint(1, 40):03d}", "rep"),

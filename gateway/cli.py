@@ -383,11 +383,16 @@ def _parse_time(value: str | None, option: str) -> Any:
 
 async def _audit(args: argparse.Namespace) -> int:
     from gateway.audit.chain import verify
-    from gateway.audit.sinks import AccessQuery, JsonlSink, SinkUnavailable
+    from gateway.audit.sinks import AccessQuery, JsonlSink, PostgresSink, SinkUnavailable
 
     config = _audit_config(args)
     sink = config.audit_sink
     try:
+        if args.action == "rebuild":
+            if not isinstance(sink, PostgresSink):
+                raise CliError("audit rebuild: the JSONL log has no read models to rebuild")
+            print(f"rebuilt the read models from {await sink.rebuild_read_models()} records")
+            return 0
         if args.action == "verify":
             report = verify([item async for item in sink.scan()])
             torn = getattr(sink, "torn_at", None) if isinstance(sink, JsonlSink) else None
@@ -572,7 +577,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_seed_parser(audit_actions, DEFAULT_CONFIG)  # c360 audit seed: test logs only
     search = audit_actions.add_parser("search", help="records, newest first")
     verify_cmd = audit_actions.add_parser("verify", help="check every hash chain")
-    for sub in (search, verify_cmd):
+    rebuild = audit_actions.add_parser(
+        "rebuild", help="derive the console's read models again from the PostgreSQL log"
+    )
+    for sub in (search, verify_cmd, rebuild):
         sub.add_argument("--config", default=str(DEFAULT_CONFIG))
         sub.add_argument("--data-dir", help="the demo's data directory (instead of --config)")
     search.add_argument("--customer", help="a CUID")

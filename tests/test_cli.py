@@ -33,6 +33,7 @@ def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
         ["serve", "--help"],
         ["schema", "export", "--help"],
         ["identity", "sync", "--help"],
+        ["audit", "rebuild", "--help"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
@@ -158,3 +159,11 @@ def test_policy_check_names_the_line_of_a_broken_file(tmp_path: Path) -> None:
     result = run("policy", "check", str(missing))
     assert result.returncode == 1
     assert "customer.phone" in result.stderr
+
+
+def test_audit_rebuild_is_for_the_postgresql_log(tmp_path: Path) -> None:
+    result = run("audit", "rebuild", "--config", str(demo_config_file(tmp_path)))
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip() == "c360: audit rebuild: the JSONL log has no read models to rebuild"
+    )

@@ -290,11 +290,21 @@ async def test_postgresql_read_models_answer_as_the_log_does(
         await sink.write(logged[:1400])  # a replay (spill) must not count twice
         jsonl, pg = JsonlViews(reference), PostgresViews(sink)
         end = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+        midnight = end.replace(hour=0)
         windows = (  # up to now (the fast paths), and one in the past
             Window(end - dt.timedelta(hours=24), end + dt.timedelta(hours=1), "UTC"),
             Window(end - dt.timedelta(days=3), end + dt.timedelta(hours=1), "Asia/Kolkata"),
             Window(end - dt.timedelta(days=2), end - dt.timedelta(hours=20), "Europe/Berlin"),
+            # Past ranges over whole UTC days (the per-day read model) with partial ends,
+            # and one of exactly one whole day.
+            Window(end - dt.timedelta(days=3), end - dt.timedelta(hours=26), "UTC"),
+            Window(midnight - dt.timedelta(days=2), midnight - dt.timedelta(days=1), "UTC"),
         )
+        # A log written before the read models (or before one was added): rebuilt whole,
+        # they answer as the models written record by record did.
+        written = [await pg.overview(window, 10) for window in windows]
+        assert await sink.rebuild_read_models(batch=900) == len(logged)
+        assert [await pg.overview(window, 10) for window in windows] == written
         for window in windows:
             assert await pg.overview(window, 10) == await jsonl.overview(window, 10)
             for subject in ("rep-001", "agent-003", "mkt-002", "batch-001"):

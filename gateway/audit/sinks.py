@@ -26,6 +26,7 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     Column,
+    Date,
     Index,
     MetaData,
     SmallInteger,
@@ -361,6 +362,16 @@ subject_customer_table = Table(
     Column("last_ts", TIMESTAMP(timezone=True), nullable=False),
     Index("ix_c360_access_subject_customer_last", "last_ts", postgresql_include=["subject"]),
 )
+# Which customers each subject touched on each (UTC) day: "distinct customers per subject"
+# over a past range counts these for the range's whole days, and customer rows only for
+# its partial first and last day.
+subject_day_table = Table(
+    "c360_access_subject_day",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("subject", Text, primary_key=True),
+    Column("customer", Text, primary_key=True),
+)
 # Hourly counts (UTC hours) for the charts: a day of them is a few thousand rows, whatever
 # the traffic. Only access records count; '' stands for "none" in a key column.
 hourly_table = Table(
@@ -513,6 +524,20 @@ async def _touch_subject_customers(connection: AsyncConnection, records: Sequenc
             set_={"last_ts": func.greatest(pairs.c.last_ts, statement.excluded.last_ts)},
         )
         await connection.execute(statement)
+        day = func.date(func.timezone("UTC", rows.c.ts))
+        daily = (
+            select(day, rows.c.subject, rows.c.customer)
+            .where(rows.c.chain == chain, rows.c.seq.between(low, high))
+            .where(rows.c.subject.is_not(None))
+            .distinct()
+            .order_by(day, rows.c.subject, rows.c.customer)
+        )
+        days = subject_day_table
+        await connection.execute(
+            insert(days)
+            .from_select(["day", "subject", "customer"], daily)
+            .on_conflict_do_nothing(index_elements=["day", "subject", "customer"])
+        )
 
 
 class PostgresSink:
@@ -655,6 +680,36 @@ class PostgresSink:
         async with self.engine.connect() as connection:
             result = await connection.execute(statement)
             return [row[0] for row in result]
+
+    async def rebuild_read_models(self, batch: int = 5000) -> int:
+        """Empty the console's read models and derive them again from every record: for a
+        log written before they existed (or before one was added). One transaction: the
+        console answers from the old ones until it commits. Returns the records read."""
+        table, read = self.table, 0
+        models = (
+            customer_table,
+            subject_customer_table,
+            subject_day_table,
+            hourly_table,
+            decision_hourly_table,
+        )
+        try:
+            async with self.engine.begin() as connection:
+                await connection.execute(text("TRUNCATE " + ", ".join(t.name for t in models)))
+                after: tuple[str, int] | None = None
+                while True:
+                    statement = select(table.c.chain, table.c.seq, table.c.record)
+                    if after is not None:
+                        statement = statement.where(tuple_(table.c.chain, table.c.seq) > after)
+                    statement = statement.order_by(table.c.chain, table.c.seq).limit(batch)
+                    rows = list(await connection.execute(statement))
+                    if not rows:
+                        return read
+                    await write_read_models(connection, [row.record for row in rows])
+                    read += len(rows)
+                    after = (rows[-1].chain, rows[-1].seq)
+        except (SQLAlchemyError, OSError) as error:
+            raise SinkUnavailable(f"postgresql: {type(error).__name__}") from error
 
     async def close(self) -> None:
         if self._engine is not None:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import strawberry
-from sqlalchemy import Text, and_, cast, distinct, func, literal, select, tuple_
+from sqlalchemy import Text, and_, cast, distinct, func, literal, select, tuple_, union
 from sqlalchemy.dialects.postgresql import TIMESTAMP
 
 from gateway.audit.sinks import (
@@ -20,6 +20,7 @@ from gateway.audit.sinks import (
     decision_hourly_table,
     hourly_table,
     subject_customer_table,
+    subject_day_table,
 )
 from resolvers.audit_views import (
     AccessOverview,
@@ -36,6 +37,30 @@ from resolvers.audit_views import (
 
 Record = Mapping[str, Any]
 DENY_BIT = 4
+
+
+def _pairs_in(since: dt.datetime, until: dt.datetime) -> Any:
+    """The distinct (subject, customer) pairs of a past range: the per-day read model for
+    its whole UTC days, customer rows only for the partial day at either end."""
+    rows, days = customer_table, subject_day_table
+
+    def read(start: dt.datetime, end: dt.datetime) -> Any:
+        return (
+            select(rows.c.subject, rows.c.customer)
+            .where(rows.c.ts >= start, rows.c.ts < end)
+            .where(rows.c.subject.is_not(None))
+        )
+
+    since_utc, until_utc = since.astimezone(dt.UTC), until.astimezone(dt.UTC)
+    midnight = dt.time(0, tzinfo=dt.UTC)
+    first = since_utc.date() + dt.timedelta(days=0 if since_utc.time() == dt.time(0) else 1)
+    last = until_utc.date()  # whole days are [first, last)
+    if first >= last:
+        return read(since, until).distinct().subquery()
+    whole_start = dt.datetime.combine(first, midnight)
+    whole_end = dt.datetime.combine(last, midnight)
+    whole = select(days.c.subject, days.c.customer).where(days.c.day >= first, days.c.day < last)
+    return union(whole, read(since, whole_start), read(whole_end, until)).subquery()
 
 
 class PostgresViews:
@@ -126,7 +151,7 @@ class PostgresViews:
         ]
 
     async def overview(self, window: Window, top: int) -> AccessOverview:
-        hourly, decisions, rows = hourly_table, decision_hourly_table, customer_table
+        hourly, decisions = hourly_table, decision_hourly_table
         by_role = (
             select(hourly.c.hour, hourly.c.roles, func.sum(hourly.c.requests))
             .where(hourly.c.hour >= window.since, hourly.c.hour < window.until)
@@ -151,13 +176,7 @@ class PostgresViews:
                 .limit(top)
             )
         else:
-            pairs = (
-                select(rows.c.subject, rows.c.customer)
-                .where(rows.c.ts >= window.since, rows.c.ts < window.until)
-                .where(rows.c.subject.is_not(None))
-                .distinct()
-                .subquery()
-            )
+            pairs = _pairs_in(window.since, window.until)
             ranked = (
                 select(pairs.c.subject, func.count())
                 .group_by(pairs.c.subject)
