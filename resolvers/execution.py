@@ -98,25 +98,24 @@ def _leaf(coerce: Callable[[Any], Any]) -> Complete:
     return complete
 
 
-def _object(fields: list[tuple[str, StrawberryField | str, Complete | None]]) -> Complete:
-    """`fields`: response key, the basic field to read (or the `__typename` constant),
-    and how to complete what it holds."""
+def _object(fields: list[tuple[str, Complete]]) -> Complete:
+    """`fields`: each response key, and how to read and complete it from the object."""
 
     def complete(value: Any) -> Any:
         if value is None:
             return None
         if isinstance(value, Exception):
             raise Irregular
-        result: dict[str, Any] = {}
-        for key, field, sub in fields:
-            if isinstance(field, str):
-                result[key] = field
-            else:
-                assert sub is not None
-                result[key] = sub(field.default_resolver(value, field.python_name))
-        return result
+        return {key: read(value) for key, read in fields}
 
     return complete
+
+
+def _constant(value: str) -> Complete:
+    def read(source: Any) -> Any:
+        return value
+
+    return read
 
 
 def prepared_field(field_def: GraphQLField) -> bool:
@@ -264,20 +263,26 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
         grouped, deferred, _ = self.collect_subfields(type_, field_details)
         if deferred:
             return None
-        fields: list[tuple[str, StrawberryField | str, Complete | None]] = []
+        fields: list[tuple[str, Complete]] = []
         for key, sub_details in grouped.items():
             name = sub_details[0].node.name.value
             if name == "__typename":
-                fields.append((key, type_.name, None))
+                fields.append((key, _constant(type_.name)))
                 continue
             field_def = self.schema.get_field(type_, name)
-            basic = None if field_def is None else self._basic_field(field_def)
-            if field_def is None or basic is None:
+            if field_def is None:
+                return None
+            basic = self._basic_field(field_def)
+            if basic is None and not prepared_field(field_def):
                 return None
             sub = self._plan(field_def.type, sub_details)
             if sub is None:
                 return None
-            fields.append((key, basic, sub))
+            # A prepared field the parent has not (yet) settled for this object makes the
+            # whole object irregular: graphql-core completes it and runs the resolver.
+            fields.append(
+                (key, _read(basic, sub) if basic is not None else _read_prepared(key, sub))
+            )
         return _object(fields)
 
     def _reader(
