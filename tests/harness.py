@@ -140,7 +140,12 @@ async def running_gateway(
     config = parse_config(data, base_dir=state_dir)
     gateway = Gateway(config, config_path, telemetry)
     server = await start_server(build_app(config, gateway), bind("127.0.0.1", 0), server_tls)
-    connector = aiohttp.TCPConnector(ssl=client_ssl if client_ssl is not None else True)
+    # Idle connections are dropped before uvicorn's keep-alive timeout (5 s) closes them:
+    # a session-wide gateway sits idle while other tests run, and reusing a connection
+    # the server is closing at that moment is the classic keep-alive race (ECONNRESET).
+    connector = aiohttp.TCPConnector(
+        ssl=client_ssl if client_ssl is not None else True, keepalive_timeout=2.0
+    )
     try:
         async with aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=30), connector=connector
