@@ -123,6 +123,10 @@ class CustomerBatch:
     def settle_plain(self, ctx: GraphContext, name: str, key: str) -> None:
         attribute, shape = PLAIN_FIELDS[name]
         errors: dict[Decision, GraphQLError] = {}
+
+        def shaped(value: Any) -> Any:
+            return shape(ctx, value)
+
         for index, customer, decision in self._decisions(ctx, name):
             ctx.guard.note(customer.id, name, decision)
             if decision.effect == "deny":
@@ -130,7 +134,7 @@ class CustomerBatch:
                 error = errors.get(decision) or errors.setdefault(decision, forbidden(decision))
                 setattr(customer, attribute, error)
             else:
-                value = self._value(ctx, name, key, index, decision, lambda v: shape(ctx, v))
+                value = self._value(ctx, name, key, index, decision, shaped)
                 setattr(customer, attribute, value)
 
     def prepare(
