@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,3 +162,30 @@ async def test_the_crosswalk_holds_no_email_or_phone(
     for person in demo_world.persons[:50]:
         assert person.email not in dump
         assert person.phone not in dump
+
+
+async def test_stores_created_at_once_all_find_their_tables(tmp_path: Path) -> None:
+    """`serve --workers N`: N processes create the crosswalk's tables at the same moment;
+    the ones that lose the race (`table ... already exists`) must still start."""
+    import sqlalchemy
+
+    from connectors.identity import store as store_module
+
+    real = store_module.metadata.create_all
+    raced: list[bool] = []
+
+    def losing_once(bind: Any, **kwargs: Any) -> None:
+        if not raced:
+            raced.append(True)
+            real(bind, **kwargs)  # the other worker's tables, created first
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE", {}, Exception("already exists"))
+        real(bind, **kwargs)
+
+    store = CrosswalkStore(f"sqlite+aiosqlite:///{tmp_path}/race.db")
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(store_module.metadata, "create_all", losing_once)
+            await store.create()
+        assert raced and await store.links() == []
+    finally:
+        await store.close()

@@ -17,6 +17,7 @@ from sqlalchemy import (
     delete,
     select,
 )
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 metadata = MetaData()
@@ -81,8 +82,16 @@ class CrosswalkStore:
         return self._engine
 
     async def create(self) -> None:
-        async with self.engine.begin() as connection:
-            await connection.run_sync(metadata.create_all)
+        """The tables, if missing. `serve --workers N` starts N of these at once: the one
+        that loses the race to create a table finds it there on a second look."""
+        for attempt in (1, 2):
+            try:
+                async with self.engine.begin() as connection:
+                    await connection.run_sync(metadata.create_all)
+                return
+            except (OperationalError, ProgrammingError, IntegrityError):
+                if attempt == 2:
+                    raise
 
     async def links(self) -> list[Link]:
         async with self.engine.connect() as connection:
