@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,25 @@ async def test_stores_created_at_once_all_find_their_tables(tmp_path: Path) -> N
         assert raced and await store.links() == []
     finally:
         await store.close()
+
+
+async def test_two_syncs_at_once_store_each_link_once(
+    demo_systems: DemoSystems, demo_world: DemoWorld, tmp_path: Path
+) -> None:
+    """Workers started together sync together into one crosswalk; neither fails."""
+    stores = [CrosswalkStore(f"sqlite+aiosqlite:///{tmp_path}/shared.db") for _ in range(2)]
+    config = parse_config(gateway_config(demo_systems, tmp_path), base_dir=tmp_path)
+    gateway = Gateway(config)
+    sales = gateway.hub.connectors["sales"]
+    try:
+        await stores[0].create()
+        await asyncio.gather(
+            *(sync_identity(store, [sales], KEYS, page_size=50) for store in stores)
+        )
+        stored = await stores[0].links()
+    finally:
+        for store in stores:
+            await store.close()
+        await gateway.stop()
+    assert len(stored) == len(demo_world.sales.customers)
+    assert len({(link.system, link.system_id) for link in stored}) == len(stored)

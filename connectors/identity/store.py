@@ -7,6 +7,7 @@ keys, never an email or phone in clear.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     delete,
     select,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -117,11 +119,13 @@ class CrosswalkStore:
         new_issues: list[Issue],
         after: str | None,
     ) -> None:
-        """One page of a sync, atomically: its links, its issues and the resume cursor."""
+        """One page of a sync, atomically: its links, its issues and the resume cursor.
+        Workers starting at once sync at once: a link another one stored first stays (the
+        CUIDs are derived from the keys, and the index is built from what is stored)."""
         async with self.engine.begin() as connection:
             if new_links:
                 await connection.execute(
-                    links.insert(),
+                    self._insert_new(links),
                     [
                         {
                             "system": link.system,
@@ -157,7 +161,15 @@ class CrosswalkStore:
                     ],
                 )
             await connection.execute(delete(cursors).where(cursors.c.system == system))
-            await connection.execute(cursors.insert(), [{"system": system, "after": after}])
+            await connection.execute(
+                self._insert_new(cursors), [{"system": system, "after": after}]
+            )
+
+    def _insert_new(self, table: Table) -> Any:
+        """INSERT that skips rows whose key is stored already (SQLite or PostgreSQL)."""
+        if self.engine.dialect.name == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing()
+        return sqlite.insert(table).on_conflict_do_nothing()
 
     async def close(self) -> None:
         if self._engine is not None:
