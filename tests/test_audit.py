@@ -491,3 +491,19 @@ async def test_kill_9_under_load_leaves_a_chain_that_verifies(
     code, out, err = await run_cli("audit", "verify", "--config", str(config))
     assert code == 0, err
     assert "killed: " in out
+
+
+def test_bulk_alert_counts_distinct_customers_in_the_window_in_bounded_memory() -> None:
+    from gateway.audit.alerts import AccessPatterns, AlertSettings
+
+    patterns = AccessPatterns(AlertSettings(bulk_customers=150, window_s=60.0))
+    page = {f"cus_{n:016d}" for n in range(100)}
+    for second in range(1000):  # the same page, over and over: never more than 100
+        assert patterns.observe("rep", page, 0, float(second)) == []
+    assert len(patterns._subjects["rep"].last_read) == 100
+    other = {f"cus_{n:016d}" for n in range(100, 160)}
+    [alert] = patterns.observe("rep", other, 0, 1000.0)
+    assert alert["alert"] == "bulk_access" and alert["distinct_customers"] == 160
+    # 61 s later the first page has left the window; the second page alone is under 150.
+    assert patterns.observe("rep", other, 0, 1061.0) == []
+    assert len(patterns._subjects["rep"].last_read) == 60

@@ -19,8 +19,10 @@ class AlertSettings:
 
 @dataclass
 class _Subject:
-    reads: deque[tuple[float, str]] = field(default_factory=deque)  # (time, customer)
-    read_counts: dict[str, int] = field(default_factory=dict)
+    # customer -> when last read, oldest first: what the window needs is the distinct
+    # customers, so it holds one entry per customer, not one per read (a page of 100 at
+    # 200 requests/s made millions of entries in a 10-minute window).
+    last_read: dict[str, float] = field(default_factory=dict)
     denials: deque[tuple[float, int]] = field(default_factory=deque)
     denied_total: int = 0
     last_bulk_alert: float = float("-inf")
@@ -46,21 +48,22 @@ class AccessPatterns:
                 self._subjects.pop(next(iter(self._subjects)))
             state = self._subjects[subject] = _Subject()
         window = self.settings.window_s
+        last_read = state.last_read
         for customer in read_customers:
-            state.reads.append((now, customer))
-            state.read_counts[customer] = state.read_counts.get(customer, 0) + 1
-        while state.reads and state.reads[0][0] < now - window:
-            _, customer = state.reads.popleft()
-            state.read_counts[customer] -= 1
-            if not state.read_counts[customer]:
-                del state.read_counts[customer]
+            last_read.pop(customer, None)  # re-inserted: the newest read goes last
+            last_read[customer] = now
+        while last_read:
+            oldest = next(iter(last_read))
+            if last_read[oldest] >= now - window:
+                break
+            del last_read[oldest]
         if denied:
             state.denials.append((now, denied))
             state.denied_total += denied
         while state.denials and state.denials[0][0] < now - window:
             state.denied_total -= state.denials.popleft()[1]
         alerts: list[dict[str, object]] = []
-        distinct = len(state.read_counts)
+        distinct = len(last_read)
         if distinct > self.settings.bulk_customers and now - state.last_bulk_alert >= window:
             state.last_bulk_alert = now
             alerts.append(
