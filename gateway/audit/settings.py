@@ -40,6 +40,9 @@ def parse_audit(
             raise ConfigError(f"audit.{key}: a file path")
         return (base / value).resolve()
 
+    fail_closed = table.get("fail_closed", False)
+    if not isinstance(fail_closed, bool):
+        raise ConfigError("audit.fail_closed: true or false")
     kind = table.get("sink", "jsonl")
     sink: AccessSink
     if kind == "jsonl":
@@ -50,11 +53,10 @@ def parse_audit(
         if not isinstance(interval_ms, int) or not 0 <= interval_ms <= 10_000:
             raise ConfigError("audit.fsync_interval_ms: an integer from 0 to 10000")
         # fail_closed answers only once a record is durable: every batch is fsynced.
-        every_batch = table.get("fail_closed") is True
         sink = JsonlSink(
             path("path", "access.jsonl"),
             max_bytes,
-            sync_interval_s=0.0 if every_batch else interval_ms / 1000,
+            sync_interval_s=0.0 if fail_closed else interval_ms / 1000,
         )
     elif kind == "postgresql":
         dsn = table.get("dsn")
@@ -66,9 +68,6 @@ def parse_audit(
     chain = table.get("chain", socket.gethostname())
     if not isinstance(chain, str) or not chain or len(chain) > 128:
         raise ConfigError("audit.chain: a name of 1-128 characters")
-    fail_closed = table.get("fail_closed", False)
-    if not isinstance(fail_closed, bool):
-        raise ConfigError("audit.fail_closed: true or false")
     queue_size = table.get("queue_size", 10_000)
     if not isinstance(queue_size, int) or queue_size < 1:
         raise ConfigError("audit.queue_size: a positive integer")
