@@ -291,14 +291,21 @@ async def test_postgresql_read_models_answer_as_the_log_does(
         jsonl, pg = JsonlViews(reference), PostgresViews(sink)
         end = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
         midnight = end.replace(hour=0)
-        windows = (  # up to now (the fast paths), and one in the past
+        minutes = dt.timedelta(minutes=1)
+        windows = (  # up to now, and in the past
             Window(end - dt.timedelta(hours=24), end + dt.timedelta(hours=1), "UTC"),
             Window(end - dt.timedelta(days=3), end + dt.timedelta(hours=1), "Asia/Kolkata"),
             Window(end - dt.timedelta(days=2), end - dt.timedelta(hours=20), "Europe/Berlin"),
-            # Past ranges over whole UTC days (the per-day read model) with partial ends,
-            # and one of exactly one whole day.
+            # The reach bitmaps' whole UTC days and whole hours, with the minutes at either
+            # end from the customer rows; exactly one whole day; within one hour.
             Window(end - dt.timedelta(days=3), end - dt.timedelta(hours=26), "UTC"),
+            Window(end - dt.timedelta(days=3) + 17 * minutes, end - 7 * minutes, "UTC"),
             Window(midnight - dt.timedelta(days=2), midnight - dt.timedelta(days=1), "UTC"),
+            Window(
+                end - dt.timedelta(hours=30) + 10 * minutes,
+                end - dt.timedelta(hours=30) + 40 * minutes,
+                "UTC",
+            ),
         )
         # A log written before the read models (or before one was added): rebuilt whole,
         # they answer as the models written record by record did.
@@ -306,11 +313,15 @@ async def test_postgresql_read_models_answer_as_the_log_does(
         assert await sink.rebuild_read_models(batch=900) == len(logged)
         assert [await pg.overview(window, 10) for window in windows] == written
         for window in windows:
-            assert await pg.overview(window, 10) == await jsonl.overview(window, 10)
+            mine, theirs = await pg.overview(window, 10), await jsonl.overview(window, 10)
+            assert mine == theirs, window
+            assert mine.top_subjects, window  # a window the seed has traffic in
             for subject in ("rep-001", "agent-003", "mkt-002", "batch-001"):
                 assert await pg.footprint(subject, window) == await jsonl.footprint(subject, window)
                 first = await jsonl.footprint_customers(subject, window, 7, None)
                 assert await pg.footprint_customers(subject, window, 7, None) == first
+                if not first:
+                    continue
                 after = (first[-1].last_seen.isoformat(), str(first[-1].customer))
                 assert await pg.footprint_customers(
                     subject, window, 7, after

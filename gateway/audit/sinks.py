@@ -26,7 +26,6 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     Column,
-    Date,
     Index,
     MetaData,
     SmallInteger,
@@ -34,7 +33,6 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
-    func,
     literal,
     select,
     text,
@@ -44,6 +42,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from gateway.audit import reach
 from gateway.audit.chain import GENESIS, ChainHead
 
 log = logging.getLogger("c360.audit")
@@ -352,27 +351,9 @@ customer_table = Table(
         postgresql_where=text("effects & 4 <> 0"),
     ),
 )
-# When each subject last touched each customer: "distinct customers per subject since T"
-# for a range that reaches the present is a count over this table's recent rows, where
-# the customer rows would need one row per read.
-subject_customer_table = Table(
-    "c360_access_subject_customer",
-    metadata,
-    Column("subject", Text, primary_key=True),
-    Column("customer", Text, primary_key=True),
-    Column("last_ts", TIMESTAMP(timezone=True), nullable=False),
-    Index("ix_c360_access_subject_customer_last", "last_ts", postgresql_include=["subject"]),
-)
-# Which customers each subject touched on each (UTC) day: "distinct customers per subject"
-# over a past range counts these for the range's whole days, and customer rows only for
-# its partial first and last day.
-subject_day_table = Table(
-    "c360_access_subject_day",
-    metadata,
-    Column("day", Date, primary_key=True),
-    Column("subject", Text, primary_key=True),
-    Column("customer", Text, primary_key=True),
-)
+# Read models earlier versions wrote, replaced by `reach` (distinct customers per subject
+# over a range); `rebuild_read_models` drops them.
+RETIRED_MODELS = ("c360_access_subject_customer", "c360_access_subject_day")
 # Hourly counts (UTC hours) for the charts: a day of them is a few thousand rows, whatever
 # the traffic. Only access records count; '' stands for "none" in a key column.
 hourly_table = Table(
@@ -483,7 +464,7 @@ async def write_read_models(connection: AsyncConnection, records: Sequence[Recor
             records=[tuple(row[name] for name in columns) for row in rows],
             columns=columns,
         )
-    await _touch_subject_customers(connection, records)
+    await reach.write_reach(connection, records)
     rollup = Rollup()
     for record in records:
         rollup.add(record)
@@ -499,46 +480,6 @@ async def write_read_models(connection: AsyncConnection, records: Sequence[Recor
             set_={count: table.c[count] + statement.excluded[count]},
         )
         await connection.execute(statement, values)
-
-
-async def _touch_subject_customers(connection: AsyncConnection, records: Sequence[Record]) -> None:
-    """Move each (subject, customer)'s last access forward, from the customer rows just
-    written (by seq range per chain: rows of older records in the range change nothing,
-    as the last access only moves forward)."""
-    spans: dict[str, tuple[int, int]] = {}
-    for record in records:
-        if record.get("subject") and record.get("customers"):
-            low, high = spans.get(record["chain"], (record["seq"], record["seq"]))
-            spans[record["chain"]] = (min(low, record["seq"]), max(high, record["seq"]))
-    rows, pairs = customer_table, subject_customer_table
-    for chain, (low, high) in sorted(spans.items()):
-        latest = (
-            select(rows.c.subject, rows.c.customer, func.max(rows.c.ts))
-            .where(rows.c.chain == chain, rows.c.seq.between(low, high))
-            .where(rows.c.subject.is_not(None))
-            .group_by(rows.c.subject, rows.c.customer)
-            .order_by(rows.c.subject, rows.c.customer)  # one lock order for all writers
-        )
-        statement = insert(pairs).from_select(["subject", "customer", "last_ts"], latest)
-        statement = statement.on_conflict_do_update(
-            index_elements=["subject", "customer"],
-            set_={"last_ts": func.greatest(pairs.c.last_ts, statement.excluded.last_ts)},
-        )
-        await connection.execute(statement)
-        day = func.date(func.timezone("UTC", rows.c.ts))
-        daily = (
-            select(day, rows.c.subject, rows.c.customer)
-            .where(rows.c.chain == chain, rows.c.seq.between(low, high))
-            .where(rows.c.subject.is_not(None))
-            .distinct()
-            .order_by(day, rows.c.subject, rows.c.customer)
-        )
-        days = subject_day_table
-        await connection.execute(
-            insert(days)
-            .from_select(["day", "subject", "customer"], daily)
-            .on_conflict_do_nothing(index_elements=["day", "subject", "customer"])
-        )
 
 
 class PostgresSink:
@@ -569,6 +510,7 @@ class PostgresSink:
         try:
             async with self.engine.begin() as connection:
                 await connection.run_sync(metadata.create_all)
+                await connection.run_sync(reach.metadata.create_all)
                 # create_all skips the indexes of a table that exists: a log made by an
                 # earlier version gets the ones added since.
                 for index in (*LATER_INDEXES, *customer_table.indexes):
@@ -685,18 +627,21 @@ class PostgresSink:
     async def rebuild_read_models(self, batch: int = 5000) -> int:
         """Empty the console's read models and derive them again from every record: for a
         log written before they existed (or before one was added). One transaction: the
-        console answers from the old ones until it commits. Returns the records read."""
+        console answers from the old ones until it commits. Then drops the models earlier
+        versions kept and vacuums the new ones (a bulk load has no visibility map, and the
+        console's index-only scans need one). Returns the records read."""
         table, read = self.table, 0
         models = (
             customer_table,
-            subject_customer_table,
-            subject_day_table,
             hourly_table,
             decision_hourly_table,
+            reach.reach_table,
+            reach.customer_number_table,
         )
         try:
             async with self.engine.begin() as connection:
-                await connection.execute(text("TRUNCATE " + ", ".join(t.name for t in models)))
+                names = ", ".join(t.name for t in models)
+                await connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY"))
                 after: tuple[str, int] | None = None
                 while True:
                     statement = select(table.c.chain, table.c.seq, table.c.record)
@@ -705,10 +650,17 @@ class PostgresSink:
                     statement = statement.order_by(table.c.chain, table.c.seq).limit(batch)
                     rows = list(await connection.execute(statement))
                     if not rows:
-                        return read
+                        break
                     await write_read_models(connection, [row.record for row in rows])
                     read += len(rows)
                     after = (rows[-1].chain, rows[-1].seq)
+            async with self.engine.connect() as connection:
+                autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                for name in RETIRED_MODELS:
+                    await autocommit.execute(text(f"DROP TABLE IF EXISTS {name}"))
+                for model in models:
+                    await autocommit.execute(text(f"VACUUM ANALYZE {model.name}"))
+            return read
         except (SQLAlchemyError, OSError) as error:
             raise SinkUnavailable(f"postgresql: {type(error).__name__}") from error
 

@@ -11,16 +11,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import strawberry
-from sqlalchemy import Text, and_, cast, distinct, func, literal, select, tuple_, union
+from sqlalchemy import Text, and_, cast, distinct, func, literal, select, tuple_
 from sqlalchemy.dialects.postgresql import TIMESTAMP
 
+from gateway.audit import reach
 from gateway.audit.sinks import (
     PostgresSink,
+    Rollup,
     customer_table,
     decision_hourly_table,
     hourly_table,
-    subject_customer_table,
-    subject_day_table,
 )
 from resolvers.audit_views import (
     AccessOverview,
@@ -37,30 +37,6 @@ from resolvers.audit_views import (
 
 Record = Mapping[str, Any]
 DENY_BIT = 4
-
-
-def _pairs_in(since: dt.datetime, until: dt.datetime) -> Any:
-    """The distinct (subject, customer) pairs of a past range: the per-day read model for
-    its whole UTC days, customer rows only for the partial day at either end."""
-    rows, days = customer_table, subject_day_table
-
-    def read(start: dt.datetime, end: dt.datetime) -> Any:
-        return (
-            select(rows.c.subject, rows.c.customer)
-            .where(rows.c.ts >= start, rows.c.ts < end)
-            .where(rows.c.subject.is_not(None))
-        )
-
-    since_utc, until_utc = since.astimezone(dt.UTC), until.astimezone(dt.UTC)
-    midnight = dt.time(0, tzinfo=dt.UTC)
-    first = since_utc.date() + dt.timedelta(days=0 if since_utc.time() == dt.time(0) else 1)
-    last = until_utc.date()  # whole days are [first, last)
-    if first >= last:
-        return read(since, until).distinct().subquery()
-    whole_start = dt.datetime.combine(first, midnight)
-    whole_end = dt.datetime.combine(last, midnight)
-    whole = select(days.c.subject, days.c.customer).where(days.c.day >= first, days.c.day < last)
-    return union(whole, read(since, whole_start), read(whole_end, until)).subquery()
 
 
 class PostgresViews:
@@ -95,23 +71,34 @@ class PostgresViews:
             .distinct()
             .subquery()
         )
+        # Decisions: the hourly counts for whole hours, the subject's customer rows for the
+        # minutes at either end.
         decisions = decision_hourly_table
+        first, last = reach.whole_hours(window.since, window.until)
         per_decision = (
             select(decisions.c.field, decisions.c.decision, func.sum(decisions.c.n))
             .where(
                 decisions.c.subject == subject,
-                decisions.c.hour >= window.since,
-                decisions.c.hour < window.until,
+                decisions.c.hour >= first,
+                decisions.c.hour < max(first, last),
             )
             .group_by(decisions.c.field, decisions.c.decision)
-            .order_by(decisions.c.field, decisions.c.decision)
         )
+        edges = [
+            select(rows.c.decisions).where(mine, rows.c.ts >= start, rows.c.ts < end)
+            for start, end in reach.leftovers(window.since, window.until)
+        ]
         async with self.sink.engine.connect() as connection:
             customers = {day: n for day, n in await connection.execute(per_day)}
             distinct_customers = customers.pop(None, 0)  # the grand total's row
             requests = {day: n for day, n in await connection.execute(requests_per_day)}
             denied_requests = (await connection.execute(denied)).scalar_one()
-            fields = list(await connection.execute(per_decision))
+            fields: Counter[tuple[str, str]] = Counter()
+            for name, decision, n in await connection.execute(per_decision):
+                fields[name, decision] += int(n)
+            for edge in edges:
+                for (decided,) in await connection.execute(edge):
+                    fields.update(tuple(pair.rsplit(":", 1)) for pair in decided)
         return FootprintSummary(
             requests=sum(requests.values()),
             customers=int(distinct_customers),
@@ -121,8 +108,8 @@ class PostgresViews:
                 for day, n in sorted(requests.items())
             ],
             decisions=[
-                FieldDecisionCount(field=name, decision=decision, count=int(n))
-                for name, decision, n in fields
+                FieldDecisionCount(field=name, decision=decision, count=n)
+                for (name, decision), n in sorted(fields.items())
             ],
         )
 
@@ -151,71 +138,80 @@ class PostgresViews:
         ]
 
     async def overview(self, window: Window, top: int) -> AccessOverview:
-        hourly, decisions = hourly_table, decision_hourly_table
+        """Whole hours from the hourly tables and the reach bitmaps; the minutes before the
+        first whole hour and after the last from their own records."""
+        hourly, decisions, log = hourly_table, decision_hourly_table, self.log
+        first, last = reach.whole_hours(window.since, window.until)
+        whole = (first, last) if first < last else (first, first)  # empty when no hour is
         by_role = (
             select(hourly.c.hour, hourly.c.roles, func.sum(hourly.c.requests))
-            .where(hourly.c.hour >= window.since, hourly.c.hour < window.until)
+            .where(hourly.c.hour >= whole[0], hourly.c.hour < whole[1])
             .group_by(hourly.c.hour, hourly.c.roles)
         )
         by_decision = (
             select(
                 decisions.c.hour, decisions.c.decision, decisions.c.field, func.sum(decisions.c.n)
             )
-            .where(decisions.c.hour >= window.since, decisions.c.hour < window.until)
+            .where(decisions.c.hour >= whole[0], decisions.c.hour < whole[1])
             .group_by(decisions.c.hour, decisions.c.decision, decisions.c.field)
         )
-        if window.until >= dt.datetime.now(dt.UTC):
-            # Nothing is newer than the range's end: a customer was read in the range
-            # exactly when the subject's last read of them is in it.
-            last = subject_customer_table
-            ranked = (
-                select(last.c.subject, func.count())
-                .where(last.c.last_ts >= window.since)
-                .group_by(last.c.subject)
-                .order_by(func.count().desc(), last.c.subject)
-                .limit(top)
-            )
-        else:
-            pairs = _pairs_in(window.since, window.until)
-            ranked = (
-                select(pairs.c.subject, func.count())
-                .group_by(pairs.c.subject)
-                .order_by(func.count().desc(), pairs.c.subject)
-                .limit(top)
-            )
+        per_role: Counter[tuple[dt.datetime, str]] = Counter()
+        per_hour: Counter[tuple[dt.datetime, str]] = Counter()
+        shares: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        edges = Rollup()
+        at_edges: defaultdict[str, set[str]] = defaultdict(set)
         async with self.sink.engine.connect() as connection:
-            role_counts = list(await connection.execute(by_role))
-            decision_counts = list(await connection.execute(by_decision))
-            leaders = list(await connection.execute(ranked))
-            names = [subject for subject, _ in leaders]
-            requests: dict[str, int] = {}
-            if names:
+            for hour, roles, n in await connection.execute(by_role):
+                per_role[hour, roles] += int(n)
+            for hour, decision, name, n in await connection.execute(by_decision):
+                per_hour[hour, decision] += int(n)
+                shares[name][decision] += int(n)
+            for start, end in reach.leftovers(window.since, window.until):
+                found = select(log.c.record).where(
+                    log.c.kind == "access", log.c.ts >= start, log.c.ts < end
+                )
+                for (record,) in await connection.execute(found):
+                    edges.add(record)
+                    if record.get("subject"):
+                        at_edges[record["subject"]].update(record.get("customers") or [])
+            reached = await reach.reach_in(
+                connection, reach.whole_spans(window.since, window.until)
+            )
+            numbers = await reach.known_numbers(connection, set().union(*at_edges.values()))
+            for subject, customers in at_edges.items():
+                edge = reach.bitmap(numbers[customer] for customer in customers)
+                reached[subject] = reached.get(subject, 0) | edge
+            counts = {subject: bits.bit_count() for subject, bits in reached.items() if bits}
+            leaders = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
+            requests: Counter[str] = Counter()
+            if leaders:
                 per_subject = (
                     select(hourly.c.subject, func.sum(hourly.c.requests))
                     .where(
-                        hourly.c.subject.in_(names),
-                        hourly.c.hour >= window.since,
-                        hourly.c.hour < window.until,
+                        hourly.c.subject.in_([subject for subject, _ in leaders]),
+                        hourly.c.hour >= whole[0],
+                        hourly.c.hour < whole[1],
                     )
                     .group_by(hourly.c.subject)
                 )
-                requests = {s: int(n) for s, n in await connection.execute(per_subject)}
-        per_hour: Counter[tuple[dt.datetime, str]] = Counter()
-        shares: defaultdict[str, Counter[str]] = defaultdict(Counter)
-        for hour, decision, name, n in decision_counts:
-            per_hour[hour, decision] += int(n)
-            shares[name][decision] += int(n)
+                for subject, n in await connection.execute(per_subject):
+                    requests[subject] += int(n)
+        for (hour, subject, roles, _), n in edges.requests.items():
+            per_role[hour, roles] += n
+            requests[subject] += n
+        for (hour, _, name, decision), n in edges.decisions.items():
+            per_hour[hour, decision] += n
+            shares[name][decision] += n
         return AccessOverview(
             since=window.since,
             until=window.until,
             time_zone=window.time_zone,
-            by_role=[HourCount(hour=h, key=k, count=int(n)) for h, k, n in sorted(role_counts)],
+            by_role=[HourCount(hour=h, key=k, count=n) for (h, k), n in sorted(per_role.items())],
             by_decision=[
                 HourCount(hour=h, key=k, count=n) for (h, k), n in sorted(per_hour.items())
             ],
             top_subjects=[
-                SubjectCount(subject=s, customers=int(n), requests=requests.get(s, 0))
-                for s, n in leaders
+                SubjectCount(subject=s, customers=n, requests=requests[s]) for s, n in leaders
             ],
             fields=[
                 FieldShare(field=name, allow=c["allow"], mask=c["mask"], deny=c["deny"])
