@@ -49,6 +49,7 @@ from gateway.telemetry import (
     traceparent_headers,
 )
 from gateway.view import GraphQLView, error_body
+from policies.engine import StaticDecisions
 from policies.masks import masks_with_hash
 from policies.rules import (
     PolicyFileError,
@@ -161,6 +162,7 @@ class Gateway:
         except ValueError as error:
             raise ConfigError(f"policies.hash_key_id: {error}") from error
         self.policies = self.load_policies()
+        self.decisions = StaticDecisions(self.policies)
         self.access_log = AccessLog(config.audit, config.audit_sink)
 
     def load_policies(self, config: Config | None = None) -> PolicySet:
@@ -265,11 +267,14 @@ class Gateway:
         principal = getattr(request.state, "principal", None)
         if principal is None:
             return None  # only the GraphiQL page is served without a principal
+        if self.decisions.policy_set is not self.policies:  # reloaded
+            self.decisions = StaticDecisions(self.policies)
         guard = FieldGuard(
             policies=self.policies,
             principal=principal,
             masks=self.masks,
             facts_of=functools.partial(record_facts, self.bindings),
+            decisions=self.decisions,
         )
         return GraphContext(
             sources=self.hub,

@@ -312,6 +312,82 @@ class CostEstimate:
         return max(0, size)
 
 
+class _Reads(Mapping[str, Any]):
+    """Variables that note which of them were read."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self._values = values
+        self.read: set[str] = set()
+
+    def __getitem__(self, name: str) -> Any:
+        self.read.add(name)
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+SCALARS = (int, float, str, bool, type(None))
+
+
+class CostCache:
+    """Operations' costs, remembered per parsed document (the parser cache hands out the
+    same document for the same text). The estimate reads only the variables bound to
+    `first:` arguments, and the document alone decides which, so a cost is remembered
+    by those variables' values: a customer id changes nothing. Bounded: `documents`
+    documents, `per_document` value combinations each."""
+
+    def __init__(self, documents: int = 256, per_document: int = 64) -> None:
+        self.documents = documents
+        self.per_document = per_document
+        # (id of the document, operation) -> (the document, kept so that its id stays
+        # its own; the variables read; cost by their values)
+        self._entries: dict[
+            tuple[int, str | None], tuple[DocumentNode, tuple[str, ...], dict[tuple[Any, ...], int]]
+        ] = {}
+
+    def cost(
+        self,
+        schema: GraphQLSchema,
+        document: DocumentNode,
+        operation_name: str | None,
+        variables: Mapping[str, Any] | None,
+        default_list_size: int,
+        page_size_cap: int | None,
+    ) -> int:
+        values = variables or {}
+        key = (id(document), operation_name)
+        entry = self._entries.get(key)
+        if entry is None or entry[0] is not document:
+            reads = _Reads(values)
+            cost = CostEstimate.of_operation(
+                schema, document, operation_name, reads, default_list_size, page_size_cap
+            )
+            if len(self._entries) >= self.documents:
+                del self._entries[next(iter(self._entries))]  # the oldest
+            names = tuple(sorted(reads.read))
+            self._entries[key] = (document, names, {tuple(values.get(n) for n in names): cost})
+            return cost
+        _, names, costs = entry
+        used = tuple(values.get(name) for name in names)
+        if not all(isinstance(value, SCALARS) for value in used):
+            return CostEstimate.of_operation(
+                schema, document, operation_name, values, default_list_size, page_size_cap
+            )
+        found = costs.get(used)
+        if found is None:
+            found = CostEstimate.of_operation(
+                schema, document, operation_name, values, default_list_size, page_size_cap
+            )
+            if len(costs) >= self.per_document:
+                costs.clear()
+            costs[used] = found
+        return found
+
+
 def _int_literal(node: Any) -> int | None:
     return int(node.value) if isinstance(node, IntValueNode) else None
 
@@ -404,15 +480,17 @@ class ComplexityLimit(AddValidationRules):
         limits: QueryLimits,
         rules: list[type[ASTValidationRule]],
         page_size_cap: int | None = None,
+        costs: CostCache | None = None,
     ) -> None:
         super().__init__(rules)
         self.limits = limits
         self.page_size_cap = page_size_cap
+        self.costs = costs if costs is not None else CostCache()
 
     def on_execute(self) -> Iterator[None]:
         ctx = self.execution_context
         if ctx.graphql_document is not None and ctx.result is None:
-            cost = CostEstimate.of_operation(
+            cost = self.costs.cost(
                 ctx.schema._schema,
                 ctx.graphql_document,
                 ctx.operation_name,
@@ -442,7 +520,8 @@ def limit_extensions(
     graph's `max_page_size`. The rule classes are made once here: ValidationCache keys
     its entries by them."""
     rules: list[type[ASTValidationRule]] = [depth_rule(limits), alias_rule(limits)]
+    costs = CostCache()
     return [
         lambda: TokenLimit(max_token_count=limits.max_tokens),
-        lambda: ComplexityLimit(limits, rules, page_size_cap),
+        lambda: ComplexityLimit(limits, rules, page_size_cap, costs),
     ]

@@ -117,6 +117,31 @@ def static_decision(
     )
 
 
+class StaticDecisions:
+    """`static_decision` for one policy set, remembered across requests: it depends on the
+    policy, the verb and the principal's roles and purpose only (a `Conditional` also
+    carries the subject, put in per call). Bounded: emptied when full."""
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self, policy_set: PolicySet) -> None:
+        self.policy_set = policy_set
+        self._memo: dict[tuple[str, str, frozenset[str], str | None], Decision | Conditional] = {}
+
+    def __call__(
+        self, principal: Principal, policy_name: str, verb: str = "read"
+    ) -> Decision | Conditional:
+        key = (policy_name, verb, principal.roles, principal.purpose)
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) >= self.MAX_ENTRIES:
+                self._memo.clear()
+            found = self._memo[key] = static_decision(self.policy_set, principal, policy_name, verb)
+        if isinstance(found, Conditional) and found.subject != principal.subject:
+            return replace(found, subject=principal.subject)
+        return found
+
+
 def decide_record(conditional: Conditional, facts: RecordFacts) -> Decision:
     """Finish a conditional decision with the facts of one record."""
     enforced = _evaluate(conditional.candidates, conditional.otherwise, conditional.subject, facts)

@@ -21,7 +21,14 @@ from strawberry.types import Info
 from strawberry.utils.str_converters import to_camel_case
 
 from policies.directive import Policy
-from policies.engine import Conditional, Decision, RecordFacts, decide_record, static_decision
+from policies.engine import (
+    Conditional,
+    Decision,
+    RecordFacts,
+    StaticDecisions,
+    decide_record,
+    static_decision,
+)
 from policies.principal import Principal
 from policies.rules import PolicySet
 
@@ -43,14 +50,19 @@ class FieldGuard:
     # customer -> field -> decision (effect and policy; never a value), for the access log
     decided: dict[str, dict[str, Decision]] = field(default_factory=dict)
     shadow_differences: int = 0
+    # The gateway's, shared by its requests while its policy set is this one.
+    decisions: StaticDecisions | None = None
     _static: dict[str, Decision | Conditional] = field(default_factory=dict)
 
     def static(self, policy: str | None) -> Decision | Conditional:
         name = policy or self.policies.default_policy
         found = self._static.get(name)
         if found is None:
-            found = self._static[name] = static_decision(
-                self.policies, self.principal, name, self.verb
+            shared = self.decisions
+            found = self._static[name] = (
+                shared(self.principal, name, self.verb)
+                if shared is not None and shared.policy_set is self.policies
+                else static_decision(self.policies, self.principal, name, self.verb)
             )
         return found
 

@@ -9,14 +9,23 @@ from typing import Any
 
 import pytest
 import strawberry
+from graphql import parse
 from starlette.requests import Request
 from strawberry.extensions import ParserCache, ValidationCache
 
+from gateway import limits
 from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.demo import demo_config
 from gateway.errors import ConfigError
-from gateway.limits import QueryLimits, QueryTooComplex, check_batch, limit_extensions
+from gateway.limits import (
+    CostCache,
+    CostEstimate,
+    QueryLimits,
+    QueryTooComplex,
+    check_batch,
+    limit_extensions,
+)
 from policies.principal import Principal
 from resolvers.schema import build_schema
 
@@ -283,3 +292,40 @@ async def test_an_oversized_page_stays_bad_user_input(graph: Any) -> None:
     # Counted at the graph's max_page_size (100): the resolver refuses it, as before.
     result = await graph("{ customers(first: 100000) { edges { cursor } } }")
     assert [e.extensions["code"] for e in result.errors] == ["BAD_USER_INPUT"]
+
+
+def test_costs_are_remembered_by_the_variables_the_estimate_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    graph = small_schema(LIMITS, cached=False)._schema
+    text = "query Q($n: Int, $who: String) { item { children(first: $n) { name } } }"
+    document = parse(text)
+    real = CostEstimate.of_operation
+    estimates: list[Any] = []
+
+    def counting(*args: Any) -> int:
+        estimates.append(args[3])
+        return real(*args)
+
+    monkeypatch.setattr(limits.CostEstimate, "of_operation", counting)
+    cache = CostCache(per_document=2)
+
+    def cost(doc: Any, **variables: Any) -> int:
+        found = cache.cost(graph, doc, "Q", variables, 10, None)
+        assert found == real(graph, doc, "Q", variables, 10, None)
+        return found
+
+    assert cost(document, n=3, who="a") == 1 + (1 + 3 * 1)  # item + children of n names
+    assert cost(document, n=3, who="b") == 5  # `who` is no part of the cost: remembered
+    assert len(estimates) == 1
+    assert cost(document, n=50, who="a") == 1 + (1 + 50 * 1)
+    assert cost(document, n=3) == 5
+    assert len(estimates) == 2
+    cost(document, n=[3])  # not a value the executor will take: estimated, not kept
+    cost(document, n=[3])
+    assert len(estimates) == 4
+    cost(document, n=7)  # a third combination: the document's entries start again
+    cost(document, n=50)
+    assert len(estimates) == 6
+    cost(parse(text), n=3)  # another document (not the parser cache's): its own entry
+    assert len(estimates) == 7

@@ -13,6 +13,7 @@ from policies import (
     PolicySet,
     Principal,
     RecordFacts,
+    StaticDecisions,
     decide,
     decide_record,
     explain,
@@ -481,3 +482,29 @@ def test_explain_rows_serialise_and_print() -> None:
     assert table[0].split() == ["policy", "marketing"]
     assert len(table) == len(DEFAULT.policies) + 1
     assert format_matrix([]) == ""
+
+
+def test_remembered_static_decisions_are_the_engines_for_every_principal() -> None:
+    """The gateway's cache of static decisions answers exactly as static_decision,
+    including a conditional's subject (ownership is checked against the caller)."""
+    remembered = StaticDecisions(DEFAULT)
+    principals = [
+        Principal(subject=subject, roles=frozenset(roles), purpose=purpose)
+        for subject in ("rep-1", "rep-2")
+        for roles in (("sales",), ("marketing",), ("sales", "service"), ("sales_manager",), ())
+        for purpose in (None, "marketing", "sales")
+    ]
+    policies = [*FIELD_POLICY.values(), "opportunity.owned", "no.such.policy"]
+    for _ in range(2):  # computed, then remembered
+        for principal in principals:
+            for policy in policies:
+                expected = static_decision(DEFAULT, principal, policy)
+                assert remembered(principal, policy) == expected, (principal, policy)
+    owned = remembered(principals[0], "opportunity.owned")
+    assert isinstance(owned, Conditional) and owned.subject == "rep-1"
+    assert remembered(principals[15], "opportunity.owned").subject == "rep-2"  # type: ignore[union-attr]
+    bounded = StaticDecisions(DEFAULT)
+    bounded.MAX_ENTRIES = 3
+    for policy in policies:
+        assert bounded(principals[0], policy) == static_decision(DEFAULT, principals[0], policy)
+        assert 1 <= len(bounded._memo) <= 3

@@ -1,11 +1,16 @@
-"""The listening socket: accepted connections must not wait for delayed ACKs."""
+"""The listening socket (accepted connections must not wait for delayed ACKs), the
+response write, and request ids."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 
+import pytest
+
+from gateway import view
 from gateway.serving import HeadersWithBody, bind
+from gateway.view import new_request_id
 
 
 def test_accepted_connections_have_tcp_nodelay() -> None:
@@ -61,3 +66,15 @@ async def test_held_headers_leave_by_the_next_loop_iteration_or_on_close() -> No
     assert raw.writes[-1] == b"HTTP/1.1 404 Not Found\r\n\r\n" and raw.closed
     transport.write(b"5\r\nhello\r\n")  # anything else goes straight through
     assert raw.writes[-1] == b"5\r\nhello\r\n"
+
+
+def test_request_ids_are_unique_per_process_and_drawn_again_after_a_fork(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ids = [new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert len({i[:16] for i in ids}) == 1  # one prefix, then a counter
+    monkeypatch.setattr(view.os, "getpid", lambda: -1)  # as in a forked worker
+    child = new_request_id()
+    assert child[:16] != ids[0][:16] and child not in ids
