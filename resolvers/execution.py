@@ -198,8 +198,9 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
         )
         self._plans: dict[tuple[GraphQLOutputType, int], Complete | None] = {}
         self._basic: dict[int, StrawberryField | None] = {}
-        # id(selection of one field) -> (its parent type, how to read and complete it)
-        self._readers: dict[int, tuple[GraphQLObjectType, Complete | None]] = {}
+        # id(selection of one field) -> (its parent type, how to read and complete it,
+        # the field's type)
+        self._readers: dict[int, tuple[GraphQLObjectType, Complete | None, Any]] = {}
         self._held: list[Any] = []  # plans are keyed by id(): keep their selections alive
         self._shared = (
             _SHARED
@@ -287,19 +288,20 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
 
     def _reader(
         self, parent_type: GraphQLObjectType, field_details_list: Any
-    ) -> tuple[GraphQLObjectType, Complete | None]:
+    ) -> tuple[GraphQLObjectType, Complete | None, Any]:
         """How to read one field of a source and complete it without its resolver: a
         basic field's attribute, or a prepared value; None if the selection is not plain."""
         self._held.append(field_details_list)
+        node = field_details_list[0].node
+        field_def = self.schema.get_field(parent_type, node.name.value)
+        type_ = None if field_def is None else field_def.type
         shared = self._shared_key(("read", parent_type), field_details_list)
         known = None if shared is None or self._shared is None else self._shared.get(shared[0])
         if known is not None:
-            found: tuple[GraphQLObjectType, Complete | None] = (parent_type, known[1])
+            found: tuple[GraphQLObjectType, Complete | None, Any] = (parent_type, known[1], type_)
             self._readers[id(field_details_list)] = found
             return found
         read: Complete | None = None
-        node = field_details_list[0].node
-        field_def = self.schema.get_field(parent_type, node.name.value)
         basic = None if field_def is None else self._basic_field(field_def)
         if field_def is not None and (basic is not None or prepared_field(field_def)):
             plan = self._plan(field_def.type, field_details_list)
@@ -309,7 +311,7 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
                 read = _read_prepared((node.alias or node.name).value, plan)
         if shared is not None and self._shared is not None:
             self._shared.put(shared[0], shared[1], read)
-        found = self._readers[id(field_details_list)] = (parent_type, read)
+        found = self._readers[id(field_details_list)] = (parent_type, read, type_)
         return found
 
     def execute_field(
@@ -330,9 +332,31 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
                     return read(source)
                 except Exception:  # irregular: graphql-core completes and reports it
                     pass
+                error = self._error_value(parent_type, source, field_details_list)
+                if error is not None:
+                    # What graphql-core does with a resolver's error value, without
+                    # calling the resolver (and its guard) to get the value again.
+                    self.handle_field_error(error, found[2], field_details_list, path)
+                    return None
         return super().execute_field(
             parent_type, source, field_details_list, path, position_context
         )
+
+    def _error_value(
+        self, parent_type: GraphQLObjectType, source: Any, field_details_list: Any
+    ) -> Exception | None:
+        """The error a plain field's value is (a refusal the parent settled), if it is."""
+        node = field_details_list[0].node
+        field_def = self.schema.get_field(parent_type, node.name.value)
+        if field_def is None:
+            return None
+        basic = self._basic_field(field_def)
+        if basic is not None:
+            value = basic.default_resolver(source, basic.python_name)
+        else:
+            prepared = getattr(source, "prepared", None)
+            value = prepared.get((node.alias or node.name).value) if prepared else None
+        return value if isinstance(value, Exception) else None
 
     def complete_value(
         self,

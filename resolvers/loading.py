@@ -8,7 +8,7 @@ resolve without awaiting.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,29 +19,40 @@ from policies.engine import Conditional, Decision, RecordFacts
 from resolvers.bindings import GraphBindings
 from resolvers.context import GraphContext
 from resolvers.guard import forbidden, policies_of
-from resolvers.types import PLAIN_FIELDS, Customer, shape_value
+from resolvers.selection import Selection
+from resolvers.types import ARGUMENT_FIELDS, PLAIN_FIELDS, Customer, shape_value
 
 CUSTOMER_POLICIES = policies_of(Customer)
 
 
-def needed_slots(ctx: GraphContext, fields: Iterable[str]) -> set[tuple[str, str]]:
-    """The (source, entity) pairs the selected fields need: none for a denied field, and
-    the fact sources (consents, owner) for a field whose policy depends on the record."""
-    slots: set[tuple[str, str]] = set()
-    for name in fields:
-        binding = ctx.bindings.customer.get(name)
-        if binding is None:
-            continue
-        decision = ctx.guard.static(CUSTOMER_POLICIES.get(name))
-        if isinstance(decision, Decision) and decision.effect == "deny":
-            continue
-        slots.add(binding.slot)
-        if isinstance(decision, Conditional):
-            for need in decision.needs:
-                fact = ctx.bindings.facts.get("owner" if need == "owner" else "consents")
-                if fact is not None:
-                    slots.add(fact.slot)
+Slot = tuple[str, str]  # (source, entity)
+
+
+def denied_outright(ctx: GraphContext, name: str) -> bool:
+    """Whether the field is denied to this request whatever the record (role, purpose)."""
+    decision = ctx.guard.static(CUSTOMER_POLICIES.get(name))
+    return isinstance(decision, Decision) and decision.effect == "deny"
+
+
+def slots_of(ctx: GraphContext, name: str) -> set[Slot]:
+    """The (source, entity) pairs one field needs: none for a denied field, and the fact
+    sources (consents, owner) for a field whose policy depends on the record."""
+    binding = ctx.bindings.customer.get(name)
+    if binding is None or denied_outright(ctx, name):
+        return set()
+    decision = ctx.guard.static(CUSTOMER_POLICIES.get(name))
+    slots = {binding.slot}
+    if isinstance(decision, Conditional):
+        for need in decision.needs:
+            fact = ctx.bindings.facts.get("owner" if need == "owner" else "consents")
+            if fact is not None:
+                slots.add(fact.slot)
     return slots
+
+
+def needed_slots(ctx: GraphContext, fields: Iterable[str]) -> set[Slot]:
+    """The (source, entity) pairs the selected fields need, all told."""
+    return set().union(*(slots_of(ctx, name) for name in fields))
 
 
 def record_facts(bindings: GraphBindings, customer: Any) -> RecordFacts:
@@ -70,19 +81,39 @@ def record_facts(bindings: GraphBindings, customer: Any) -> RecordFacts:
 async def load_customers(
     ctx: GraphContext,
     cuids: Sequence[str],
-    fields: Mapping[str, str],
+    fields: Selection,
     path_of: Callable[[int, str], list[str | int]],
 ) -> list[Customer]:
     """Customers with every selected field ready: all needed systems asked at once, one
-    batched call each, then each plain field decided, shaped and masked in bulk.
+    batched call each; each plain field decided, shaped and masked in bulk as soon as
+    the systems it needs have answered (while slower ones are still being waited for),
+    and each field with arguments selected without any settled with its defaults (or,
+    denied to the request outright, with its refusal whatever the arguments).
     `fields` maps a selected field to its response key; `path_of(index, key)` is where
     the index-th customer's field sits in the response (for errors)."""
     customers = [
         Customer(id=strawberry.ID(cuid), links=ctx.identity.links(cuid) or {}) for cuid in cuids
     ]
     ctx.touched.update(cuids)
+    batch = CustomerBatch(customers, path_of)
+    settled_by_parent = [
+        name
+        for name in fields
+        if name in PLAIN_FIELDS
+        or (name in ARGUMENT_FIELDS and (name in fields.bare or denied_outright(ctx, name)))
+    ]
+    waiting = {name: slots_of(ctx, name) for name in settled_by_parent}
+    answered: set[Slot] = set()
 
-    async def fill(slot: tuple[str, str]) -> None:
+    def settle_ready() -> None:
+        for name in [name for name, slots in waiting.items() if slots <= answered]:
+            del waiting[name]
+            if name in PLAIN_FIELDS:
+                batch.settle_plain(ctx, name, fields[name])
+            else:  # the defaults' shape; a refusal never shapes anything
+                batch.prepare(ctx, name, fields[name], ARGUMENT_FIELDS[name](ctx), None)
+
+    async def fill(slot: Slot) -> None:
         source, entity = slot
         keys = [key for customer in customers if (key := customer.links.get(source))]
         # Per key: a failing system may still have served some keys stale from the cache.
@@ -90,12 +121,11 @@ async def load_customers(
         for customer in customers:
             key = customer.links.get(source)
             customer.records[slot] = found.get(key) if key is not None else None
+        answered.add(slot)
+        settle_ready()
 
+    settle_ready()  # denied fields need no system
     await asyncio.gather(*(fill(slot) for slot in needed_slots(ctx, fields)))
-    batch = CustomerBatch(customers, path_of)
-    for name, key in fields.items():
-        if name in PLAIN_FIELDS:
-            batch.settle_plain(ctx, name, key)
     if len(customers) > 1:
         # Held by the context, not by the customers: a customer <-> batch cycle left each
         # page of 100 to the cyclic collector, whose full passes stalled for 70-90 ms.
@@ -112,30 +142,24 @@ class CustomerBatch:
 
     Plain fields are settled by the parent. A field with arguments (`tickets(first: 3)`)
     is settled when the first customer resolves it, with the arguments strawberry gave
-    that resolver (the same for every sibling): each sibling's value goes to its
-    `prepared`, where the executor reads it instead of calling the resolver again. A
-    denied sibling gets nothing there, so its own resolver runs and its guard raises."""
+    that resolver (the same for every sibling), or by the parent when it has none or
+    is denied outright: each customer's value goes to its `prepared`, where the executor
+    reads it instead of calling the resolver again. A denied customer's value is the
+    refusal, which the executor reports at the field's path as the guard would have."""
 
     customers: Sequence[Customer]
     path_of: Callable[[int, str], list[str | int]]
     settled: set[str] = field(default_factory=set)  # response keys of fields with arguments
+    refusals: dict[Decision, GraphQLError] = field(default_factory=dict)
 
     def settle_plain(self, ctx: GraphContext, name: str, key: str) -> None:
         attribute, shape = PLAIN_FIELDS[name]
-        errors: dict[Decision, GraphQLError] = {}
 
         def shaped(value: Any) -> Any:
             return shape(ctx, value)
 
         for index, customer, decision in self._decisions(ctx, name):
-            ctx.guard.note(customer.id, name, decision)
-            if decision.effect == "deny":
-                # Returned, not raised: graphql-core reports it at this field's path.
-                error = errors.get(decision) or errors.setdefault(decision, forbidden(decision))
-                setattr(customer, attribute, error)
-            else:
-                value = self._value(ctx, name, key, index, decision, shaped)
-                setattr(customer, attribute, value)
+            setattr(customer, attribute, self._settle(ctx, name, key, index, decision, shaped))
 
     def prepare(
         self,
@@ -143,15 +167,33 @@ class CustomerBatch:
         name: str,
         key: str,
         shape: Callable[[Any], Any],
-        resolving: Customer,
+        resolving: Customer | None,
     ) -> None:
         if key in self.settled:
             return
         self.settled.add(key)
         for index, customer, decision in self._decisions(ctx, name, skip=resolving):
-            if decision.effect != "deny":  # else its guard notes and raises it
-                ctx.guard.note(customer.id, name, decision)
-                customer.prepared[key] = self._value(ctx, name, key, index, decision, shape)
+            customer.prepared[key] = self._settle(ctx, name, key, index, decision, shape)
+
+    def _settle(
+        self,
+        ctx: GraphContext,
+        name: str,
+        key: str,
+        index: int,
+        decision: Decision,
+        shape: Callable[[Any], Any],
+    ) -> Any:
+        """One customer's field, noted in the log: its value, masked if so, or for a
+        denial the FORBIDDEN error, returned rather than raised (graphql-core, or the
+        executor, reports it at the field's path) and one per decision for the batch."""
+        ctx.guard.note(self.customers[index].id, name, decision)
+        if decision.effect != "deny":
+            return self._value(ctx, name, key, index, decision, shape)
+        error = self.refusals.get(decision)
+        if error is None:
+            error = self.refusals[decision] = forbidden(decision)
+        return error
 
     def _decisions(
         self, ctx: GraphContext, name: str, skip: Customer | None = None

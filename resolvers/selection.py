@@ -58,7 +58,16 @@ def _fields(
                 yield from _fields(fragment.selection_set, fragments, variables)
 
 
-def selected_fields(info: Info[Any, Any], path: Sequence[str] = ()) -> dict[str, str]:
+class Selection(dict[str, str]):
+    """Field name -> the response key it appears under first; `bare` holds the names
+    whose field there carries no arguments (so their defaults apply)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bare: set[str] = set()
+
+
+def selected_fields(info: Info[Any, Any], path: Sequence[str] = ()) -> Selection:
     """Field names selected below the resolving field, under `path` (e.g. ("edges",
     "node") below `customers`), through fragments, each with the response key it appears
     under first (its alias, or its name)."""
@@ -77,7 +86,11 @@ def selected_fields(info: Info[Any, Any], path: Sequence[str] = ()) -> dict[str,
             if field.name.value == step
             for child in _fields(field.selection_set, fragments, variables)
         ]
-    found: dict[str, str] = {}
+    found = Selection()
     for field in level:
-        found.setdefault(field.name.value, (field.alias or field.name).value)
+        name = field.name.value
+        if name not in found:
+            found[name] = (field.alias or field.name).value
+            if not field.arguments:
+                found.bare.add(name)
     return found

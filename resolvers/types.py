@@ -213,6 +213,46 @@ PLAIN_FIELDS: dict[str, tuple[str, Callable[[GraphContext, Any], Any]]] = {
 }
 
 
+def orders_shape(ctx: GraphContext, first: int | None = 10) -> Callable[[Any], list[Order]]:
+    limit = page_size(first, "first", ctx.max_page_size, 10)
+
+    def shape(records: Any) -> list[Order]:
+        orders = orders_of(ctx, records)
+        orders.sort(key=lambda order: order.placed_at, reverse=True)
+        return orders[:limit]
+
+    return shape
+
+
+def tickets_shape(
+    ctx: GraphContext, status: TicketStatus | None = None, first: int | None = 10
+) -> Callable[[Any], list[Ticket]]:
+    limit = page_size(first, "first", ctx.max_page_size, 10)
+
+    def shape(records: Any) -> list[Ticket]:
+        tickets = tickets_of(ctx, records)
+        if status is not None:
+            tickets = [ticket for ticket in tickets if ticket.status == status]
+        tickets.sort(key=lambda ticket: ticket.opened_at, reverse=True)
+        return tickets[:limit]
+
+    return shape
+
+
+def opportunities_shape(ctx: GraphContext) -> Callable[[Any], list[Opportunity]]:
+    return lambda records: opportunities_of(ctx, records)
+
+
+# Customer fields with arguments: graph field -> its shape for given arguments. The
+# resolvers pass theirs; a parent settles a field selected without arguments itself, with
+# these defaults (the resolvers' own, which a test holds equal), for all its customers.
+ARGUMENT_FIELDS: dict[str, Callable[..., Callable[[Any], Any]]] = {
+    "orders": orders_shape,
+    "tickets": tickets_shape,
+    "opportunities": opportunities_shape,
+}
+
+
 def guarded(policy: str, description: str | None = None) -> Any:
     """A plain Customer field under a policy: the directive security reads, a value the
     parent decided, fetched and masked in bulk (or the FORBIDDEN error it returned)."""
@@ -290,15 +330,7 @@ class Customer:
 
     @policy_field("customer.orders", description="Newest first.", metadata=PREPARED_FIELD)
     def orders(self, info: Info[GraphContext, None], first: int | None = 10) -> list[Order] | None:
-        ctx = info.context
-        limit = page_size(first, "first", ctx.max_page_size, 10)
-
-        def shape(records: Any) -> list[Order]:
-            orders = orders_of(ctx, records)
-            orders.sort(key=lambda order: order.placed_at, reverse=True)
-            return orders[:limit]
-
-        return self._resolve(info, "orders", shape)
+        return self._resolve(info, "orders", orders_shape(info.context, first))
 
     @policy_field("customer.tickets", description="Newest first.", metadata=PREPARED_FIELD)
     def tickets(
@@ -307,17 +339,7 @@ class Customer:
         status: TicketStatus | None = None,
         first: int | None = 10,
     ) -> list[Ticket] | None:
-        ctx = info.context
-        limit = page_size(first, "first", ctx.max_page_size, 10)
-
-        def shape(records: Any) -> list[Ticket]:
-            tickets = tickets_of(ctx, records)
-            if status is not None:
-                tickets = [ticket for ticket in tickets if ticket.status == status]
-            tickets.sort(key=lambda ticket: ticket.opened_at, reverse=True)
-            return tickets[:limit]
-
-        return self._resolve(info, "tickets", shape)
+        return self._resolve(info, "tickets", tickets_shape(info.context, status, first))
 
     @policy_field(
         "opportunity.owned",
@@ -325,12 +347,7 @@ class Customer:
         metadata=PREPARED_FIELD,
     )
     def opportunities(self, info: Info[GraphContext, None]) -> list[Opportunity] | None:
-        ctx = info.context
-        return self._resolve(
-            info,
-            "opportunities",
-            lambda records: opportunities_of(ctx, records),
-        )
+        return self._resolve(info, "opportunities", opportunities_shape(info.context))
 
 
 def shape_value(

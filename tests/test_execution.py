@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 import strawberry
 from graphql import GraphQLError
@@ -23,6 +25,7 @@ from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from gateway.audit.sinks import JsonlSink
 from harness import RunningGateway, SourceAdmin
 from resolvers.execution import PlainFieldExecutor, basic_field
+from resolvers.types import ARGUMENT_FIELDS, Customer
 
 
 @strawberry.interface
@@ -299,3 +302,86 @@ async def test_a_page_leaves_its_customers_to_reference_counting(gateway: Runnin
         gc.set_debug(0)
         gc.garbage.clear()
     assert not kinds & {"Customer", "Ticket", "CustomerBatch", "Request"}
+
+
+def test_fields_a_parent_settles_take_the_resolvers_defaults() -> None:
+    """A field with arguments selected without any is settled by its parent with the
+    shape factory's defaults: they must be the schema's."""
+    definition = Customer.__strawberry_definition__
+    for name, factory in ARGUMENT_FIELDS.items():
+        field = next(f for f in definition.fields if f.python_name == name)
+        parameters = inspect.signature(factory).parameters
+        assert [a.python_name for a in field.arguments] == list(parameters)[1:], name
+        for argument in field.arguments:
+            assert argument.default == parameters[argument.python_name].default, name
+
+
+BARE = "{ %s { id tickets { id status openedAt } orders { id placedAt } opportunities { id } } }"
+SPELLED = (
+    "{ %s { id tickets(status: null, first: 10) { id status openedAt } "
+    "orders(first: 10) { id placedAt } opportunities { id: id } } }"
+)
+
+
+@pytest.mark.parametrize("role", ["sales", "marketing", "sales_manager"])
+@pytest.mark.parametrize("root", ['customer(id: "%s")', "customers(first: 12) { edges { node"])
+async def test_a_parent_settles_fields_without_arguments_as_their_resolvers_would(
+    gateway: RunningGateway, role: str, root: str
+) -> None:
+    """Bare `tickets`/`orders` are settled by the parent; spelled with the same
+    arguments, by the first customer's resolver (and, on a page, its siblings)."""
+    if root.startswith("customer("):
+        page = await gateway.query(
+            "{ customers(first: 30) { edges { node { id tickets { id } orders { id } } } } }"
+        )
+        nodes = [edge["node"] for edge in page.data["customers"]["edges"]]
+        root = root % next(n["id"] for n in nodes if n["tickets"] and n["orders"])
+        close = ""
+    else:
+        close = " } } "
+    replies, logged = [], []
+    for template in (BARE, SPELLED):
+        query = (template % root).replace(" } } }", " } }" + close + " }", 1)
+        reply = await gateway.query(query, headers=gateway.as_role(role, subject="rep-003"))
+        assert reply.status == 200
+        for error in reply.body.get("errors", []):
+            error.pop("locations")  # the two texts differ
+        replies.append(reply.body)
+        logged.append(await last_record(gateway))
+    assert replies[0] == replies[1]
+    assert logged[0]["fields"] == logged[1]["fields"]
+    shown = orjson.dumps(replies[0]["data"]).decode()
+    if role == "marketing":  # tickets and orders denied: a FORBIDDEN error each
+        assert {e["path"][-1] for e in replies[0]["errors"]} >= {"tickets", "orders"}
+    else:
+        assert '"status":"' in shown and '"placedAt":"' in shown
+
+
+async def test_denied_fields_are_reported_without_running_their_resolvers(
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As marketing, nationalId, tickets and orders are denied outright: the parent
+    settles the refusal for every customer and the executor reports it at each path,
+    so no Customer field of the page needs its resolver (nor a ResolveInfo)."""
+    infos: Counter[str] = Counter()
+    build = StrawberryGraphQLCoreExecutionContext.build_resolve_info
+
+    def counting(self: Any, field_def: Any, nodes: Any, parent: Any, path: Any) -> Any:
+        infos[f"{parent.name}.{nodes[0].name.value}"] += 1
+        return build(self, field_def, nodes, parent, path)
+
+    monkeypatch.setattr(StrawberryGraphQLCoreExecutionContext, "build_resolve_info", counting)
+    query = (
+        "{ customers(first: 20) { edges { node { id phone nationalId "
+        "tickets { id } orders(first: 2) { id } } } } }"
+    )
+    reply = await gateway.query(query, headers=gateway.as_role("marketing"))
+    refused = Counter(error["path"][-1] for error in reply.errors)
+    assert refused == {"nationalId": 20, "tickets": 20, "orders": 20}
+    assert {e["extensions"]["code"] for e in reply.errors} == {"FORBIDDEN"}
+    assert not [name for name in infos if name.startswith("Customer.")]
+    fields = (await last_record(gateway))["fields"]
+    assert all(
+        decided == {"phone": "mask", "nationalId": "deny", "tickets": "deny", "orders": "deny"}
+        for decided in fields.values()
+    ), fields
