@@ -1,4 +1,4 @@
-"""`python -m bench.console_bench [--records 1000000] [--rounds 30] [--fresh] [--out DIR]`: the
+"""`python -m bench.console_bench [--records N] [--rounds 30] [--page-rounds 10] [--out DIR]`: the
 security console's server time on a PostgreSQL access log of a million records.
 
 Seeds a database of its own (`c360_console_bench` on the local PostgreSQL; generated
@@ -6,8 +6,9 @@ records in chain `seed-1`, as `c360 audit seed` writes them), starts the demo sy
 gateway whose access log is that database, checks the chains once (the overview's
 integrity), then sends each view's GraphQL requests as the console sends them, with
 varying customers and subjects, and reports p50/p95 per request and per view (a view's
-requests one after the other). Prints a Markdown table; with --out, also writes
-console.json and console.md there.
+requests one after the other); then, in headless chromium, how long each page takes
+until it is usable (`bench/console_page.py`). Prints a Markdown table; with --out, also
+writes console.json and console.md there.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import aiohttp
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from bench.console_page import missing, page_times
 from demo.systems import DemoSystems
 from gateway.app import Gateway, build_app
 from gateway.audit.sinks import PostgresSink
@@ -240,7 +242,19 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
 
 
-async def measure(dsn: str, rounds: int) -> dict[str, Any]:
+def pages(rng: random.Random) -> dict[str, str]:
+    """The console's pages as a reviewer opens them (the route after `/console`)."""
+    return {
+        "overview (24 h)": "#/overview?range=24h",
+        "overview (7 days)": "#/overview?range=7d",
+        "timeline (a typical customer)": f"#/timeline?customer={cuid(rng.randrange(20_000))}",
+        "footprint 7 days (a sales rep)": f"#/footprint?subject=rep-{rng.randint(1, 40):03d}",
+        "footprint 7 days (marketing)": f"#/footprint?subject=mkt-{rng.randint(1, 6):03d}",
+        "alerts": "#/alerts",
+    }
+
+
+async def measure(dsn: str, rounds: int, page_rounds: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="c360-console-bench-") as work:
         state = Path(work)
         async with DemoSystems(state / "demo") as systems:
@@ -276,13 +290,25 @@ async def measure(dsn: str, rounds: int) -> dict[str, Any]:
                             started = time.perf_counter()
                             await view()
                             per_view[name].append((time.perf_counter() - started) * 1000)
+                page_load = await measure_pages(server.url, token, page_rounds)
             finally:
                 await server.stop()
     return {
         "integrity": integrity,
         "views": {name: summary(times) for name, times in per_view.items()},
         "requests": {name: summary(times) for name, times in console.times.items()},
+        "pages": page_load,
     }
+
+
+async def measure_pages(base: str, token: str, rounds: int) -> dict[str, Any]:
+    """Each page's time until usable in the browser, or why it was not measured."""
+    reason = missing() if rounds else "--page-rounds 0"
+    if reason:
+        print(f"page load not measured: {reason}", file=sys.stderr)
+        return {"skipped": reason}
+    times = await asyncio.to_thread(page_times, base, token, pages(random.Random(5)), rounds)
+    return {name: summary(values) for name, values in times.items()}
 
 
 async def check_integrity(console: Console) -> dict[str, Any]:
@@ -328,6 +354,19 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "| request | n | p50 ms | p95 ms | max ms |", "|---|---:|---:|---:|---:|"]
     for name, s in result["requests"].items():
         lines.append(f"| {name} | {s['n']} | {s['p50_ms']} | {s['p95_ms']} | {s['max_ms']} |")
+    page_load = result["pages"]
+    lines += [
+        "",
+        "Until the page is usable, in headless chromium at 1280x800: from the "
+        "navigation's start to the view drawn with its data (a whole load each time: "
+        "HTML, CSS, script, the sign-in check, the view's requests).",
+    ]
+    if "skipped" in page_load:
+        lines += ["", f"Not measured in this run: {page_load['skipped']}."]
+    else:
+        lines += ["", "| page | n | p50 ms | p95 ms | max ms |", "|---|---:|---:|---:|---:|"]
+        for name, s in page_load.items():
+            lines.append(f"| {name} | {s['n']} | {s['p50_ms']} | {s['p95_ms']} | {s['max_ms']} |")
     integrity = result["integrity"]
     lines += [
         "",
@@ -353,7 +392,11 @@ async def main(args: argparse.Namespace) -> int:
     print(f"log ready: {seeded}", file=sys.stderr)
     if args.seed_only:
         return 0
-    result = {"seeded": seeded, "rounds": args.rounds, **await measure(dsn, args.rounds)}
+    result = {
+        "seeded": seeded,
+        "rounds": args.rounds,
+        **await measure(dsn, args.rounds, args.page_rounds),
+    }
     text_report = markdown(result)
     if args.out:
         save(Path(args.out), result, text_report)
@@ -367,5 +410,8 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--fresh", action="store_true", help="drop and re-seed the database")
     parser.add_argument("--seed-only", action="store_true")
+    parser.add_argument(
+        "--page-rounds", type=int, default=10, help="page loads per page in chromium (0: none)"
+    )
     parser.add_argument("--out", help="a directory for console.json and console.md")
     sys.exit(asyncio.run(main(parser.parse_args())))
