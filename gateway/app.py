@@ -27,6 +27,7 @@ from connectors.identity.keys import IdentityKeys
 from connectors.identity.store import CrosswalkStore
 from connectors.identity.sync import SyncReport, sync_identity
 from connectors.registry import build_connector
+from gateway.admission import Admission
 from gateway.audit.log import AccessLog, AuditUnavailable
 from gateway.audit.recorder import access_record, client_name, now_iso, record_with_alerts
 from gateway.audit.sinks import AccessQuery, AccessSink
@@ -134,6 +135,8 @@ class Gateway:
             meters=self.telemetry.meters,
         )
         self.rate_limiter = build_rate_limiter(config.rate_limit) if config.rate_limit else None
+        self.admission = Admission(config.server.admission)
+        self.metrics.watch_admission(self.admission)
         documents = config.documents
         try:
             self.documents = (
@@ -334,6 +337,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
         authenticator=gw.authenticator,
         account=gw.account,
         rate_limiter=gw.rate_limiter,
+        admission=gw.admission,
         deadline_s=config.resilience.request_deadline_s,
         limits=config.limits,
         documents=lambda: (gw.documents, gw.config.documents),

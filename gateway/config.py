@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.admission import AdmissionSettings
 from gateway.audit.log import AuditSettings
 from gateway.audit.settings import parse_audit
 from gateway.audit.sinks import AccessSink
@@ -41,6 +42,7 @@ class ServerConfig:
     introspection: bool = False  # off unless an environment wants it (the demo does)
     max_body_bytes: int = 1_000_000
     cors_origins: tuple[str, ...] = ()  # browsers on these origins may call /graphql
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +123,12 @@ class _Reader:
             raise ConfigError(f"{self.path}.{key}: expected {kind.__name__}")
         return value
 
+    def number(self, key: str, default: float) -> float:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{self.path}.{key}: expected a number")
+        return float(value)
+
     def table(self, key: str) -> _Reader:
         return _Reader(self.data.get(key, {}), f"{self.path}.{key}" if self.path else key)
 
@@ -154,11 +162,21 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
     # tls_cert, tls_key, tls_client_ca: read by gateway/tls.py from the raw table
     server.only(
         {"host", "port", "graphiql", "introspection", "max_body_bytes", "cors_origins"}
+        | {"max_in_flight", "max_queued", "queue_timeout_s"}
         | SERVER_TLS_KEYS
     )
     cors = server.get("cors_origins", list, [])
     if not all(isinstance(origin, str) and origin for origin in cors):
         raise ConfigError("server.cors_origins: a list of origins, e.g. https://crm.example.com")
+    admission = AdmissionSettings(
+        limit=server.get("max_in_flight", int, AdmissionSettings.limit),
+        max_queued=server.get("max_queued", int, AdmissionSettings.max_queued),
+        queue_timeout_s=server.number("queue_timeout_s", AdmissionSettings.queue_timeout_s),
+    )
+    if admission.limit < 0 or admission.max_queued < 0 or admission.queue_timeout_s <= 0:
+        raise ConfigError(
+            "server.max_in_flight, max_queued: 0 or more; server.queue_timeout_s: above 0"
+        )
     port = server.get("port", int, 8000)
     if not 0 <= port <= 65535:
         raise ConfigError("server.port: must be between 0 and 65535")
@@ -207,6 +225,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
             introspection=server.get("introspection", bool, False),
             cors_origins=tuple(cors),
             max_body_bytes=server.get("max_body_bytes", int, 1_000_000),
+            admission=admission,
         ),
         identity=IdentityConfig(
             dsn=dsn,

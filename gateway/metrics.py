@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from gateway.admission import Admission
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -61,6 +63,19 @@ class Metrics:
             ["source"],
             registry=self.registry,
         )
+
+    def watch_admission(self, admission: Admission) -> None:
+        """Requests executing and waiting at the admission gate, read when scraped."""
+        executing = Gauge(
+            "c360_requests_in_flight", "GraphQL requests executing", registry=self.registry
+        )
+        executing.set_function(lambda: admission.executing)
+        queued = Gauge(
+            "c360_requests_queued",
+            "GraphQL requests waiting for a place to execute",
+            registry=self.registry,
+        )
+        queued.set_function(lambda: admission.queued)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -30,6 +31,7 @@ from strawberry.exceptions import StrawberryGraphQLError
 from strawberry.http import GraphQLHTTPResponse
 from strawberry.types import ExecutionResult
 
+from gateway.admission import Admission, Overloaded
 from gateway.auth import Authenticator, AuthError
 from gateway.documents import (
     DocumentError,
@@ -125,6 +127,7 @@ class GraphQLView(GraphQL[Any, None]):
         authenticator: Authenticator,
         account: Callable[[Request, Response, float], Awaitable[Response]],
         rate_limiter: RateLimiter | None = None,
+        admission: Admission | None = None,
         deadline_s: float | None = None,
         documents: Callable[[], tuple[DocumentStore, TrustedDocuments]] | None = None,
         limits: QueryLimits | None = None,
@@ -137,6 +140,7 @@ class GraphQLView(GraphQL[Any, None]):
         self._authenticator = authenticator
         self._account = account
         self._rate_limiter = rate_limiter
+        self._admission = admission
         self._deadline_s = deadline_s
         self._documents = documents
         self._limits = limits
@@ -193,10 +197,19 @@ class GraphQLView(GraphQL[Any, None]):
             if limited is not None:
                 return limited
         try:
-            if self._deadline_s is None:
-                return await self.run(request)
-            async with request_deadline(self._deadline_s):
-                return await self.run(request)
+            async with self._place():
+                if self._deadline_s is None:
+                    return await self.run(request)
+                async with request_deadline(self._deadline_s):
+                    return await self.run(request)
+        except Overloaded as refused:
+            request.state.reason = "overloaded"
+            return Response(
+                error_body(f"The gateway is overloaded ({refused.reason}).", "OVERLOADED"),
+                status_code=503,
+                media_type=self._media_type(request),
+                headers={"retry-after": "1"},
+            )
         except QueryTooComplex as refused:
             request.state.reason = "too_complex"
             return Response(
@@ -228,6 +241,12 @@ class GraphQLView(GraphQL[Any, None]):
                 status_code=error.status_code,
                 media_type=self._media_type(request),
             )
+
+    def _place(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """A place to execute in (the admission gate's), or at once without a gate."""
+        if self._admission is None or self._admission.settings.limit <= 0:
+            return contextlib.nullcontext()
+        return self._admission.place()
 
     async def _rate_limited(self, request: Request) -> Response | None:
         """429 with Retry-After once the principal's bucket is empty."""
