@@ -34,6 +34,7 @@ def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
         ["schema", "export", "--help"],
         ["identity", "sync", "--help"],
         ["audit", "rebuild", "--help"],
+        ["audit", "seed", "--help"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
@@ -167,3 +168,41 @@ def test_audit_rebuild_is_for_the_postgresql_log(tmp_path: Path) -> None:
     assert (
         result.stderr.strip() == "c360: audit rebuild: the JSONL log has no read models to rebuild"
     )
+
+
+def test_audit_seed_never_writes_the_configured_log(tmp_path: Path) -> None:
+    """Not even while the gateway's log is new and empty: generated records go only into
+    a log named on the command line that is not the configured one."""
+    config_path = demo_config_file(tmp_path)
+    real = tmp_path / "access.jsonl"  # the demo config's audit.path, not written yet
+    refused = run(
+        "audit", "seed", "--config", str(config_path), "--path", str(real), "--records", "5"
+    )
+    assert refused.returncode == 1
+    assert "names for real use" in refused.stderr and str(config_path) in refused.stderr
+    assert not real.exists()
+    untargeted = run("audit", "seed", "--config", str(config_path), "--records", "5")
+    assert untargeted.returncode == 2 and "--path" in untargeted.stderr
+    seeded = tmp_path / "seed.jsonl"
+    done = run(
+        "audit", "seed", "--config", str(config_path), "--path", str(seeded), "--records", "5"
+    )
+    assert done.returncode == 0, done.stderr
+    chains = {orjson.loads(line)["chain"] for line in seeded.read_text().splitlines()}
+    assert chains == {"seed-1"}
+
+
+def test_a_log_is_the_same_however_it_is_named(tmp_path: Path) -> None:
+    from gateway.audit.sinks import JsonlSink, PostgresSink
+    from gateway.console.seed import same_log
+
+    real = JsonlSink(tmp_path / "access.jsonl")
+    (tmp_path / "access.00001.jsonl").write_text("")  # rotated: still the real log
+    assert same_log(JsonlSink(tmp_path / "x" / ".." / "access.jsonl"), real)
+    assert same_log(JsonlSink(tmp_path / "access.00001.jsonl"), real)
+    assert not same_log(JsonlSink(tmp_path / "seed.jsonl"), real)
+    configured = PostgresSink("postgresql+asyncpg://c360:secret@localhost/c360")
+    assert same_log(PostgresSink("postgresql+asyncpg://other@127.0.0.1:5432/c360"), configured)
+    assert not same_log(PostgresSink("postgresql+asyncpg://c360@localhost/c360_seed"), configured)
+    assert not same_log(PostgresSink("postgresql+asyncpg://c360@db.internal/c360"), configured)
+    assert not same_log(real, configured)

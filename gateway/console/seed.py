@@ -1,7 +1,8 @@
 """`c360 audit seed`: generated access records, to try and measure the console on a large
 log. They form a chain of their own (`seed-…`), sealed like real ones so `verify` passes,
-and go only into a log that holds no other chain: seeding refuses a log with real
-records, so generated ones never mix with them."""
+and go only into a log named on the command line that is not the configured one and holds
+no other chain, so generated records never mix with real ones, not even in a new, still
+empty production log."""
 
 from __future__ import annotations
 
@@ -19,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from gateway.audit.chain import ChainHead
 from gateway.audit.sinks import AccessSink, JsonlSink, PostgresSink, SinkUnavailable
 
 PREFIX = "seed-"
+LOOPBACK = {"", "localhost", "127.0.0.1", "::1"}  # one database server, however it is named
 
 # (subject prefix, how many, role, purpose, client, share of requests)
 STAFF = (
@@ -78,7 +82,8 @@ POLICIES = {
 
 
 class SeedRefused(Exception):
-    """The target log holds real records, or the chain name is not a seed chain."""
+    """The target log is the configured one or holds real records, or the chain name is
+    not a seed chain."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,31 +321,94 @@ async def seed_log(
     return SeedReport(chain, written, first, head.seq, time.perf_counter() - started)
 
 
+def same_log(one: AccessSink, other: AccessSink) -> bool:
+    """Whether `one` writes `other`'s log: its JSONL file or one of its rotated files, or
+    its PostgreSQL database (the table's name is fixed), however the DSN spells it."""
+    if isinstance(one, JsonlSink) and isinstance(other, JsonlSink):
+        paths = {path.resolve() for path in (other.path, *other.files())}
+        return one.path.resolve() in paths
+    if isinstance(one, PostgresSink) and isinstance(other, PostgresSink):
+        return _database(one.dsn) == _database(other.dsn)
+    return False
+
+
+def _database(dsn: str) -> tuple[str, int, str]:
+    url = make_url(dsn)
+    host = url.host or ""
+    return ("localhost" if host in LOOPBACK else host, url.port or 5432, url.database or "")
+
+
+def target_sink(args: argparse.Namespace) -> AccessSink:
+    """The log to seed, as the command line names it: never taken from a config file."""
+    if args.path:
+        return JsonlSink(Path(args.path).resolve())
+    dsn = str(args.dsn)
+    try:
+        make_url(dsn)
+    except ArgumentError as error:
+        raise SeedRefused("--dsn: a postgresql+asyncpg:// DSN") from error
+    if not dsn.startswith("postgresql"):
+        raise SeedRefused("--dsn: a postgresql+asyncpg:// DSN")
+    return PostgresSink(dsn)
+
+
+def configured_sink(
+    args: argparse.Namespace, default_config: Path
+) -> tuple[Path, AccessSink] | None:
+    """The gateway's own log, which seeding must leave alone. A config named with
+    --config or --data-dir must load; the default one is read when it exists (without
+    one here, there is no gateway's log to mistake for the target)."""
+    from gateway.config import load_config
+
+    if args.data_dir:
+        path = Path(args.data_dir) / "c360.toml"
+    elif args.config:
+        path = Path(args.config)
+    elif default_config.exists():
+        path = default_config
+    else:
+        return None
+    return path, load_config(path).audit_sink
+
+
 def add_seed_parser(actions: Any, default_config: Path) -> None:
     """`c360 audit seed`, for the command line's `audit` sub-commands."""
     seed = actions.add_parser(
-        "seed", help="write generated records into a log of their own (never a real one)"
+        "seed",
+        help="write generated records into a log of their own (never the configured one)",
+        description="Generated access records for trying the console. The log to seed is "
+        "named with --path or --dsn and must not be the log the gateway's config names "
+        "(audit.path or audit.dsn), nor hold any chain but seed-… ones.",
     )
-    seed.add_argument("--config", default=str(default_config))
+    target = seed.add_mutually_exclusive_group(required=True)
+    target.add_argument("--path", help="a JSONL log file of its own")
+    target.add_argument("--dsn", help="a PostgreSQL database of its own (postgresql+asyncpg://…)")
+    seed.add_argument(
+        "--config",
+        help=f"the gateway's config, whose log is refused (default: {default_config}, if present)",
+    )
     seed.add_argument("--data-dir", help="the demo's data directory (instead of --config)")
     seed.add_argument("--records", type=int, required=True, help="how many records")
     seed.add_argument("--chain", default="seed-1", help="the chain (seed-…; default seed-1)")
     seed.add_argument("--days", type=float, default=30, help="spread over the last N days")
     seed.add_argument("--seed", type=int, default=7, help="random seed: same seed, same log")
-    seed.set_defaults(handler=cmd_audit_seed)
+    seed.set_defaults(handler=cmd_audit_seed, default_config=default_config)
 
 
 def cmd_audit_seed(args: argparse.Namespace) -> int:
-    from gateway.config import load_config
-
-    path = Path(args.data_dir) / "c360.toml" if args.data_dir else Path(args.config)
-    sink = load_config(path).audit_sink
-
     def progress(written: int) -> None:
         if written % 100_000 == 0:
             print(f"  {written} records", file=sys.stderr, flush=True)
 
     try:
+        sink = target_sink(args)
+        configured = configured_sink(args, args.default_config)
+        if configured is not None and same_log(sink, configured[1]):
+            named = args.path or "the --dsn database"  # a DSN may hold a password
+            raise SeedRefused(
+                f"{named} is the access log {configured[0]} names for real use; "
+                "seed a log of its own (another --path or --dsn)"
+            )
         report = asyncio.run(
             seed_log(
                 sink,
