@@ -13,6 +13,8 @@ from typing import Any, Protocol
 import strawberry
 from strawberry.types import Info
 
+from connectors.identity.keys import is_cuid
+from resolvers.bindings import CUSTOMER_FIELDS
 from resolvers.context import GraphContext
 from resolvers.guard import policy_field
 from resolvers.types import PageInfo, bad_input, page_size
@@ -33,6 +35,21 @@ class AuditQuery:
 
 DECISIONS = ("allow", "mask", "deny")
 KINDS = ("access", "alert", "ack")
+
+
+def checked_customer(value: str, argument: str, name: str = "customer") -> str:
+    """A customer is named by CUID only: what a console query looked for is copied into
+    its own access record, and an email or a name must never reach the log that way."""
+    if not is_cuid(value):
+        raise bad_input(argument, f"'{name}' is a customer id (cus_ and 16 characters)")
+    return value
+
+
+def checked_field(value: str, argument: str, name: str = "field") -> str:
+    """A field is one of Customer's, for the same reason: no free text into the log."""
+    if value not in CUSTOMER_FIELDS:
+        raise bad_input(argument, f"'{name}' is a Customer field name, e.g. nationalId")
+    return value
 
 
 class AuditReader(Protocol):
@@ -93,6 +110,8 @@ class AccessRecord:
         description="Each field decision of the request; with `customer`, that customer's only."
     )
     def fields(self, customer: strawberry.ID | None = None) -> list[FieldAccess]:
+        if customer is not None:
+            checked_customer(customer, "customer")
         policies: Mapping[str, str] = self.record.get("policies") or {}
         decided: Mapping[str, Mapping[str, str]] = self.record.get("fields") or {}
         chosen = [(customer, decided.get(customer) or {})] if customer else decided.items()
@@ -198,6 +217,11 @@ class AuditQueries:
     ) -> AccessRecordConnection | None:
         ctx = info.context
         limit = page_size(first, "first", 500, 50)
+        # Checked before anything is noted: the arguments go into this request's record.
+        if customer is not None:
+            checked_customer(customer, "customer")
+        if field is not None:
+            checked_field(field, "field")
         if kind is not None and kind not in KINDS:
             raise bad_input("kind", "'kind' is access, alert or ack")
         if decision is not None and decision not in DECISIONS:

@@ -8,21 +8,19 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-import re
+from typing import Any
 
 import strawberry
 from graphql import GraphQLError
 from strawberry.types import Info
 
-from connectors.identity.keys import is_cuid
-from resolvers.audit import DECISIONS
+from resolvers.audit import DECISIONS, checked_customer, checked_field
 from resolvers.audit_views import AlertAcknowledgement, acknowledgement, note_audit_use
 from resolvers.context import GraphContext
 from resolvers.guard import policy_field
 from resolvers.types import bad_input
 
 log = logging.getLogger("c360.console")
-FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 
 @strawberry.enum
@@ -41,6 +39,31 @@ class ConsoleView(enum.Enum):
     OVERVIEW = "overview"
 
 
+@strawberry.enum(description="Which of a view's tables was exported.")
+class ConsoleTable(enum.Enum):
+    TIMELINE = "timeline"
+    FOOTPRINT_CUSTOMERS = "footprint_customers"
+    FOOTPRINT_DECISIONS = "footprint_decisions"
+    FOOTPRINT_DENIED = "footprint_denied"
+    ALERTS = "alerts"
+    TOP_SUBJECTS = "top_subjects"
+    FIELD_SHARES = "field_shares"
+
+
+VIEW_OF_TABLE = {
+    ConsoleTable.TIMELINE: ConsoleView.TIMELINE,
+    ConsoleTable.FOOTPRINT_CUSTOMERS: ConsoleView.FOOTPRINT,
+    ConsoleTable.FOOTPRINT_DECISIONS: ConsoleView.FOOTPRINT,
+    ConsoleTable.FOOTPRINT_DENIED: ConsoleView.FOOTPRINT,
+    ConsoleTable.ALERTS: ConsoleView.ALERTS,
+    ConsoleTable.TOP_SUBJECTS: ConsoleView.OVERVIEW,
+    ConsoleTable.FIELD_SHARES: ConsoleView.OVERVIEW,
+}
+
+
+ALERT_STATES = {False: "open", True: "acknowledged", None: "all"}
+
+
 @strawberry.input
 class ConsoleExportFilters:
     customer: strawberry.ID | None = None
@@ -49,6 +72,12 @@ class ConsoleExportFilters:
     decision: str | None = None
     since: dt.datetime | None = None
     until: dt.datetime | None = None
+    # Left out: no filter of that kind. Null, as in `accessAlerts`: acknowledged or not,
+    # recorded as state "all", so an export of every alert says so too.
+    acknowledged: bool | None = strawberry.field(
+        default=strawberry.UNSET,
+        description="The alerts' state: false open, true acknowledged, null both.",
+    )
 
 
 @strawberry.type
@@ -65,24 +94,20 @@ def _alert_id(value: str) -> tuple[str, int]:
     return chain, int(seq)
 
 
-def _filters(filters: ConsoleExportFilters | None) -> dict[str, str]:
-    """The filters as the log keeps them, each checked to be an id, a name or a time:
-    a filter is never a place for a customer's email or name."""
+def _filters(filters: ConsoleExportFilters | None) -> dict[str, Any]:
+    """The filters as the log keeps them, each checked to be an id, a name, a time or a
+    state: a filter is never a place for a customer's email or name."""
     if filters is None:
         return {}
-    kept: dict[str, str] = {}
+    kept: dict[str, Any] = {}
     if filters.customer is not None:
-        if not is_cuid(filters.customer):
-            raise bad_input("filters", "'customer' is a CUID")
-        kept["customer"] = filters.customer
+        kept["customer"] = checked_customer(filters.customer, "filters")
     if filters.subject is not None:
         if not filters.subject or len(filters.subject) > 256 or not filters.subject.isprintable():
             raise bad_input("filters", "'subject' is not a subject name")
         kept["subject"] = filters.subject
     if filters.field is not None:
-        if not FIELD_NAME.fullmatch(filters.field):
-            raise bad_input("filters", "'field' is a field name")
-        kept["field"] = filters.field
+        kept["field"] = checked_field(filters.field, "filters")
     if filters.decision is not None:
         if filters.decision not in DECISIONS:
             raise bad_input("filters", "'decision' is allow, mask or deny")
@@ -90,6 +115,8 @@ def _filters(filters: ConsoleExportFilters | None) -> dict[str, str]:
     for key, moment in (("since", filters.since), ("until", filters.until)):
         if moment is not None:
             kept[key] = moment.isoformat()
+    if filters.acknowledged is not strawberry.UNSET:
+        kept["state"] = ALERT_STATES[filters.acknowledged]
     return kept
 
 
@@ -153,11 +180,17 @@ class ConsoleMutations:
         view: ConsoleView,
         rows: int,
         filters: ConsoleExportFilters | None = None,
+        table: ConsoleTable | None = None,
     ) -> ConsoleExportReceipt | None:
         ctx = info.context
         if rows < 0 or rows > 10_000_000:
             raise bad_input("rows", "'rows' is a count of exported rows")
-        note_audit_use(ctx, "export", export=view.value, rows=rows, **_filters(filters))
+        if table is not None and VIEW_OF_TABLE[table] is not view:
+            raise bad_input("table", f"'table' is not a table of the {view.name} view")
+        kept = _filters(filters)
+        if table is not None:  # a view with several tables: which one left the console
+            kept = {"table": table.value, **kept}
+        note_audit_use(ctx, "export", export=view.value, rows=rows, **kept)
         request = ctx.request
         return ConsoleExportReceipt(
             request_id=getattr(getattr(request, "state", None), "request_id", None),

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import strawberry
 from strawberry.types import Info
 
+from connectors.identity.keys import is_cuid
 from resolvers.audit import AccessRecord, access_node, decode_record_cursor, record_cursor
 from resolvers.context import GraphContext
 from resolvers.guard import policy_field
@@ -253,6 +254,8 @@ def _decode_customer_cursor(cursor: str) -> tuple[str, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         ts, customer = raw.rsplit("|", 1)
         dt.datetime.fromisoformat(ts)
+        if not is_cuid(customer):
+            raise ValueError("not a customer id")
         return ts, customer
     except (binascii.Error, UnicodeDecodeError, ValueError) as error:
         raise bad_input("after", "'after' is not a cursor this API issued") from error
@@ -320,7 +323,9 @@ class ConsoleQueries:
     ) -> AccessFootprint | None:
         ctx = info.context
         span = window(since, until, time_zone, dt.timedelta(days=7))
-        note_audit_use(ctx, "footprint", subject=_subject(subject), since=span.since)
+        note_audit_use(
+            ctx, "footprint", subject=_subject(subject), since=span.since, until=span.until
+        )
         summary = await ctx.audit.footprint(subject, span)
         known = {day.day: day for day in summary.days}
         return AccessFootprint(
@@ -375,7 +380,14 @@ class ConsoleQueries:
     ) -> AccessAlertConnection | None:
         ctx = info.context
         limit = page_size(first, "first", 500, 50)
-        note_audit_use(ctx, "alerts", subject=subject and _subject(subject))
+        note_audit_use(
+            ctx,
+            "alerts",
+            subject=subject and _subject(subject),
+            since=since,
+            until=until,
+            acknowledged=acknowledged,
+        )
         query = AlertQuery(
             subject=subject,
             since=since,

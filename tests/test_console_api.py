@@ -5,6 +5,7 @@ raw in what is recorded; the PostgreSQL read models give the JSONL reference's a
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
@@ -43,6 +44,11 @@ INTEGRITY = """query($r: Boolean!) { accessLogIntegrity(refresh: $r) {
   checking intact records chains { chain lastSeq } breaks { chain seq problem } } }"""
 EXPORT = """mutation($f: ConsoleExportFilters) {
   recordConsoleExport(view: TIMELINE, rows: 7, filters: $f) { requestId view rows } }"""
+EXPORT_TABLE = """mutation($v: ConsoleView!, $t: ConsoleTable, $f: ConsoleExportFilters) {
+  recordConsoleExport(view: $v, table: $t, rows: 2, filters: $f) { requestId } }"""
+# What the console's overview asks in one request: the charts and the chains' integrity.
+CONSOLE_OVERVIEW = """{ accessOverview { byRole { key count } }
+  accessLogIntegrity { checking intact records chains { chain lastSeq } } }"""
 
 
 async def records(gateway: RunningGateway) -> list[dict[str, Any]]:
@@ -50,6 +56,21 @@ async def records(gateway: RunningGateway) -> list[dict[str, Any]]:
     sink = gateway.gateway.config.audit_sink
     assert isinstance(sink, JsonlSink)
     return [record for _, record in sink.lines() if record is not None]
+
+
+async def settled_integrity(
+    gateway: RunningGateway, headers: dict[str, str], refresh: bool
+) -> dict[str, Any]:
+    """The integrity report once the check running (or started by `refresh`) finished:
+    the gateway answers at once, `checking` while a check runs, and is asked again."""
+    reply = await gateway.query(INTEGRITY, {"r": refresh}, headers)
+    report: dict[str, Any] = reply.data["accessLogIntegrity"]
+    async with asyncio.timeout(30):
+        while report["checking"]:
+            await asyncio.sleep(0.05)
+            reply = await gateway.query(INTEGRITY, {"r": False}, headers)
+            report = reply.data["accessLogIntegrity"]
+    return report
 
 
 async def test_console_queries_and_actions_are_for_security_only(
@@ -132,6 +153,9 @@ async def test_footprint_overview_and_timeline_filters(
     assert [e["node"]["subject"] for e in masked.data["accessLog"]["edges"]] == ["alice"]
     looked = [r["audit_query"] for r in written if r.get("audit_query")]
     assert looked[0]["view"] == "footprint" and looked[0]["subject"] == "carol"
+    since, until = (dt.datetime.fromisoformat(looked[0][key]) for key in ("since", "until"))
+    # The whole range, not only its start (in whole hours: a week, and the hour begun).
+    assert until - since in (dt.timedelta(days=7), dt.timedelta(days=7, hours=1))
     assert looked[2]["view"] == "overview"
     assert looked[3] == {"customer": ids[0], "field": "nationalId", "decision": "deny"}
 
@@ -152,7 +176,8 @@ async def test_an_alert_is_acknowledged_once_and_the_acknowledgement_is_recorded
         wrong = await gateway.query(ACK, {"id": "nowhere:99"}, security)
         still_open = (await gateway.query(ALERTS, {"ack": False}, security)).data
         every = (await gateway.query(ALERTS, {"ack": None}, security)).data
-        integrity = (await gateway.query(INTEGRITY, {"r": True}, security)).data
+        before_check = len(await records(gateway))
+        report = await settled_integrity(gateway, security, refresh=True)
         written = await records(gateway)
     assert edge["node"]["subject"] == "bob"
     assert edge["node"]["alert"] == {
@@ -172,9 +197,8 @@ async def test_an_alert_is_acknowledged_once_and_the_acknowledgement_is_recorded
     assert f"{ack_record['chain']}:{ack_record['seq']}" == ack["id"]
     mutation = next(r for r in written if (r.get("audit_query") or {}).get("view") == "ack")
     assert mutation["operation_type"] == "mutation"
-    report = integrity["accessLogIntegrity"]
     assert report["intact"] is True and report["breaks"] == []
-    assert report["records"] >= len(written) - 2  # the check ran before the last records
+    assert report["records"] >= before_check  # every record up to the check, the ack's too
 
 
 async def test_integrity_is_what_audit_verify_says(
@@ -185,15 +209,16 @@ async def test_integrity_is_what_audit_verify_says(
             await gateway.query(PAGE, {"n": n})
         await gateway.gateway.access_log.flush()
         security = gateway.as_role("security")
-        fine = (await gateway.query(INTEGRITY, {"r": True}, security)).data
+        fine = await settled_integrity(gateway, security, refresh=True)
+        await gateway.gateway.access_log.flush()  # nothing written while the file is edited
         sink = gateway.gateway.config.audit_sink
         assert isinstance(sink, JsonlSink)
         lines = sink.path.read_text().splitlines(keepends=True)
         sink.path.write_text(lines[0] + lines[1].replace('"ok"', '"error"') + "".join(lines[2:]))
-        broken = (await gateway.query(INTEGRITY, {"r": True}, security)).data
-    assert fine["accessLogIntegrity"]["intact"] is True
-    assert fine["accessLogIntegrity"]["chains"] == [{"chain": "ours", "lastSeq": 3}]
-    report = broken["accessLogIntegrity"]
+        report = await settled_integrity(gateway, security, refresh=True)
+    # The check's own requests may land in the log while it reads: all of them, in order.
+    assert fine["intact"] is True and fine["records"] >= 3
+    assert fine["chains"] == [{"chain": "ours", "lastSeq": fine["records"]}]
     assert report["intact"] is False
     assert report["breaks"] == [
         {"chain": "ours", "seq": 2, "problem": "content does not match its hash"}
@@ -214,6 +239,22 @@ async def test_an_export_is_recorded_with_its_filters_and_never_a_raw_value(
         )
         by_email = await gateway.query(EXPORT, {"f": {"customer": person.email}}, security)
         odd_field = await gateway.query(EXPORT, {"f": {"field": person.email}}, security)
+        no_such_field = await gateway.query(EXPORT, {"f": {"field": "notes"}}, security)
+        tables = {
+            name: await gateway.query(EXPORT_TABLE, variables, security)
+            for name, variables in {
+                "open alerts": {"v": "ALERTS", "t": "ALERTS", "f": {"acknowledged": False}},
+                "all alerts": {"v": "ALERTS", "t": "ALERTS", "f": {"acknowledged": None}},
+                "top subjects": {
+                    "v": "OVERVIEW",
+                    "t": "TOP_SUBJECTS",
+                    "f": {"since": "2026-01-01T00:00:00+00:00"},
+                },
+                "field shares": {"v": "OVERVIEW", "t": "FIELD_SHARES"},
+                "decisions": {"v": "FOOTPRINT", "t": "FOOTPRINT_DECISIONS", "f": {"subject": "x"}},
+                "wrong view": {"v": "OVERVIEW", "t": "ALERTS"},
+            }.items()
+        }
         written = await records(gateway)
     receipt = ok.data["recordConsoleExport"]
     assert (receipt["view"], receipt["rows"]) == ("TIMELINE", 7)
@@ -228,8 +269,137 @@ async def test_an_export_is_recorded_with_its_filters_and_never_a_raw_value(
     }
     assert by_email.codes() == ["BAD_USER_INPUT"]
     assert odd_field.codes() == ["BAD_USER_INPUT"]
+    assert no_such_field.codes() == ["BAD_USER_INPUT"]  # a Customer field, not any name
+    exported = {
+        name: next(
+            r["audit_query"]
+            for r in written
+            if r["request_id"] == reply.data["recordConsoleExport"]["requestId"]
+        )
+        for name, reply in tables.items()
+        if name != "wrong view"
+    }
+    base = {"view": "export", "rows": 2}
+    assert exported["open alerts"] == {
+        **base,
+        "export": "alerts",
+        "table": "alerts",
+        "state": "open",
+    }
+    assert exported["all alerts"] == {**base, "export": "alerts", "table": "alerts", "state": "all"}
+    assert exported["top subjects"] == {
+        **base,
+        "export": "overview",
+        "table": "top_subjects",
+        "since": "2026-01-01T00:00:00+00:00",
+    }
+    assert exported["field shares"] == {**base, "export": "overview", "table": "field_shares"}
+    assert exported["decisions"]["table"] == "footprint_decisions"
+    assert tables["wrong view"].errors[0]["extensions"] == {
+        "code": "BAD_USER_INPUT",
+        "argument": "table",
+    }
     log_text = "\n".join(path.read_text() for path in _files(gateway))
     assert person.email not in log_text
+
+
+async def test_a_customer_or_field_argument_is_never_a_raw_value(
+    demo_systems: DemoSystems, tmp_path: Path, demo_world: DemoWorld
+) -> None:
+    """`accessLog` copies what it looked for into its own access record: a customer is a
+    CUID and a field one of Customer's, or the request is refused before it is noted."""
+    person = next(p for p in demo_world.persons if p.sales_ids)
+    timeline = """query($c: ID, $f: String) { accessLog(customer: $c, field: $f) {
+      edges { node { id } } } }"""
+    nested = """query($c: ID) { accessLog(first: 1) { edges { node { fields(customer: $c) {
+      field } } } } }"""
+    seen_after = """{ accessFootprint(subject: "alice") { customersSeen(after: "%s") {
+      edges { node { customer } } } } }"""
+    forged = base64.urlsafe_b64encode(f"2026-01-01T00:00:00+00:00|{person.email}".encode())
+    async with running_gateway(demo_systems, tmp_path) as gateway:
+        await gateway.query(PAGE, {"n": 1}, gateway.as_role("sales", subject="alice"))
+        await gateway.gateway.access_log.flush()
+        security = gateway.as_role("security", subject="sam")
+        replies = {
+            "customer": await gateway.query(timeline, {"c": person.email}, security),
+            "name": await gateway.query(timeline, {"c": person.name}, security),
+            "field": await gateway.query(timeline, {"f": person.email}, security),
+            "unknown field": await gateway.query(timeline, {"f": "notes"}, security),
+            "nested": await gateway.query(nested, {"c": person.email}, security),
+            "cursor": await gateway.query(seen_after % forged.decode(), None, security),
+        }
+        fine = await gateway.query(timeline, {"c": cuid(1), "f": "nationalId"}, security)
+        written = await records(gateway)
+    arguments = {name: reply.errors[0]["extensions"] for name, reply in replies.items()}
+    assert arguments == {
+        "customer": {"code": "BAD_USER_INPUT", "argument": "customer"},
+        "name": {"code": "BAD_USER_INPUT", "argument": "customer"},
+        "field": {"code": "BAD_USER_INPUT", "argument": "field"},
+        "unknown field": {"code": "BAD_USER_INPUT", "argument": "field"},
+        "nested": {"code": "BAD_USER_INPUT", "argument": "customer"},
+        "cursor": {"code": "BAD_USER_INPUT", "argument": "after"},
+    }
+    assert fine.errors == []
+    looked = [r["audit_query"] for r in written if r.get("audit_query")]
+    assert {"customer": cuid(1), "field": "nationalId"} in looked
+    log_text = "\n".join(path.read_text() for path in _files(gateway))
+    assert person.email not in log_text and person.name not in log_text
+
+
+async def test_an_overview_answers_at_once_while_the_integrity_check_runs(
+    demo_systems: DemoSystems, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overview asks for the chains' integrity, and answers within its own time
+    however large the log: with the last report and `checking`, never waiting."""
+    from gateway.audit.chain import verify
+    from gateway.console import integrity
+
+    gate = asyncio.Event()
+    gate.set()
+    real_check = integrity.verify_sink
+
+    async def gated_check(sink: Any) -> Any:
+        await gate.wait()
+        return await real_check(sink)
+
+    monkeypatch.setattr(integrity, "verify_sink", gated_check)
+    async with running_gateway(demo_systems, tmp_path, {"audit.chain": "ours"}) as gateway:
+        for n in (1, 2, 3):
+            await gateway.query(PAGE, {"n": n})
+        await gateway.gateway.access_log.flush()
+        security = gateway.as_role("security")
+        # A check of a few records is done within milliseconds: still not waited for.
+        first = (await gateway.query(CONSOLE_OVERVIEW, None, security)).data
+        done = await settled_integrity(gateway, security, refresh=False)
+        gate.clear()  # the next check runs until the gate opens
+        started = (await gateway.query(INTEGRITY, {"r": True}, security)).data
+        during = (await gateway.query(CONSOLE_OVERVIEW, None, security)).data
+        await gateway.gateway.access_log.flush()  # the requests since are in the next check
+        gate.set()
+        after = await settled_integrity(gateway, security, refresh=False)
+        sink = gateway.gateway.config.audit_sink
+        assert isinstance(sink, JsonlSink)
+        lines = list(sink.lines())
+    assert first["accessOverview"]["byRole"]
+    assert first["accessLogIntegrity"] == {
+        "checking": True,
+        "intact": None,
+        "records": 0,
+        "chains": [],
+    }
+    assert started["accessLogIntegrity"]["checking"] is True
+    assert during["accessOverview"]["byRole"]
+    last = {key: done[key] for key in ("intact", "records", "chains")}
+    assert during["accessLogIntegrity"] == {"checking": True, **last}
+    assert after["records"] > done["records"]
+    # What `c360 audit verify` says of the same records.
+    for report in (done, after):
+        verified = verify(lines[: report["records"]])
+        assert verified.intact is report["intact"] is True
+        assert verified.records == report["records"]
+        assert report["chains"] == [
+            {"chain": name, "lastSeq": seq} for name, seq in sorted(verified.chains.items())
+        ]
 
 
 def _files(gateway: RunningGateway) -> list[Path]:

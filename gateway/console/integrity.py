@@ -2,12 +2,12 @@
 `verify` over the same `scan`), run in the background and remembered, because on a large
 log it takes longer than a page may wait (a million records in PostgreSQL: about two
 minutes, in a worker process). A page gets the last finished report at once, with its
-time, and a new check starts when that report is older than `max_age_s`."""
+time, never waiting for a check, and a new check starts when that report is older than
+`max_age_s`."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import multiprocessing
@@ -75,10 +75,9 @@ def verify_postgres(dsn: str) -> tuple[ChainReport, str | None]:
 
 
 class IntegrityMonitor:
-    def __init__(self, sink: AccessSink, max_age_s: float = 300.0, wait_s: float = 0.25) -> None:
+    def __init__(self, sink: AccessSink, max_age_s: float = 300.0) -> None:
         self.sink = sink
         self.max_age_s = max_age_s
-        self.wait_s = wait_s  # a small log is checked within the request that asks
         self.last: IntegrityReport | None = None
         self._finished_at = float("-inf")
         self._took_s = 0.0
@@ -88,16 +87,16 @@ class IntegrityMonitor:
     def checking(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def current(self, refresh: bool = False) -> IntegrityReport | None:
+    def current(self, refresh: bool = False) -> IntegrityReport | None:
+        """The last finished report, at once, starting a check when it is due. Never waits
+        for one: the overview asks for it, and must answer within its time however large
+        the log; the page asks again while `checking`."""
         # A check of a large log takes a while (a minute or so for a million records):
         # left alone, re-checks take at most a tenth of the time.
         age_limit = max(self.max_age_s, 10 * self._took_s)
         stale = time.monotonic() - self._finished_at > age_limit
         if (refresh or stale or self.last is None) and not self.checking:
             self._task = asyncio.create_task(self._check(), name="c360-console-verify")
-        if self._task is not None and not self._task.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._task), self.wait_s)
         return self.last
 
     async def _check(self) -> None:

@@ -72,7 +72,7 @@ class ConsoleReader:
 
     async def integrity(self, refresh: bool) -> AccessLogIntegrity:
         monitor = monitor_for(self.sink)
-        last = await monitor.current(refresh)
+        last = monitor.current(refresh)
         if last is None:
             return AccessLogIntegrity(
                 checking=monitor.checking,
