@@ -2,8 +2,9 @@
 real requests as sales, marketing and service (a bulk-access alert), then security signs
 in, finds the customer's timeline by email, filters it by field and decision, exports it
 as CSV, acknowledges the alert and opens the reader's footprint; marketing is refused.
-The page never carries a raw value of the customer the test read. Screenshots of each
-view go to the test's tmp dir, and the timeline's to docs/console.png for the README."""
+The page, its inputs and its CSV files never carry a raw value of the customer the test
+read. Screenshots of each view go to the test's tmp dir, and the timeline's to
+docs/console.png for the README when C360_UPDATE_SCREENSHOT=1."""
 
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ class Browser:
     shots: Path
     downloads: Path
     sources: list[str]
+    values: list[str]  # of every input, select and textarea: page_source has none of them
 
     def open(self, path: str) -> None:
         self.driver.get(self.base + path)
@@ -83,9 +85,25 @@ class Browser:
         return list(self.driver.find_elements(By.CSS_SELECTOR, css))
 
     def wait(self, condition: Callable[[], Any], timeout: float = 10) -> Any:
+        from selenium.common.exceptions import (
+            NoSuchElementException,
+            StaleElementReferenceException,
+            TimeoutException,
+        )
         from selenium.webdriver.support.ui import WebDriverWait
 
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.05).until(lambda _: condition())
+        # An element found may be replaced before it is read (the page redraws a panel
+        # when an answer comes): ask again, as for one not there yet.
+        ignored = (NoSuchElementException, StaleElementReferenceException)
+        try:
+            return WebDriverWait(
+                self.driver, timeout, poll_frequency=0.05, ignored_exceptions=ignored
+            ).until(lambda _: condition())
+        except TimeoutException as error:  # a timeout alone does not say what was shown
+            shown = self.driver.execute_script("return document.body.innerText")
+            raise TimeoutException(
+                f"after {timeout} s at {self.driver.current_url}, the page shows:\n{shown}"
+            ) from error
 
     def ready(self, view: str) -> None:
         self.wait(lambda: self.find("#view").get_attribute("data-ready") == view)
@@ -94,6 +112,12 @@ class Browser:
         path = self.shots / f"{name}.png"
         self.driver.save_screenshot(str(path))
         self.sources.append(self.driver.page_source)
+        self.values.extend(
+            self.driver.execute_script(
+                "return Array.from(document.querySelectorAll('input, select, textarea'),"
+                " (e) => e.value)"
+            )
+        )
         return path
 
     def sign_in(self, token: str) -> None:
@@ -108,9 +132,41 @@ class Browser:
         ]
 
     def downloaded(self, name: str) -> str:
+        """The file's text; the file is then kept under a name of its own, since chromium
+        overwrites a download of the same name."""
         path = self.downloads / name
         self.wait(lambda: path.exists() and path.stat().st_size > 0, timeout=10)
-        return path.read_text(encoding="utf-8-sig")
+        text = path.read_text(encoding="utf-8-sig")
+        path.rename(path.with_name(f"{len(list(self.downloads.iterdir()))}-{name}"))
+        return text
+
+    def focused(self) -> str:
+        """The focused element, as `tag#id` or `tag in #section`."""
+        script = (
+            "const e = document.activeElement; const s = e.closest('section[id]');"
+            " return e.tagName + (e.id ? '#' + e.id : '') + (s ? ' in #' + s.id : '');"
+        )
+        return str(self.driver.execute_script(script))
+
+
+# Export pages of the timeline that never end, to reach the export's cap of 10,000 rows
+# without a log that large: every other request goes to the gateway.
+ENDLESS_TIMELINE = """
+window.realFetch = window.fetch;
+window.fetch = async (url, init) => {
+  const body = JSON.parse(init.body);
+  if (!body.query.includes("ConsoleTimeline") || body.variables.first !== 50) {
+    return window.realFetch(url, init);
+  }
+  const node = { id: "x:1", kind: "access", ts: "2026-01-01T00:00:00Z", subject: "x",
+    roles: ["sales"], purpose: "sales", client: "x", operation: null, outcome: "ok",
+    traceId: null, fields: [] };
+  const edges = Array.from({ length: 50 }, () => ({ node }));
+  const page = { accessLog: { edges, pageInfo: { hasNextPage: true, endCursor: "more" } } };
+  return new Response(JSON.stringify({ data: page }),
+    { headers: { "content-type": "application/json" } });
+};
+"""
 
 
 @pytest.fixture
@@ -146,7 +202,7 @@ def browser_factory(tmp_path: Path) -> Iterator[Callable[[str], Browser]]:
         driver.execute_cdp_cmd(
             "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
         )
-        return Browser(driver, base, shots, downloads, [])
+        return Browser(driver, base, shots, downloads, [], [])
 
     yield start
     for driver in drivers:
@@ -161,7 +217,8 @@ def security_session(
     browser.open("/console")
     browser.sign_in(tokens["security"])
     browser.ready("overview")
-    browser.wait(lambda: "Intact" in browser.find("#integrity").text)
+    # The overview does not wait for the chains' check; the page asks until it is done.
+    browser.wait(lambda: "Intact" in browser.find("#integrity").text, timeout=30)
     seen["overview"] = {
         "integrity": browser.find("#integrity").text,
         "top": browser.rows("#top-subjects"),
@@ -178,6 +235,9 @@ def security_session(
     seen["url"] = browser.driver.current_url
     seen["name"] = browser.find("#customer-name").text
     seen["timeline"] = browser.rows("#timeline-table")
+    seen["policies"] = [
+        (chip.text, chip.is_displayed()) for chip in browser.all("#timeline-table .chip .policy")
+    ]
     browser.shot("timeline")
 
     # Only nationalId, only denied: marketing's read.
@@ -194,6 +254,29 @@ def security_session(
     browser.wait(lambda: "Exported" in browser.find("#timeline-table .pager").text)
     browser.shot("timeline-filtered")
 
+    # An export cut short at its cap says so.
+    browser.driver.execute_script(ENDLESS_TIMELINE)
+    browser.find('#timeline-table [data-export="TIMELINE"]').click()
+    browser.wait(lambda: "of more" in browser.find("#timeline-table .pager").text, timeout=30)
+    seen["capped"] = browser.find("#timeline-table .pager").text
+    browser.driver.execute_script("window.fetch = window.realFetch")
+    seen["capped_rows"] = len(browser.downloaded(f"c360-timeline-{cuid}.csv").splitlines())
+
+    # The skip link, from the keyboard: focus moves to the content, the view stays.
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    before = browser.driver.current_url
+    browser.driver.execute_script("document.querySelector('a.skip').focus()")
+    ActionChains(browser.driver).send_keys(Keys.ENTER).perform()
+    browser.wait(lambda: browser.focused().startswith("H1"))
+    seen["skipped"] = {
+        "url": (before, browser.driver.current_url),
+        "view": browser.find("#view").get_attribute("data-ready"),
+        "tables": len(browser.all("#timeline-table")),
+        "focus": browser.focused(),
+    }
+
     # The alert, acknowledged; then the reader's footprint from the alert's link.
     browser.find('#nav a[data-view="alerts"]').click()
     browser.ready("alerts")
@@ -201,6 +284,8 @@ def security_session(
     browser.shot("alerts")
     browser.find("#alerts-table [data-ack]").click()
     browser.wait(lambda: not browser.all("#alerts-table [data-ack]"))
+    # The row's button is gone with the rebuilt table: the keyboard goes to its heading.
+    browser.wait(lambda: browser.focused() == "H2 in #alerts-table")
     from selenium.webdriver.support.ui import Select as Choose
 
     Choose(browser.find("#a-state")).select_by_value("all")
@@ -215,7 +300,10 @@ def security_session(
     seen["footprint"] = {
         "customers": browser.find("#fp-customers").text,
         "rows": browser.rows("#footprint-customers"),
+        "decisions": browser.rows("#footprint-decisions"),
     }
+    browser.find('#footprint-decisions [data-export="FOOTPRINT_DECISIONS"]').click()
+    seen["decisions_csv"] = browser.downloaded("c360-decisions-bob.csv")
     browser.shot("footprint")
 
     # Chinese labels, switched on the page; times keep their offset.
@@ -223,7 +311,12 @@ def security_session(
     browser.ready("footprint")
     seen["chinese_nav"] = browser.find('#nav a[data-view="timeline"]').text
     seen["offset_shown"] = "UTC" in browser.find("#footprint-customers tbody td:last-child").text
+    seen["chinese_days_legend"] = browser.find("#chart-days .legend").text
     browser.shot("footprint-zh")
+    browser.find('#nav a[data-view="overview"]').click()
+    browser.ready("overview")
+    seen["chinese_decisions_legend"] = browser.find("#chart-decisions .legend").text
+    browser.shot("overview-zh")
 
     # Back to English, then out; a marketing token gets the refusal and no data.
     Select(browser.find("#lang")).select_by_value("en")
@@ -279,6 +372,9 @@ async def test_the_security_console_in_a_browser(
     assert subjects[-2:] == ["carol", "alice"]  # newest first
     alice = seen["timeline"][-1]
     assert "nationalId: mask" in alice[5] and "email: allow" in alice[5]
+    # Each decision's policy is on the page, not only in a hover title.
+    assert ("customer.nationalId", True) in seen["policies"]
+    assert "nationalId: mask customer.nationalId" in alice[5]
 
     [denied_row] = seen["filtered"]
     assert denied_row[1] == "carol" and "nationalId: deny" in denied_row[5]
@@ -287,6 +383,12 @@ async def test_the_security_console_in_a_browser(
     [row] = exported[1:]
     assert row[1:4] == ["carol", "marketing", "marketing"]
     assert "nationalId=deny (customer.nationalId)" in row[5]
+    assert "Exported 10,000 rows (the first 10,000 of more" in seen["capped"]
+    assert seen["capped_rows"] == 1 + 10_000
+    (before, after) = seen["skipped"]["url"]
+    assert after == before and "#/timeline?" in after
+    assert seen["skipped"]["view"] == "timeline" and seen["skipped"]["tables"] == 1
+    assert seen["skipped"]["focus"] == "H1 in #view"
 
     [alert] = seen["alerts"]
     assert alert[1] == "Bulk access" and alert[2].startswith("bob")
@@ -295,14 +397,23 @@ async def test_the_security_console_in_a_browser(
     assert "Acknowledged by sam" in acked[4]
     assert seen["footprint"]["customers"] == "20"
     assert len(seen["footprint"]["rows"]) == 20
+    decisions = list(csv.reader(io.StringIO(seen["decisions_csv"])))
+    assert decisions[0] == ["Field", "Allowed", "Masked", "Denied"]
+    assert decisions[1:] == [row[:4] for row in seen["footprint"]["decisions"]]
 
     assert seen["chinese_nav"] == "客户访问时间线"
+    assert "不同客户数 (20)" in seen["chinese_days_legend"]
+    assert "customers" not in seen["chinese_days_legend"]
+    legend = seen["chinese_decisions_legend"]
+    assert "允许" in legend and "拒绝" in legend
+    assert not any(word in legend for word in ("allow", "mask", "deny"))
     assert seen["offset_shown"]
     assert "Not allowed" in seen["denied"] and seen["denied_view_children"] == 0
     cookie, url, local_keys = seen["token_kept_in"]
     assert cookie == "" and "ey" not in url and local_keys == ["c360.console.lang"]
 
-    # No raw value of the customer the test read, on any page the browser showed.
+    # No raw value of the customer the test read, on any page the browser showed, in any
+    # input's value or in any CSV file it exported.
     raw_values = {
         person.email,
         crm.email.strip(),
@@ -313,17 +424,30 @@ async def test_the_security_console_in_a_browser(
         crm.full_name.strip(),
         crm.address.strip(),
     }
-    for source in browser.sources:
+    exported_files = sorted(browser.downloads.glob("*.csv"))
+    assert len(exported_files) == 3
+    shown = [
+        *browser.sources,
+        *browser.values,
+        *(path.read_text(encoding="utf-8-sig") for path in exported_files),
+    ]
+    assert browser.values  # the filters' inputs were read
+    for text in shown:
         for raw in raw_values:
-            assert raw not in source
+            assert raw not in text
 
     # What the console did is in the access log: the ack, the export, the views.
     [ack] = [r for r in written if r["kind"] == "ack"]
     assert ack["subject"] == "sam"
     looked = [r["audit_query"] for r in written if r.get("audit_query")]
     assert {"customer": cuid, "field": "nationalId", "decision": "deny"} in looked
-    export = next(q for q in looked if q.get("view") == "export")
-    assert (export["export"], export["rows"], export["customer"]) == ("timeline", 1, cuid)
+    exports = [q for q in looked if q.get("view") == "export"]
+    assert [(q["table"], q["rows"]) for q in exports] == [
+        ("timeline", 1),
+        ("timeline", 10_000),
+        ("footprint_decisions", len(decisions) - 1),
+    ]
+    assert exports[0]["customer"] == cuid and exports[2]["subject"] == "bob"
     assert any(q.get("view") == "footprint" and q["subject"] == "bob" for q in looked)
     refused = [r for r in written if r["subject"] == "carol" and r["outcome"] != "ok"]
     assert refused and refused[-1]["client"] == "c360-console"

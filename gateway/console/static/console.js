@@ -25,7 +25,7 @@
   const LABELS = JSON.parse(document.getElementById("c360-labels").textContent);
   const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
   const $ = (selector) => document.querySelector(selector);
-  const state = { lang: pickLanguage(), checked: false, focus: false };
+  const state = { lang: pickLanguage(), checked: false, focus: false, route: "#/overview" };
 
   // --- language, text, time -----------------------------------------------------------
 
@@ -71,7 +71,13 @@
   }
 
   function duration(seconds) {
-    return seconds % 3600 === 0 ? `${seconds / 3600} h` : `${Math.round(seconds / 60)} min`;
+    return seconds % 3600 === 0
+      ? t("unit.hours", { n: seconds / 3600 })
+      : t("unit.minutes", { n: Math.round(seconds / 60) });
+  }
+
+  function numberText(n) {
+    return new Intl.NumberFormat(state.lang).format(n);
   }
 
   // A datetime-local input holds local wall time; the API and the URL hold UTC ISO times.
@@ -124,9 +130,12 @@
     return h("a", { href: hashOf(view, params) }, text);
   }
 
+  // The policy is text on the page, not a hover title: keyboard and screen-reader users
+  // read which policy decided, as everyone else does.
   function chip(name, decision, policy) {
-    return h("span", { class: `chip ${decision}`, title: policy || "" },
-      `${name}: ${t(`decision.${decision}`)}`);
+    return h("span", { class: `chip ${decision}` },
+      h("span", { class: "decided" }, `${name}: ${t(`decision.${decision}`)}`),
+      policy ? [" ", h("span", { class: "policy" }, policy)] : null);
   }
 
   // --- the GraphQL API ------------------------------------------------------------------
@@ -172,8 +181,15 @@
 
   // --- routing --------------------------------------------------------------------------
 
+  // Only "#/view?…" is a route. Any other fragment (the skip link's "#main", should it
+  // ever reach the URL) leaves the current view alone; no fragment is the overview.
+  function isRoute(hash) {
+    return !hash || hash.startsWith("#/");
+  }
+
   function route() {
-    const [path, query] = (location.hash || "#/overview").slice(1).split("?");
+    if (isRoute(location.hash)) state.route = location.hash || "#/overview";
+    const [path, query] = state.route.slice(1).split("?");
     return { view: path.replace(/^\//, "") || "overview", params: new URLSearchParams(query || "") };
   }
 
@@ -192,13 +208,15 @@
   // --- paged tables with CSV export -------------------------------------------------------
 
   // columns: [{label, cell(row) -> Node|string, csv(row) -> string, num}]
-  // fetch(after, first) -> {rows, pageInfo}; exportAs: {view, filters, name}
+  // fetch(after, first) -> {rows, pageInfo}; exportAs: {view, table, filters, name}
+  // load(focus): focus "prev", "next" or "heading" after the section is rebuilt, since the
+  // control that had the keyboard is replaced with it (else focus falls to <body>).
   function pagedTable({ title, columns, fetch, exportAs }) {
     const section = h("section", { class: "panel" });
     const cursors = [];
     let after = null;
 
-    async function load() {
+    async function load(focus) {
       const body = h("tbody");
       const table = h("table", {},
         h("thead", {}, h("tr", {}, columns.map((c) => h("th", { class: [c.num ? "num" : "", c.width || ""].join(" ").trim() || null, scope: "col" }, t(c.label))))),
@@ -208,21 +226,24 @@
         body.append(h("tr", {}, columns.map((c) => h("td", { class: c.num ? "num" : c.mono ? "mono" : null }, c.cell(row)))));
       }
       const prev = h("button", { type: "button", class: "quiet", disabled: cursors.length === 0,
-        onclick: async () => { after = cursors.pop(); await refresh(); } }, t("prev"));
+        onclick: async () => { after = cursors.pop(); await refresh("prev"); } }, t("prev"));
       const next = h("button", { type: "button", class: "quiet", disabled: !pageInfo.hasNextPage,
-        onclick: async () => { cursors.push(after); after = pageInfo.endCursor; await refresh(); } }, t("next"));
+        onclick: async () => { cursors.push(after); after = pageInfo.endCursor; await refresh("next"); } }, t("next"));
       const status = h("span", { class: "note", role: "status" });
-      const exporter = exportAs && h("button", { type: "button", class: "quiet", "data-export": exportAs.view,
+      const exporter = exportAs && h("button", { type: "button", class: "quiet", "data-export": exportAs.table,
         onclick: () => runExport(status, () => exportCsv(columns, fetch, exportAs)) }, t("export"));
+      const heading = h("h2", { tabindex: "-1" }, title);
       section.replaceChildren(
-        h("h2", {}, title),
+        heading,
         rows.length ? h("div", { class: "tablewrap" }, table) : h("p", { class: "note" }, t("none")),
-        h("div", { class: "pager" }, prev, h("span", { class: "note" }, `${t("page")} ${cursors.length + 1}`), next,
+        h("div", { class: "pager" }, prev, h("span", { class: "note" }, t("page", { n: cursors.length + 1 })), next,
           h("span", { class: "spacer" }), status, exporter));
+      const control = { prev, next }[focus];
+      if (focus) (control && !control.disabled ? control : heading).focus();
     }
 
-    async function refresh() {
-      try { await load(); } catch (error) { fail(error); }
+    async function refresh(focus) {
+      try { await load(focus); } catch (error) { fail(error); }
     }
 
     return { section, load };
@@ -244,12 +265,28 @@
     }
   }
 
+  // A table with no pager of its own (a summary the page holds whole), exported like the
+  // paged ones. exportAs: {view, table, filters, name}
+  function summaryTable({ id, title, columns, rows, exportAs }) {
+    const status = h("span", { class: "note", role: "status" });
+    const fetch = async () => ({ rows, pageInfo: { hasNextPage: false, endCursor: null } });
+    return h("section", { class: "panel", id }, h("h2", {}, title),
+      rows.length ? h("div", { class: "tablewrap" }, h("table", {},
+        h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.num ? "num" : null }, t(c.label))))),
+        h("tbody", {}, rows.map((r) => h("tr", {}, columns.map((c) => h("td", { class: c.num ? "num" : null }, c.cell(r)))))))) : h("p", { class: "note" }, t("none")),
+      h("div", { class: "pager" }, h("span", { class: "spacer" }), status,
+        h("button", { type: "button", class: "quiet", "data-export": exportAs.table,
+          onclick: () => runExport(status, () => exportCsv(columns, fetch, exportAs)) }, t("export"))));
+  }
+
   async function exportCsv(columns, fetch, exportAs) {
     const rows = [];
     let after = null;
+    let more = false; // rows left out at the cap: the page says so
     for (;;) {
       const page = await fetch(after, EXPORT_PAGE);
       rows.push(...page.rows);
+      more = page.pageInfo.hasNextPage || rows.length > EXPORT_CAP;
       if (!page.pageInfo.hasNextPage || rows.length >= EXPORT_CAP) break;
       after = page.pageInfo.endCursor;
     }
@@ -257,9 +294,9 @@
     const lines = [columns.map((c) => csvCell(t(c.label))).join(",")];
     for (const row of kept) lines.push(columns.map((c) => csvCell(c.csv(row))).join(","));
     // Recorded first: an export the log could not record does not happen.
-    await gql(`mutation ConsoleExport($view: ConsoleView!, $rows: Int!, $filters: ConsoleExportFilters) {
-      recordConsoleExport(view: $view, rows: $rows, filters: $filters) { requestId } }`,
-    { view: exportAs.view, rows: kept.length, filters: exportAs.filters || null });
+    await gql(`mutation ConsoleExport($view: ConsoleView!, $table: ConsoleTable, $rows: Int!, $filters: ConsoleExportFilters) {
+      recordConsoleExport(view: $view, table: $table, rows: $rows, filters: $filters) { requestId } }`,
+    { view: exportAs.view, table: exportAs.table, rows: kept.length, filters: exportAs.filters || null });
     const blob = new Blob([`\ufeff${lines.join("\r\n")}\r\n`], { type: "text/csv;charset=utf-8" });
     const url = URL.createObjectURL(blob);
     const anchor = h("a", { href: url, download: exportAs.name, hidden: true });
@@ -267,7 +304,7 @@
     anchor.click();
     anchor.remove();
     setTimeout(() => URL.revokeObjectURL(url), 60000);
-    return t("exported", { rows: kept.length });
+    return t(more ? "exported.capped" : "exported", { rows: numberText(kept.length) });
   }
 
   // --- charts (inline SVG) ------------------------------------------------------------------
@@ -276,8 +313,9 @@
     return COLORS[key] || SPARE[keys.indexOf(key) % SPARE.length];
   }
 
-  // buckets: [{label, at, parts: {key: n}}]; one stacked bar per bucket.
-  function stackedBars({ title, buckets, keys, tickEvery }) {
+  // buckets: [{label, at, parts: {key: n}}]; one stacked bar per bucket. labelOf(key): the
+  // key in the page's language (a decision, a count), where it is not a name from the log.
+  function stackedBars({ title, buckets, keys, tickEvery, labelOf = (key) => key }) {
     const width = 560;
     const height = 190;
     const left = 40;
@@ -301,14 +339,14 @@
           x: (left + i * slot + (slot - barWidth) / 2).toFixed(1), y: y.toFixed(1),
           width: barWidth.toFixed(1), height: barHeight.toFixed(1),
           fill: colorOf(key, keys),
-        }, svg("title", {}, `${bucket.label} · ${key}: ${n}`)));
+        }, svg("title", {}, `${bucket.label} · ${labelOf(key)}: ${n}`)));
       }
       if (i % tickEvery === 0) {
         bars.push(svg("text", { x: (left + i * slot).toFixed(1), y: height - 6, "font-size": 10, fill: "#5b6575" }, bucket.label));
       }
     });
     const total = Object.values(totals).reduce((a, b) => a + b, 0);
-    const summary = keys.map((k) => `${k}: ${totals[k] || 0}`).join(", ");
+    const summary = keys.map((k) => `${labelOf(k)}: ${totals[k] || 0}`).join(", ");
     const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `${title}. ${t("chart.total")} ${total}. ${summary}` },
       svg("line", { x1: left, y1: height - bottom, x2: width, y2: height - bottom, stroke: "#9aa6b5" }),
       svg("text", { x: left - 6, y: top + 10, "font-size": 10, "text-anchor": "end", fill: "#5b6575" }, String(max)),
@@ -317,7 +355,7 @@
     const legend = h("div", { class: "legend" }, keys.map((k) => h("span", {},
       svg("svg", { class: "swatch", viewBox: "0 0 10 10", "aria-hidden": "true" },
         svg("rect", { width: 10, height: 10, fill: colorOf(k, keys) })),
-      `${k} (${totals[k] || 0})`)));
+      `${labelOf(k)} (${totals[k] || 0})`)));
     return h("figure", { class: "chart" }, h("figcaption", {}, h("h2", {}, title)),
       total ? chart : h("p", { class: "note" }, t("chart.empty")), legend);
   }
@@ -427,7 +465,7 @@
     const table = pagedTable({
       title: t("timeline.title"),
       columns: recordColumns(customer),
-      exportAs: { view: "TIMELINE", filters, name: `c360-timeline-${customer}.csv` },
+      exportAs: { view: "TIMELINE", table: "TIMELINE", filters, name: `c360-timeline-${customer}.csv` },
       fetch: async (after, first) => {
         const data = await gql(`query ConsoleTimeline($customer: ID!, $field: String, $decision: String, $subject: String, $since: DateTime, $until: DateTime, $first: Int, $after: String) {
           accessLog(customer: $customer, field: $field, decision: $decision, subject: $subject, since: $since, until: $until, first: $first, after: $after) {
@@ -473,19 +511,22 @@
         h("div", { class: "stat" }, h("dt", {}, t("footprint.denied")), h("dd", {}, h("b", {}, fp.deniedRequests)))));
     const days = fp.days.map((d) => ({ label: d.day.slice(5), parts: { customers: d.customers } }));
     const perDecision = {};
-    for (const { field: name, decision, count } of fp.decisions) {
-      perDecision[name] = perDecision[name] || { allow: 0, mask: 0, deny: 0 };
-      perDecision[name][decision] = count;
+    for (const { field: name, decision, count: n } of fp.decisions) {
+      perDecision[name] = perDecision[name] || { field: name, allow: 0, mask: 0, deny: 0 };
+      perDecision[name][decision] = n;
     }
-    const decisionTable = h("table", {},
-      h("thead", {}, h("tr", {}, ["col.field", "col.allow", "col.mask", "col.deny"].map((k, i) => h("th", { scope: "col", class: i ? "num" : null }, t(k))))),
-      h("tbody", {}, Object.entries(perDecision).map(([name, c]) => h("tr", {},
-        h("td", {}, name), h("td", { class: "num" }, c.allow), h("td", { class: "num" }, c.mask), h("td", { class: "num" }, c.deny)))));
-    root.append(h("div", { class: "grid" },
-      h("section", { class: "panel" }, stackedBars({ title: t("footprint.perday"), buckets: days, keys: ["customers"], tickEvery: Math.max(1, Math.ceil(days.length / 10)) })),
-      h("section", { class: "panel" }, h("h2", {}, t("footprint.decisions")),
-        fp.decisions.length ? h("div", { class: "tablewrap" }, decisionTable) : h("p", { class: "note" }, t("none")))));
     const scope = { subject, since: fp.since, until: fp.until };
+    const countColumn = (decision) => ({ label: `col.${decision}`, num: true, cell: (r) => r[decision], csv: (r) => r[decision] });
+    root.append(h("div", { class: "grid" },
+      h("section", { class: "panel", id: "chart-days" }, stackedBars({ title: t("footprint.perday"), buckets: days, keys: ["customers"],
+        labelOf: () => t("footprint.customers"), tickEvery: Math.max(1, Math.ceil(days.length / 10)) })),
+      summaryTable({
+        id: "footprint-decisions",
+        title: t("footprint.decisions"),
+        columns: [{ label: "col.field", cell: (r) => r.field, csv: (r) => r.field }, ...DECISIONS.map(countColumn)],
+        rows: Object.values(perDecision),
+        exportAs: { view: "FOOTPRINT", table: "FOOTPRINT_DECISIONS", filters: scope, name: `c360-decisions-${subject}.csv` },
+      })));
     const seen = pagedTable({
       title: t("footprint.seen"),
       columns: [
@@ -493,7 +534,7 @@
         { label: "col.accesses", num: true, cell: (r) => r.accesses, csv: (r) => r.accesses },
         { label: "col.lastseen", cell: (r) => when(r.lastSeen), csv: (r) => r.lastSeen },
       ],
-      exportAs: { view: "FOOTPRINT", filters: scope, name: `c360-footprint-${subject}.csv` },
+      exportAs: { view: "FOOTPRINT", table: "FOOTPRINT_CUSTOMERS", filters: scope, name: `c360-footprint-${subject}.csv` },
       fetch: async (after, first) => {
         const page = await gql(`query ConsoleFootprintCustomers($subject: String!, $since: DateTime, $until: DateTime, $zone: String!, $first: Int, $after: String) {
           accessFootprint(subject: $subject, since: $since, until: $until, timeZone: $zone) {
@@ -515,7 +556,7 @@
         { label: "col.purpose", cell: (r) => r.purpose || "—", csv: (r) => r.purpose },
         { label: "col.trace", mono: true, cell: (r) => r.traceId || "—", csv: (r) => r.traceId },
       ],
-      exportAs: { view: "FOOTPRINT", filters: { ...scope, decision: "deny" }, name: `c360-denied-${subject}.csv` },
+      exportAs: { view: "FOOTPRINT", table: "FOOTPRINT_DENIED", filters: { ...scope, decision: "deny" }, name: `c360-denied-${subject}.csv` },
       fetch: async (after, first) => {
         const page = await gql(`query ConsoleDenied($subject: String!, $since: DateTime, $until: DateTime, $first: Int, $after: String) {
           accessLog(subject: $subject, decision: "deny", since: $since, until: $until, first: $first, after: $after) {
@@ -554,13 +595,12 @@
     const acknowledge = async (id, resolution) => {
       await gql(`mutation ConsoleAcknowledge($id: ID!, $resolution: AlertResolution!) {
         acknowledgeAccessAlert(id: $id, resolution: $resolution) { id } }`, { id, resolution });
-      await table.load();
+      await table.load("heading"); // the button pressed is gone with its row's state
     };
+    const ackText = (ack, at) => t("alerts.acked", { by: ack.by || "—", at, resolution: t(`resolution.${ack.resolution}`) });
     const stateCell = (edge) => {
       const ack = edge.acknowledgement;
-      if (ack) {
-        return h("span", { class: "ok" }, t("alerts.acked", { by: ack.by || "—", at: when(ack.at), resolution: t(`resolution.${ack.resolution}`) }));
-      }
+      if (ack) return h("span", { class: "ok" }, ackText(ack, when(ack.at)));
       const id = `res-${edge.node.id.replace(/[^A-Za-z0-9]/g, "-")}`;
       const resolution = select(id, RESOLUTIONS.map((r) => [r, t(`resolution.${r.toLowerCase()}`)]), "REVIEWED");
       return h("div", { class: "filters" },
@@ -576,9 +616,10 @@
         { label: "col.subject", cell: (e) => h("div", {}, h("div", {}, e.node.subject || "—"), e.node.subject ? link("footprint", footprintOf(e.node), t("alerts.footprint")) : null), csv: (e) => e.node.subject },
         { label: "col.detail", cell: (e) => alertDetail(e.node.alert), csv: (e) => alertDetail(e.node.alert) },
         { label: "col.state", width: "wide", cell: stateCell,
-          csv: (e) => (e.acknowledgement ? `${e.acknowledgement.resolution} by ${e.acknowledgement.by} at ${e.acknowledgement.at}` : "open") },
+          csv: (e) => (e.acknowledgement ? ackText(e.acknowledgement, e.acknowledgement.at) : t("alerts.open")) },
       ],
-      exportAs: { view: "ALERTS", filters: null, name: "c360-alerts.csv" },
+      // null: every alert, and the export's record says so ("all")
+      exportAs: { view: "ALERTS", table: "ALERTS", filters: { acknowledged }, name: "c360-alerts.csv" },
       fetch: async (after, first) => {
         const data = await gql(`query ConsoleAlerts($acknowledged: Boolean, $first: Int, $after: String) {
           accessAlerts(acknowledged: $acknowledged, first: $first, after: $after) {
@@ -593,6 +634,10 @@
     await table.load();
   }
 
+  function breakText(b) {
+    return t("integrity.at", { seq: b.seq ?? "—", where: b.location, problem: b.problem });
+  }
+
   function integrityPanel(integrity, recheck) {
     const panel = h("section", { class: "panel", id: "integrity" }, h("h2", {}, t("overview.integrity")));
     if (integrity.intact === null) {
@@ -605,10 +650,10 @@
     const rows = integrity.chains.map((c) => {
       const broken = integrity.breaks.find((b) => b.chain === c.chain);
       return h("tr", {}, h("td", { class: "mono" }, c.chain), h("td", { class: "num" }, c.lastSeq),
-        h("td", {}, broken ? `seq ${broken.seq} (${broken.location}): ${broken.problem}` : "—"));
+        h("td", {}, broken ? breakText(broken) : "—"));
     });
     for (const b of integrity.breaks.filter((b) => !integrity.chains.some((c) => c.chain === b.chain))) {
-      rows.push(h("tr", {}, h("td", { class: "mono" }, b.chain), h("td", { class: "num" }, "—"), h("td", {}, `seq ${b.seq} (${b.location}): ${b.problem}`)));
+      rows.push(h("tr", {}, h("td", { class: "mono" }, b.chain), h("td", { class: "num" }, "—"), h("td", {}, breakText(b))));
     }
     panel.append(h("div", { class: "tablewrap" }, h("table", {},
       h("thead", {}, h("tr", {}, h("th", { scope: "col" }, t("integrity.chain")), h("th", { scope: "col", class: "num" }, t("integrity.lastseq")), h("th", { scope: "col" }, t("integrity.break")))),
@@ -639,52 +684,46 @@
     decisions.keys = DECISIONS.filter((d) => decisions.keys.includes(d));
     const pct = (n, total) => (total ? `${((100 * n) / total).toFixed(1)} %` : "—");
     const fieldRows = o.fields.map((f) => ({ ...f, total: f.allow + f.mask + f.deny }));
-    const summaryTable = (id, title, columns, rows, view) => {
-      const status = h("span", { class: "note", role: "status" });
-      const fetch = async () => ({ rows, pageInfo: { hasNextPage: false, endCursor: null } });
-      return h("section", { class: "panel", id }, h("h2", {}, title),
-        rows.length ? h("div", { class: "tablewrap" }, h("table", {},
-          h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.num ? "num" : null }, t(c.label))))),
-          h("tbody", {}, rows.map((r) => h("tr", {}, columns.map((c) => h("td", { class: c.num ? "num" : null }, c.cell(r)))))))) : h("p", { class: "note" }, t("none")),
-        h("div", { class: "pager" }, h("span", { class: "spacer" }), status,
-          h("button", { type: "button", class: "quiet", "data-export": view, onclick: () => runExport(status,
-            () => exportCsv(columns, fetch, { view: "OVERVIEW", filters: { since: o.since, until: o.until }, name: `c360-${id}.csv` })) },
-          t("export"))));
-    };
+    const overviewExport = (id, table) => ({ view: "OVERVIEW", table, filters: { since: o.since, until: o.until }, name: `c360-${id}.csv` });
     const integrityHolder = h("div", {});
+    let asked = 0; // each question is an access record: ask less often the longer a check runs
     const showIntegrity = (integrity) => {
       integrityHolder.replaceChildren(integrityPanel(integrity, async () => {
         const again = await gql(`query ConsoleIntegrity($refresh: Boolean!) { accessLogIntegrity(refresh: $refresh) {
           checking checkedAt intact records chains { chain lastSeq } breaks { chain seq location problem } tornTail } }`, { refresh: true });
         showIntegrity(again.accessLogIntegrity);
       }));
-      if (integrity.checking && route().view === "overview") {
+      // Asked again while a check runs, and while there is no report yet (a check that
+      // failed is started again by the next question).
+      if ((integrity.checking || integrity.intact === null) && route().view === "overview") {
         setTimeout(async () => {
+          if (!integrityHolder.isConnected) return; // the page moved on; its own overview asks
           try {
             const again = await gql(`query ConsoleIntegrity { accessLogIntegrity {
               checking checkedAt intact records chains { chain lastSeq } breaks { chain seq location problem } tornTail } }`);
             showIntegrity(again.accessLogIntegrity);
           } catch (error) { fail(error); }
-        }, 2000);
+        }, integrity.checking ? Math.min(1000 * 2 ** asked++, 10000) : 5000);
       }
     };
     showIntegrity(data.accessLogIntegrity);
     root.append(
       h("div", { class: "grid" },
         h("section", { class: "panel", id: "chart-roles" }, stackedBars({ title: t("overview.byrole"), ...roles })),
-        h("section", { class: "panel", id: "chart-decisions" }, stackedBars({ title: t("overview.bydecision"), ...decisions }))),
+        h("section", { class: "panel", id: "chart-decisions" }, stackedBars({ title: t("overview.bydecision"), ...decisions,
+          labelOf: (k) => t(`decision.${k}`) }))),
       h("div", { class: "grid" },
-        summaryTable("top-subjects", t("overview.top"), [
+        summaryTable({ id: "top-subjects", title: t("overview.top"), columns: [
           { label: "col.subject", cell: (r) => link("footprint", { subject: r.subject, range }, r.subject), csv: (r) => r.subject },
           { label: "col.customers", num: true, cell: (r) => r.customers, csv: (r) => r.customers },
           { label: "col.requests", num: true, cell: (r) => r.requests, csv: (r) => r.requests },
-        ], o.topSubjects, "top"),
-        summaryTable("field-shares", t("overview.fields"), [
+        ], rows: o.topSubjects, exportAs: overviewExport("top-subjects", "TOP_SUBJECTS") }),
+        summaryTable({ id: "field-shares", title: t("overview.fields"), columns: [
           { label: "col.field", cell: (r) => r.field, csv: (r) => r.field },
           { label: "col.maskshare", num: true, cell: (r) => pct(r.mask, r.total), csv: (r) => pct(r.mask, r.total) },
           { label: "col.denyshare", num: true, cell: (r) => pct(r.deny, r.total), csv: (r) => pct(r.deny, r.total) },
           { label: "col.requests", num: true, cell: (r) => r.total, csv: (r) => r.total },
-        ], fieldRows, "fields")),
+        ], rows: fieldRows, exportAs: overviewExport("field-shares", "FIELD_SHARES") })),
       integrityHolder);
   }
 
@@ -790,8 +829,15 @@
       render();
     });
     window.addEventListener("hashchange", () => {
+      if (!isRoute(location.hash)) return;
       state.focus = true;
       render();
+    });
+    // Skipping to the content moves the keyboard there and leaves the route as it is: the
+    // link's own "#main" would be read as a view.
+    $(".skip").addEventListener("click", (event) => {
+      event.preventDefault();
+      ($("#view:not([hidden]) h1") || $("#main")).focus();
     });
     render();
   }
