@@ -497,11 +497,20 @@
     }
     const since = params.get("since") || ago(RANGE_HOURS[range] || 168);
     const until = params.get("until") || null;
-    const data = await gql(`query ConsoleFootprint($subject: String!, $since: DateTime, $until: DateTime, $zone: String!) {
+    // The summary and both tables are asked at once: the view is ready when the slowest
+    // answers, not after the three one by one. They share the range as asked (an open end
+    // is "now" to each).
+    const scope = { subject, since, until };
+    const summary = gql(`query ConsoleFootprint($subject: String!, $since: DateTime, $until: DateTime, $zone: String!) {
       accessFootprint(subject: $subject, since: $since, until: $until, timeZone: $zone) {
         since until requests customers deniedRequests
         days { day customers requests } decisions { field decision count } } }`,
     { subject, since, until, zone: ZONE });
+    const seen = seenTable(subject, scope);
+    const denied = deniedTable(subject, scope);
+    const grid = h("div", { class: "grid" });
+    root.append(grid, seen.section, denied.section);
+    const [data] = await Promise.all([summary, seen.load(), denied.load()]);
     const fp = data.accessFootprint;
     head.append(
       h("p", { class: "note" }, `${when(fp.since)} – ${when(fp.until)}`),
@@ -515,9 +524,8 @@
       perDecision[name] = perDecision[name] || { field: name, allow: 0, mask: 0, deny: 0 };
       perDecision[name][decision] = n;
     }
-    const scope = { subject, since: fp.since, until: fp.until };
     const countColumn = (decision) => ({ label: `col.${decision}`, num: true, cell: (r) => r[decision], csv: (r) => r[decision] });
-    root.append(h("div", { class: "grid" },
+    grid.append(
       h("section", { class: "panel", id: "chart-days" }, stackedBars({ title: t("footprint.perday"), buckets: days, keys: ["customers"],
         labelOf: () => t("footprint.customers"), tickEvery: Math.max(1, Math.ceil(days.length / 10)) })),
       summaryTable({
@@ -526,8 +534,11 @@
         columns: [{ label: "col.field", cell: (r) => r.field, csv: (r) => r.field }, ...DECISIONS.map(countColumn)],
         rows: Object.values(perDecision),
         exportAs: { view: "FOOTPRINT", table: "FOOTPRINT_DECISIONS", filters: scope, name: `c360-decisions-${subject}.csv` },
-      })));
-    const seen = pagedTable({
+      }));
+  }
+
+  function seenTable(subject, scope) {
+    const table = pagedTable({
       title: t("footprint.seen"),
       columns: [
         { label: "col.customer", mono: true, cell: (r) => link("timeline", { customer: r.customer, subject }, r.customer), csv: (r) => r.customer },
@@ -544,8 +555,13 @@
         return { rows: found.edges.map((e) => e.node), pageInfo: found.pageInfo };
       },
     });
+    table.section.id = "footprint-customers";
+    return table;
+  }
+
+  function deniedTable(subject, scope) {
     const deniedOnly = (r) => ({ ...r, fields: r.fields.filter((f) => f.decision === "deny") });
-    const denied = pagedTable({
+    const table = pagedTable({
       title: t("footprint.deniedlist"),
       columns: [
         { label: "col.when", width: "when", cell: (r) => when(r.ts), csv: (r) => r.ts },
@@ -565,10 +581,8 @@
         return { rows: page.accessLog.edges.map((e) => deniedOnly(e.node)), pageInfo: page.accessLog.pageInfo };
       },
     });
-    seen.section.id = "footprint-customers";
-    denied.section.id = "footprint-denied";
-    root.append(seen.section, denied.section);
-    await Promise.all([seen.load(), denied.load()]);
+    table.section.id = "footprint-denied";
+    return table;
   }
 
   function alertDetail(alert) {
