@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -200,10 +199,10 @@ async def test_a_fragment_bomb_is_measured_without_being_walked() -> None:
     )
     query = "{ item { ...F0 } } " + fragments + " fragment F40 on Item { name }"
     schema = small_schema(QueryLimits(max_depth=100, max_tokens=100_000), cached=False)
-    started = time.perf_counter()
+    # The exact count of 2^41 - 2 aliases is only reachable with each fragment counted
+    # once (memoised): walked, this test would not finish within any CI run.
     message = rejected(await schema.execute(query), "aliases")
     assert f"uses {2**41 - 2} aliases" in message
-    assert time.perf_counter() - started < 1.0
 
 
 async def test_fragment_cycles_are_reported_by_validation_not_a_crash(
