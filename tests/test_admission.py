@@ -123,7 +123,9 @@ async def test_a_waiter_cancelled_as_its_turn_comes_passes_the_place_on() -> Non
 async def test_settings_from_the_server_table(demo_systems: DemoSystems, tmp_path: Path) -> None:
     data = gateway_config(demo_systems, tmp_path, {})
     assert parse_config(data).server.admission == AdmissionSettings()
-    assert AdmissionSettings().limit == 0  # no gate unless the operator sets one
+    assert AdmissionSettings().limit == 32  # a gate unless the operator turns it off
+    data["server"]["max_in_flight"] = 0
+    assert parse_config(data).server.admission.limit == 0
     data["server"].update(max_in_flight=4, max_queued=10, queue_timeout_s=2)
     assert parse_config(data).server.admission == AdmissionSettings(4, 10, 2.0)
     data["server"]["queue_timeout_s"] = 0
