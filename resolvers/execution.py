@@ -15,8 +15,10 @@ it there for all the customers of a page (resolvers/loading.py), instead of call
 resolver and field extensions once per customer. Anything irregular (an error value, null where
 the type is non-null, a value its scalar refuses, a list that is not a list) makes the
 function give up, and graphql-core completes that field the usual way, reporting exactly
-what it always reports. tests/test_execution.py runs the same operations through both and
-compares the responses.
+what it always reports; except that a field whose value *is* an error (a refusal the
+parent settled) is reported at its path as graphql-core's own `execute_field` would,
+without calling its resolver to get the same value again. tests/test_execution.py runs
+the same operations through both and compares the responses.
 """
 
 from __future__ import annotations
