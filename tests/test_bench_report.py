@@ -4,15 +4,10 @@ how wrk's and py-spy's output and the gateway's metrics are read, and what the r
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
-
-# `bench/` is a tool next to the package, not an installed package: import it from the repo.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import report
 from bench.counters import Counts, metric_sum

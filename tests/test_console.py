@@ -20,25 +20,14 @@ from typing import Any
 
 import pytest
 
+from bench.console_page import CHROMEDRIVER, CHROMIUM, FLAGS
+from bench.console_page import missing as missing_browser
 from demo.people import DemoWorld, Person
 from demo.systems import DemoSystems
 from gateway.audit.sinks import JsonlSink
 from harness import RunningGateway, running_gateway
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "console.png"
-FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1280,800",
-    "--lang=en-US",
-)
 READ = """query($e: String!) { customerByEmail(email: $e) {
   id name email phone nationalId address } }"""
 PAGE = "query($n: Int) { customers(first: $n) { edges { node { id name phone } } } }"
@@ -48,14 +37,10 @@ LONG_SUBJECT = "svc-batch-export-" + "0123456789abcdef" * 6
 
 def _require_browser() -> None:
     """Skip without chromium, its driver or selenium; on CI (CI=true) that is a failure."""
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("the selenium package")
-    if not missing:
+    absent = missing_browser()
+    if absent is None:
         return
-    reason = f"needs {', '.join(missing)} (make test installs chromium and chromium-driver)"
+    reason = f"{absent} (make test installs chromium and chromium-driver)"
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason}; CI=true requires it")
     pytest.skip(reason)
