@@ -38,9 +38,9 @@ def slots_of(ctx: GraphContext, name: str) -> set[Slot]:
     """The (source, entity) pairs one field needs: none for a denied field, and the fact
     sources (consents, owner) for a field whose policy depends on the record."""
     binding = ctx.bindings.customer.get(name)
-    if binding is None or denied_outright(ctx, name):
-        return set()
     decision = ctx.guard.static(CUSTOMER_POLICIES.get(name))
+    if binding is None or (isinstance(decision, Decision) and decision.effect == "deny"):
+        return set()
     slots = {binding.slot}
     if isinstance(decision, Conditional):
         for need in decision.needs:
