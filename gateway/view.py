@@ -244,7 +244,7 @@ class GraphQLView(GraphQL[Any, None]):
 
     def _place(self) -> contextlib.AbstractAsyncContextManager[None]:
         """A place to execute in (the admission gate's), or at once without a gate."""
-        if self._admission is None or self._admission.settings.limit <= 0:
+        if self._admission is None:
             return contextlib.nullcontext()
         return self._admission.place()
 
