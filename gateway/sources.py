@@ -96,6 +96,17 @@ class SourceHub:
         for name in self.connectors:
             metrics.breaker_state.labels(name).set(STATE_VALUES["closed"])
         self._inflight: dict[Slot, asyncio.Future[Outcome]] = {}
+        self._latency_s: dict[str, float] = {}
+
+    def expected_latency_s(self, source: str) -> float:
+        """How long the system's calls have been taking: a moving average over its
+        successful calls (0 before the first). Resolvers start the slowest system's call
+        first, since each call's set-up runs before the next one's."""
+        return self._latency_s.get(source, 0.0)
+
+    def _took(self, source: str, seconds: float) -> None:
+        last = self._latency_s.get(source)
+        self._latency_s[source] = seconds if last is None else last + 0.2 * (seconds - last)
 
     def _breaker_changed(self, source: str, state: State) -> None:
         self.metrics.breaker_state.labels(source).set(STATE_VALUES[state])
@@ -337,7 +348,9 @@ class SourceHub:
                 raise
             finally:
                 self.metrics.source_duration.labels(source).observe(time.perf_counter() - started)
-            self.meters.source_call(source, "ok", time.perf_counter() - started)
+            took = time.perf_counter() - started
+            self.meters.source_call(source, "ok", took)
+            self._took(source, took)
             return found
 
         try:

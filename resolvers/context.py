@@ -25,6 +25,8 @@ class SourceFetcher(Protocol):
         self, source: str, entity: str, keys: Sequence[str], observer: Any = None
     ) -> dict[str, Fetched | SourceUnavailable]: ...
 
+    def expected_latency_s(self, source: str) -> float: ...
+
 
 class Siblings(Protocol):
     """The customers one parent resolved together (resolvers/loading.py)."""

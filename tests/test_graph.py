@@ -277,6 +277,32 @@ async def test_independent_sources_are_called_concurrently(
     assert latest_start < earliest_end, "every source call overlaps every other"
 
 
+async def test_the_slowest_system_is_called_first(
+    demo_systems: DemoSystems, sources: SourceAdmin, tmp_path: Path, demo_world: DemoWorld
+) -> None:
+    # The calls are set up one after the other; the one the answer waits for goes first.
+    query = "query($id: ID!) { customer(id: $id) { name tickets { id } segment } }"
+    async with running_gateway(demo_systems, tmp_path, {"cache.enabled": False}) as gateway:
+        await sources.fault("service", "ok", latency_ms=60)
+        cuid = await cuid_of(gateway, in_all_systems(demo_world))
+        hub = gateway.gateway.hub
+        await gateway.query(query, {"id": cuid})  # the hub learns how long each takes
+        learned = {name: hub.expected_latency_s(name) for name in ("sales", "service")}
+        started: list[str] = []
+        original = hub.fetch
+
+        async def recording(source: str, *args: Any) -> Any:
+            started.append(source)
+            return await original(source, *args)
+
+        hub.fetch = recording  # type: ignore[method-assign]
+        reply = await gateway.query(query, {"id": cuid})
+    assert not reply.errors
+    assert learned["service"] >= 0.06 > learned["sales"]
+    assert started[0] == "service", started  # alphabetically last, called first
+    assert sorted(started) == ["marketing", "sales", "service"]
+
+
 async def test_health_readiness_and_metrics(gateway: RunningGateway) -> None:
     assert (await gateway.get("/healthz"))[0] == 200
     status, body = await gateway.get("/readyz")
