@@ -23,13 +23,21 @@ the same operations through both and compares the responses.
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from graphql import (
+    GraphQLBoolean,
     GraphQLField,
+    GraphQLFloat,
+    GraphQLID,
+    GraphQLInt,
+    GraphQLLeafType,
     GraphQLObjectType,
     GraphQLOutputType,
+    GraphQLString,
     Undefined,
     is_leaf_type,
     is_list_type,
@@ -38,6 +46,7 @@ from graphql import (
 )
 from graphql.pyutils import Path
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from strawberry.schema.schema_converter import CustomGraphQLEnumType
 from strawberry.types.field import StrawberryField
 
 # A compiled completion: the response value for a resolved value, or it raises.
@@ -86,29 +95,83 @@ def _listed(item: Complete) -> Complete:
     return complete
 
 
-def _leaf(coerce: Callable[[Any], Any]) -> Complete:
-    def complete(value: Any) -> Any:
+def leaf_completion(type_: GraphQLLeafType, non_null: bool = False) -> Complete:
+    """A scalar's or enum's completion. Values of the Python type the scalar hands back
+    unchanged (a str for String and ID, a bool, a finite float, a 32-bit int) complete as
+    themselves, and an enum member as its name, without a call into the type's coercion,
+    which would answer the same; every other value goes through the coercion."""
+    coerce = type_.coerce_output_value
+
+    def coerced(value: Any) -> Any:
         if value is None:
+            if non_null:
+                raise Irregular
             return None
         if isinstance(value, Exception):
             raise Irregular
-        coerced = coerce(value)
-        if coerced is None or coerced is Undefined:
+        result = coerce(value)
+        if result is None or result is Undefined:
             raise Irregular
-        return coerced
+        return result
+
+    if type_ is GraphQLString or type_ is GraphQLID:
+        return _passing(str, coerced)
+    if type_ is GraphQLBoolean:
+        return _passing(bool, coerced)
+    if type_ is GraphQLFloat:
+        return _passing(float, coerced, math.isfinite)
+    if type_ is GraphQLInt:
+        return _passing(int, coerced, lambda value: -(2**31) <= value < 2**31)
+    if isinstance(type_, CustomGraphQLEnumType):
+        return _enum(type_, coerced)
+    return coerced
+
+
+def _passing(cls: type, coerced: Complete, fits: Callable[[Any], bool] | None = None) -> Complete:
+    if fits is None:
+
+        def complete(value: Any) -> Any:
+            return value if value.__class__ is cls else coerced(value)
+
+        return complete
+
+    def complete_fitting(value: Any) -> Any:
+        return value if value.__class__ is cls and fits(value) else coerced(value)
+
+    return complete_fitting
+
+
+def _enum(type_: CustomGraphQLEnumType, coerced: Complete) -> Complete:
+    """strawberry's enum coercion answers the first name whose value equals the
+    member's; members are looked up by identity (an Enum's hash is a Python call)."""
+    names: dict[int, str] = {}
+    members: list[Any] = list(type_.wrapped_cls)
+    for member in members:
+        for name, defined in type_.values.items():
+            if member.value == defined.value:
+                names.setdefault(id(member), name)
+    cls = type_.wrapped_cls
+
+    def complete(value: Any) -> Any:
+        if value.__class__ is cls:
+            name = names.get(id(value))
+            if name is not None:
+                return name
+        return coerced(value)
 
     return complete
 
 
-def _object(fields: list[tuple[str, Complete]]) -> Complete:
-    """`fields`: each response key, and how to read and complete it from the object."""
+def _object(fields: list[tuple[str, Complete, Complete]]) -> Complete:
+    """`fields`: each response key, how to read it from the object, and how to complete
+    what was read."""
 
     def complete(value: Any) -> Any:
         if value is None:
             return None
         if isinstance(value, Exception):
             raise Irregular
-        return {key: read(value) for key, read in fields}
+        return {key: finish(read(value)) for key, read, finish in fields}
 
     return complete
 
@@ -120,23 +183,33 @@ def _constant(value: str) -> Complete:
     return read
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 def prepared_field(field_def: GraphQLField) -> bool:
     definition = field_def.extensions.get(_BACKREF)
     return isinstance(definition, StrawberryField) and definition.metadata.get(PREPARED) is True
 
 
-def _read_prepared(key: str, complete: Complete) -> Complete:
-    def read(source: Any) -> Any:
-        return complete(source.prepared[key])  # not there: KeyError, the resolver runs
+def _prepared_getter(key: str) -> Complete:
+    def get(source: Any) -> Any:
+        return source.prepared[key]  # not there: KeyError, the resolver runs
 
-    return read
+    return get
 
 
-def _read(field: StrawberryField, complete: Complete) -> Complete:
+def _getter(field: StrawberryField) -> Complete:
+    """Reads a basic field's value off its object, as its default resolver would."""
     resolve, name = field.default_resolver, field.python_name
+    if resolve is getattr:
+        return operator.attrgetter(name)
+    return lambda source: resolve(source, name)
 
+
+def _then(get: Complete, complete: Complete) -> Complete:
     def read(source: Any) -> Any:
-        return complete(resolve(source, name))
+        return complete(get(source))
 
     return read
 
@@ -249,13 +322,15 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
 
     def _compile(self, type_: GraphQLOutputType, field_details: Any) -> Complete | None:
         if is_non_null_type(type_):
+            if is_leaf_type(type_.of_type):
+                return leaf_completion(type_.of_type, non_null=True)
             inner = self._compile(type_.of_type, field_details)
             return None if inner is None else _non_null(inner)
         if is_list_type(type_):
             item = self._compile(type_.of_type, field_details)
             return None if item is None else _listed(item)
         if is_leaf_type(type_):
-            return _leaf(type_.coerce_output_value)
+            return leaf_completion(type_)
         if is_object_type(type_):
             return self._compile_object(type_, field_details)
         return None  # interfaces and unions: the runtime type is graphql-core's to find
@@ -266,11 +341,11 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
         grouped, deferred, _ = self.collect_subfields(type_, field_details)
         if deferred:
             return None
-        fields: list[tuple[str, Complete]] = []
+        fields: list[tuple[str, Complete, Complete]] = []
         for key, sub_details in grouped.items():
             name = sub_details[0].node.name.value
             if name == "__typename":
-                fields.append((key, _constant(type_.name)))
+                fields.append((key, _constant(type_.name), _same))
                 continue
             field_def = self.schema.get_field(type_, name)
             if field_def is None:
@@ -284,7 +359,7 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
             # A prepared field the parent has not (yet) settled for this object makes the
             # whole object irregular: graphql-core completes it and runs the resolver.
             fields.append(
-                (key, _read(basic, sub) if basic is not None else _read_prepared(key, sub))
+                (key, _getter(basic) if basic is not None else _prepared_getter(key), sub)
             )
         return _object(fields)
 
@@ -308,9 +383,9 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
         if field_def is not None and (basic is not None or prepared_field(field_def)):
             plan = self._plan(field_def.type, field_details_list)
             if plan is not None and basic is not None:
-                read = _read(basic, plan)
+                read = _then(_getter(basic), plan)
             elif plan is not None:
-                read = _read_prepared((node.alias or node.name).value, plan)
+                read = _then(_prepared_getter((node.alias or node.name).value), plan)
         if shared is not None and self._shared is not None:
             self._shared.put(shared[0], shared[1], read)
         found = self._readers[id(field_details_list)] = (parent_type, read, type_)

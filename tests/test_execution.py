@@ -24,8 +24,9 @@ from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from gateway.audit.sinks import JsonlSink
 from harness import RunningGateway, SourceAdmin
-from resolvers.execution import PlainFieldExecutor, basic_field
-from resolvers.types import ARGUMENT_FIELDS, Customer
+from resolvers.execution import Irregular, PlainFieldExecutor, basic_field, leaf_completion
+from resolvers.schema import build_schema
+from resolvers.types import ARGUMENT_FIELDS, Customer, TicketStatus
 
 
 @strawberry.interface
@@ -125,6 +126,41 @@ def test_irregular_values_are_reported_as_graphql_core_reports_them() -> None:
     assert "Int cannot represent non-integer value: 'many'" in messages
     assert data["items"][3] is None and data["items"][4] is None  # nulled by the errors
     assert data["items"][0]["tags"] == [{"label": "x", "weight": 1}]
+
+
+class _Text(str):
+    pass
+
+
+_LEAF_VALUES: list[Any] = [
+    *("", "x", _Text("sub"), True, False, 0, 1, -7, 2**31 - 1, 2**31, -(2**31), -(2**31) - 1),
+    *(1.5, -0.0, float("inf"), float("-inf"), float("nan"), 2.0**40, None, [], object()),
+]
+
+
+@pytest.mark.parametrize("type_name", ["String", "ID", "Boolean", "Float", "Int", "TicketStatus"])
+def test_leaves_complete_as_their_type_coerces(type_name: str) -> None:
+    # The fast paths (a value of the scalar's own Python type as itself, an enum member
+    # by identity) answer what the coercion answers, or give up (graphql-core completes).
+    type_ = build_schema()._schema.type_map[type_name]
+    values = [*_LEAF_VALUES, *TicketStatus, "OPEN"]
+    for non_null in (False, True):
+        fast = leaf_completion(type_, non_null=non_null)
+        for value in values:
+            try:
+                reference = type_.coerce_output_value(value)  # type: ignore[union-attr]
+            except Exception:
+                reference = Irregular
+            if value is None:
+                reference = Irregular if non_null else None
+            elif reference is None:
+                reference = Irregular
+            try:
+                answer = fast(value)
+            except Exception:
+                answer = Irregular
+            assert answer == reference, (type_name, value)
+            assert type(answer) is type(reference), (type_name, value)
 
 
 def test_plain_selections_skip_the_per_field_machinery(monkeypatch: pytest.MonkeyPatch) -> None:
