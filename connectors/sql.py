@@ -69,8 +69,14 @@ def json_value(value: Any) -> Any:
     return value
 
 
+_JSON_NATIVE = frozenset({str, int, float, bool, type(None)})
+
+
 def row_record(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
-    return {column: json_value(value) for column, value in zip(columns, row, strict=True)}
+    return {
+        column: value if value.__class__ in _JSON_NATIVE else json_value(value)
+        for column, value in zip(columns, row, strict=True)
+    }
 
 
 def _cast(key: str, key_type: str) -> Any:

@@ -74,9 +74,21 @@ class GraphBindings:
     renames: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     filters: Mapping[str, Binding] = field(default_factory=dict)
     facts: Mapping[str, Binding] = field(default_factory=dict)
+    _record_keys: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def attribute(self, type_name: str, graph_field: str) -> str:
         return self.renames.get(type_name, {}).get(graph_field, graph_field)
+
+    def record_keys(self, type_name: str, fields: tuple[str, ...]) -> tuple[str, ...]:
+        """The record keys that hold these graph fields, through the renames: worked
+        out once per type and fields (a page shapes a customer's records at a time)."""
+        found = self._record_keys.get((type_name, fields))
+        if found is None:
+            found = tuple(self.attribute(type_name, name) for name in fields)
+            self._record_keys[(type_name, fields)] = found
+        return found
 
 
 def _parse_binding(path: str, value: Any) -> Binding:

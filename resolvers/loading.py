@@ -158,11 +158,7 @@ class CustomerBatch:
 
     def settle_plain(self, ctx: GraphContext, name: str, key: str) -> None:
         attribute, shape = PLAIN_FIELDS[name]
-
-        def shaped(value: Any) -> Any:
-            return shape(ctx, value)
-
-        for customer, value in self._settle(ctx, name, key, shaped):
+        for customer, value in self._settle(ctx, name, key, shape(ctx)):
             setattr(customer, attribute, value)
 
     def prepare(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -104,12 +105,15 @@ class Consent:
 def record_keys(ctx: GraphContext, type_name: str, fields: tuple[str, ...]) -> tuple[str, ...]:
     """The record keys that hold these graph fields, through the configured renames:
     looked up once per list of records, not per record and field."""
-    renames = ctx.bindings.renames.get(type_name, {})
-    return tuple(renames.get(name, name) for name in fields)
+    return ctx.bindings.record_keys(type_name, fields)
+
+
+_TICKET_STATUSES = {status.value: status for status in TicketStatus}
 
 
 def _ticket_status(value: Any) -> TicketStatus:
-    return TicketStatus(str(value).strip().upper())
+    found = _TICKET_STATUSES.get(value) if value.__class__ is str else None
+    return found if found is not None else TicketStatus(str(value).strip().upper())
 
 
 def orders_of(ctx: GraphContext, records: Any) -> list[Order]:
@@ -197,19 +201,31 @@ def consents_of(ctx: GraphContext, records: Any) -> list[Consent]:
     ]
 
 
+Shape = Callable[[Any], Any]  # a bound value -> the field's value
+
+
+def _as_is(shape: Shape) -> Callable[[GraphContext], Shape]:
+    return lambda ctx: shape
+
+
+def _in_context(shape: Callable[[GraphContext, Any], Any]) -> Callable[[GraphContext], Shape]:
+    return lambda ctx: functools.partial(shape, ctx)
+
+
 # Customer fields without arguments, computed for all customers at once by the parent
-# (resolvers/loading.py): graph field -> (python attribute, shape of the bound value).
-# They are plain attributes, so an allowed value costs the executor nothing extra.
-PLAIN_FIELDS: dict[str, tuple[str, Callable[[GraphContext, Any], Any]]] = {
-    "name": ("name", lambda ctx, value: _text(value)),
-    "email": ("email", lambda ctx, value: _text(value)),
-    "phone": ("phone", lambda ctx, value: _text(value)),
-    "nationalId": ("national_id", lambda ctx, value: _text(value)),
-    "address": ("address", lambda ctx, value: _text(value)),
-    "lifetimeValue": ("lifetime_value", lambda ctx, value: _number(value)),
-    "segment": ("segment", lambda ctx, value: _text(value)),
-    "satisfaction": ("satisfaction", satisfaction_of),
-    "consents": ("consents", consents_of),
+# (resolvers/loading.py): graph field -> (python attribute, the request's shape of the
+# bound value). They are plain attributes, so an allowed value costs the executor nothing
+# extra.
+PLAIN_FIELDS: dict[str, tuple[str, Callable[[GraphContext], Shape]]] = {
+    "name": ("name", _as_is(_text)),
+    "email": ("email", _as_is(_text)),
+    "phone": ("phone", _as_is(_text)),
+    "nationalId": ("national_id", _as_is(_text)),
+    "address": ("address", _as_is(_text)),
+    "lifetimeValue": ("lifetime_value", _as_is(_number)),
+    "segment": ("segment", _as_is(_text)),
+    "satisfaction": ("satisfaction", _in_context(satisfaction_of)),
+    "consents": ("consents", _in_context(consents_of)),
 }
 
 
