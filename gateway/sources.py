@@ -11,6 +11,7 @@ within max-stale are served, and the request is told their age.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, StatusCode
 
 from connectors.base import Connector, Fetched, Health, SourceUnavailable
 from gateway.cache import Entry, RecordStore
@@ -31,10 +32,12 @@ from gateway.resilience import (
     State,
     call_with_resilience,
 )
-from gateway.telemetry import GatewayMeters
+from gateway.telemetry import GatewayMeters, tracing_on
 
 log = logging.getLogger("c360.sources")
 tracer = trace.get_tracer("c360.sources")
+# Without a tracer provider a span is still a context to enter and leave, for nothing.
+_NO_SPAN = contextlib.nullcontext(INVALID_SPAN)
 
 
 class FetchObserver(Protocol):
@@ -51,6 +54,7 @@ class _FetchStats:
     hits: int = 0
     calls: int = 0
     errors: int = 0
+    span: Span = INVALID_SPAN  # the lookup's CLIENT span, when spans are recorded
 
 
 # The stats of the lookup running in this task (a single-flight leader's calls count
@@ -146,11 +150,21 @@ class SourceHub:
     async def _traced(
         self, source: str, entity: str, keys: Sequence[str], stats: _FetchStats
     ) -> dict[str, Outcome]:
-        with tracer.start_as_current_span(
-            f"source {source}.{entity}",
-            kind=SpanKind.CLIENT,
-            attributes={"c360.source": source, "c360.entity": entity, "c360.batch_size": len(keys)},
-        ) as span:
+        spans = (
+            tracer.start_as_current_span(
+                f"source {source}.{entity}",
+                kind=SpanKind.CLIENT,
+                attributes={
+                    "c360.source": source,
+                    "c360.entity": entity,
+                    "c360.batch_size": len(keys),
+                },
+            )
+            if tracing_on()
+            else _NO_SPAN
+        )
+        with spans as span:
+            stats.span = span
             if self.store is None:
                 fetched = await self._call(source, entity, keys)
                 return {key: (fetched.get(key), None) for key in keys}
@@ -207,9 +221,10 @@ class SourceHub:
         missing = [key for key in keys if key not in outcomes]
         self.metrics.cache_hits.labels(source).inc(len(outcomes))
         self.metrics.cache_misses.labels(source).inc(len(missing))
-        if (stats := _current.get()) is not None:
+        stats = _current.get()
+        if stats is not None:
             stats.hits += len(outcomes)
-        span = trace.get_current_span()
+        span = stats.span if stats is not None else INVALID_SPAN
         span.set_attribute("c360.cache.hits", len(outcomes))
         span.set_attribute("c360.cache.misses", len(missing))
         if not missing:
@@ -317,7 +332,7 @@ class SourceHub:
         backoff (reads are idempotent). Each attempt counts as one call to the system."""
         connector = self.connectors[source]
         stats = _current.get()
-        span = trace.get_current_span()
+        span = stats.span if stats is not None else INVALID_SPAN
         span.set_attribute("c360.source_called", True)
         attempts = 0
 

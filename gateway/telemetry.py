@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, StatusCode
+from opentelemetry.trace import INVALID_SPAN, ProxyTracerProvider, Span, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.extensions import SchemaExtension
@@ -303,6 +303,13 @@ def set_graphql_operation(name: str | None, operation_type: str) -> None:
     span.set_attribute("graphql.operation.type", operation_type)
     if name:
         span.set_attribute("graphql.operation.name", name)
+
+
+def tracing_on() -> bool:
+    """Whether the process records spans: a TracerProvider is installed (module-level
+    tracers such as the source calls' report to it). Without one, starting a span is
+    skipped rather than made for nothing."""
+    return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
 
 
 def traceparent_headers() -> dict[str, str]:

@@ -159,30 +159,53 @@ async def test_traceparent_in_spans_out_and_to_the_systems(
     assert isinstance(provider, TracerProvider)
     incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     secret_email = "fuzzy.secret@example.org"
+    query = (
+        "query Lookup($e: String!) { customerByEmail(email: $e) { id } "
+        "customers(first: 2) { edges { node { tickets { id } } } } }"
+    )
     async with running_gateway(
-        demo_systems, tmp_path, telemetry=Telemetry(tracer_provider=provider)
+        demo_systems,
+        tmp_path,
+        {"cache.enabled": True},
+        telemetry=Telemetry(tracer_provider=provider),
     ) as gateway:
         spans.clear()
-        reply = await gateway.query(
-            "query Lookup($e: String!) { customerByEmail(email: $e) { id } "
-            "customers(first: 2) { edges { node { tickets { id } } } } }",
-            {"e": secret_email},
-            headers={"traceparent": incoming},
-        )
+        reply = await gateway.query(query, {"e": secret_email}, headers={"traceparent": incoming})
         stats = await sources.stats("service")
-    assert not reply.errors
+        again = await gateway.query(query, {"e": secret_email}, headers={"traceparent": incoming})
+    assert not reply.errors and not again.errors
     trace_id = "0af7651916cd43dd8448eb211c80319c"
     assert stats["last_traceparent"].split("-")[1] == trace_id  # propagated to the helpdesk
     finished = spans.get_finished_spans()
     ours = [s for s in finished if format(s.context.trace_id, "032x") == trace_id]
     server = [s for s in ours if s.kind == trace.SpanKind.SERVER]
-    assert len(server) == 1
+    assert len(server) == 2
     attributes = dict(server[0].attributes or {})
     assert attributes["graphql.operation.name"] == "Lookup"
     assert attributes["graphql.operation.type"] == "query"
     assert attributes["c360.request_id"] == reply.headers["x-request-id"]
     source_spans = [s for s in ours if s.name.startswith("source ")]
     assert {s.attributes["c360.source"] for s in source_spans} >= {"service"}  # type: ignore[index]
+    # The helpdesk's lookups: the first asked the system, the second found the cache.
+    cold, warm = [
+        (s.kind, dict(s.attributes or {}))
+        for s in source_spans
+        if s.name == "source service.tickets"
+    ]
+    assert cold[0] == warm[0] == trace.SpanKind.CLIENT
+    assert (
+        cold[1].items()
+        >= {
+            "c360.batch_size": 2,
+            "c360.cache.hits": 0,
+            "c360.cache.misses": 2,
+            "c360.source_called": True,
+            "c360.attempts": 1,
+            "c360.outcome": "ok",
+        }.items()
+    )
+    assert warm[1].items() >= {"c360.cache.hits": 2, "c360.cache.misses": 0}.items()
+    assert "c360.source_called" not in warm[1]
     for span in ours:
         assert secret_email not in str(dict(span.attributes or {}))
 
