@@ -18,7 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from strawberry.extensions import DisableIntrospection, ParserCache, ValidationCache
+from strawberry.extensions import DisableIntrospection
 
 from connectors.base import Connector, ConnectorConfigError
 from connectors.http import HttpClient
@@ -151,10 +151,8 @@ class Gateway:
         self.identity = IdentityIndex.build([], self.keys)
         self.schema = build_schema(
             extensions=[
-                lambda: ParserCache(maxsize=256),
-                lambda: ValidationCache(maxsize=256),
                 *limit_extensions(config.limits, page_size_cap=config.max_page_size),
-                GraphQLSpanAttributes,
+                *([GraphQLSpanAttributes] if self.telemetry.tracer_provider is not None else []),
                 *([] if config.server.introspection else [DisableIntrospection]),
             ],
             max_batch=config.limits.max_batch,

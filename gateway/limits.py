@@ -3,7 +3,7 @@ aliases, tokens and batch size. A query over any of them is a request error
 (`extensions.code = "QUERY_TOO_COMPLEX"`, `extensions.limit` names the limit, no `data`)
 raised before any resolver runs, so no department system is ever called for it.
 
-Depth and aliases are validation rules (cached with the document by `ValidationCache`);
+Depth and aliases are validation rules (remembered with the document, `ParsedDocuments`);
 tokens bound the parser itself; the cost depends on variables (`first: $n`), so it is
 estimated per request, after validation and before execution.
 """
@@ -38,9 +38,11 @@ from graphql import (
     get_nullable_type,
     get_operation_ast,
     is_list_type,
+    parse,
 )
 from graphql.pyutils import Undefined
-from strawberry.extensions import AddValidationRules, MaxTokensLimiter, SchemaExtension
+from strawberry.extensions import AddValidationRules, SchemaExtension
+from strawberry.schema.schema import validate_document
 from strawberry.types.execution import PreExecutionError
 
 from gateway.errors import ConfigError
@@ -434,40 +436,84 @@ def alias_rule(limits: QueryLimits) -> type[ValidationRule]:
     return AliasLimit
 
 
-class TokenLimit(MaxTokensLimiter):
-    """strawberry's MaxTokensLimiter (the parser stops after `max_tokens`), with its
-    syntax error turned into QUERY_TOO_COMPLEX.
+class ParsedDocuments:
+    """Documents parsed and validated before, for every request: the parsed document by
+    its text and parse options, and the validation errors by document and rules. The
+    same text gets the same document object, so validation is keyed by the document's
+    identity (strawberry's ValidationCache hashes the whole syntax tree per request),
+    and so are the executor's plans and the cost cache. Bounded; the oldest goes first."""
 
-    The parser's error arrives two ways: raised through this hook when `ParserCache`
-    parses inside its own `on_parse`, or as the operation's result when strawberry
-    parses in its body."""
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._parsed: dict[tuple[str, tuple[Any, ...]], DocumentNode] = {}
+        # (id of the document, rules) -> (the document, kept so its id stays its own; errors)
+        self._validated: dict[
+            tuple[int, tuple[Any, ...]], tuple[DocumentNode, list[GraphQLError]]
+        ] = {}
+
+    def parse(self, text: str, options: Mapping[str, Any]) -> DocumentNode:
+        key = (text, tuple(options.items()))
+        document = self._parsed.get(key)
+        if document is None:
+            document = parse(text, **options)  # a syntax error is not remembered
+            if len(self._parsed) >= self.size:
+                del self._parsed[next(iter(self._parsed))]
+            self._parsed[key] = document
+        return document
+
+    def validate(
+        self, schema: GraphQLSchema, document: DocumentNode, rules: tuple[Any, ...]
+    ) -> list[GraphQLError]:
+        key = (id(document), rules)
+        found = self._validated.get(key)
+        if found is not None and found[0] is document:
+            return found[1]
+        errors = validate_document(schema, document, rules)
+        if len(self._validated) >= self.size:
+            del self._validated[next(iter(self._validated))]
+        self._validated[key] = (document, errors)
+        return errors
+
+
+class DocumentCache(SchemaExtension):
+    """Parsing under the token limit, and validation, each done once per document
+    (`ParsedDocuments`): strawberry's ParserCache, ValidationCache and MaxTokensLimiter
+    in one extension, as each extension costs every request its hooks. A document over
+    the token limit is QUERY_TOO_COMPLEX: the parser stops there."""
+
+    def __init__(self, documents: ParsedDocuments, max_tokens: int) -> None:
+        self.documents = documents
+        self.max_tokens = max_tokens
 
     def on_operation(self) -> Iterator[None]:
+        self.execution_context.parse_options["max_tokens"] = self.max_tokens
         try:
-            yield from super().on_operation()
+            yield
         except GraphQLSyntaxError as error:
-            if self._is_token_limit(error):
-                raise self._too_complex() from None
+            if error.message.startswith(
+                f"Syntax Error: Document contains more than {self.max_tokens} tokens"
+            ):
+                raise QueryTooComplex(
+                    "tokens",
+                    self.max_tokens,
+                    f"The query has more than {self.max_tokens} tokens; "
+                    f"the token limit is {self.max_tokens}.",
+                ).error() from None
             raise
-        result = self.execution_context.result
-        if result is not None and result.errors:
-            result.errors = [
-                self._too_complex() if self._is_token_limit(error) else error
-                for error in result.errors
-            ]
 
-    def _is_token_limit(self, error: GraphQLError) -> bool:
-        return isinstance(error, GraphQLSyntaxError) and error.message.startswith(
-            f"Syntax Error: Document contains more than {self.max_token_count} tokens"
-        )
+    def on_parse(self) -> Iterator[None]:
+        ctx = self.execution_context
+        if ctx.graphql_document is None and ctx.query:
+            ctx.graphql_document = self.documents.parse(ctx.query, ctx.parse_options)
+        yield
 
-    def _too_complex(self) -> GraphQLError:
-        return QueryTooComplex(
-            "tokens",
-            self.max_token_count,
-            f"The query has more than {self.max_token_count} tokens; "
-            f"the token limit is {self.max_token_count}.",
-        ).error()
+    def on_validate(self) -> Iterator[None]:
+        ctx = self.execution_context
+        if ctx.graphql_document is not None:
+            ctx.pre_execution_errors = self.documents.validate(
+                ctx.schema._schema, ctx.graphql_document, ctx.validation_rules
+            )
+        yield
 
 
 class ComplexityLimit(AddValidationRules):
@@ -516,12 +562,13 @@ class ComplexityLimit(AddValidationRules):
 def limit_extensions(
     limits: QueryLimits, *, page_size_cap: int | None = None
 ) -> list[Callable[[], SchemaExtension]]:
-    """Extension factories for `build_schema(extensions=...)`; `page_size_cap` is the
-    graph's `max_page_size`. The rule classes are made once here: ValidationCache keys
-    its entries by them."""
+    """Extension factories for `build_schema(extensions=...)`, parsing and validation
+    with them; `page_size_cap` is the graph's `max_page_size`. The rule classes are made
+    once here: validation is remembered by them."""
     rules: list[type[ASTValidationRule]] = [depth_rule(limits), alias_rule(limits)]
+    documents = ParsedDocuments()
     costs = CostCache()
     return [
-        lambda: TokenLimit(max_token_count=limits.max_tokens),
+        lambda: DocumentCache(documents, limits.max_tokens),
         lambda: ComplexityLimit(limits, rules, page_size_cap, costs),
     ]

@@ -216,9 +216,9 @@ def _then(get: Complete, complete: Complete) -> Complete:
 
 class _Shared:
     """Plans and readers kept across requests, keyed by schema type and the syntax nodes
-    of a selection. ParserCache hands every request with the same document the same
-    nodes, so a page asked again and again is compiled once. Only for documents without
-    @skip/@include: elsewhere how fields group depends on the variables."""
+    of a selection. The parse memo (`ParsedDocuments`) hands every request with the same
+    document the same nodes, so a page asked again and again is compiled once. Only for
+    documents without @skip/@include: elsewhere how fields group depends on the variables."""
 
     LIMIT = 4096
 

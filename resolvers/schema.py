@@ -127,9 +127,31 @@ class Query(AuditQueries, ConsoleQueries):
         )
 
 
-class SourceErrors(SchemaExtension):
-    """Adds one SOURCE_UNAVAILABLE error per failing department system, at the first path
-    it left null, however many fields and customers it affected."""
+class GraphReport(SchemaExtension):
+    """What a request reports besides its data, in one extension (each costs every
+    request its hooks): one SOURCE_UNAVAILABLE error per failing department system, at
+    the first path it left null, however many fields and customers it affected;
+    `extensions.stale` when records were served from the cache past their TTL because
+    their system failed (which source and entity, the oldest record's age); and, for the
+    access log, the operation's name and type and a hash of its document (never the
+    document: its literals may be personal data)."""
+
+    def on_operation(self) -> Any:
+        yield
+        execution = self.execution_context
+        ctx = execution.context
+        if not isinstance(ctx, GraphContext):
+            return
+        try:
+            operation_type = execution.operation_type.value
+        except Exception:
+            operation_type = None
+        query = execution.query or ""
+        ctx.operation = {
+            "name": execution.operation_name,
+            "type": operation_type,
+            "document_hash": hashlib.sha256(query.encode()).hexdigest() if query else None,
+        }
 
     def on_execute(self) -> Any:
         yield
@@ -150,41 +172,6 @@ class SourceErrors(SchemaExtension):
             )
         result.errors = errors
 
-
-class GatewaySchema(strawberry.Schema):
-    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
-        # strawberry's default logs each error with the query document, whose literals may
-        # be personal data. Client mistakes are not server errors, and unexpected ones are
-        # logged (without the document) where the response masks them (gateway/view.py).
-        return None
-
-
-class OperationCapture(SchemaExtension):
-    """Keeps what the access log records of the operation: its name and type, and a hash
-    of the document (never the document: its literals may be personal data)."""
-
-    def on_operation(self) -> Any:
-        yield
-        execution = self.execution_context
-        ctx = execution.context
-        if not isinstance(ctx, GraphContext):
-            return
-        try:
-            operation_type = execution.operation_type.value
-        except Exception:
-            operation_type = None
-        query = execution.query or ""
-        ctx.operation = {
-            "name": execution.operation_name,
-            "type": operation_type,
-            "document_hash": hashlib.sha256(query.encode()).hexdigest() if query else None,
-        }
-
-
-class StaleNotice(SchemaExtension):
-    """`extensions.stale` when records were served from the cache past their TTL because
-    their system failed: which source and entity, and the oldest record's age."""
-
     def get_results(self) -> dict[str, Any]:
         ctx = self.execution_context.context
         if not isinstance(ctx, GraphContext) or not ctx.stale_ages:
@@ -195,6 +182,14 @@ class StaleNotice(SchemaExtension):
                 for (source, entity), age in sorted(ctx.stale_ages.items())
             ]
         }
+
+
+class GatewaySchema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        # strawberry's default logs each error with the query document, whose literals may
+        # be personal data. Client mistakes are not server errors, and unexpected ones are
+        # logged (without the document) where the response masks them (gateway/view.py).
+        return None
 
 
 @strawberry.type
@@ -219,7 +214,7 @@ def build_schema(extensions: Sequence[Any] = (), max_batch: int = 0) -> strawber
     return GatewaySchema(
         query=Query,
         mutation=Mutation,
-        extensions=[SourceErrors, StaleNotice, OperationCapture, *extensions],
+        extensions=[GraphReport, *extensions],
         config=config,
         execution_context_class=PlainFieldExecutor,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,6 @@ import pytest
 import strawberry
 from graphql import parse
 from starlette.requests import Request
-from strawberry.extensions import ParserCache, ValidationCache
 
 from gateway import limits
 from gateway.app import Gateway
@@ -20,9 +18,12 @@ from gateway.errors import ConfigError
 from gateway.limits import (
     CostCache,
     CostEstimate,
+    ParsedDocuments,
     QueryLimits,
     QueryTooComplex,
+    alias_rule,
     check_batch,
+    depth_rule,
     limit_extensions,
 )
 from policies.principal import Principal
@@ -63,21 +64,14 @@ class Query:
         return Item()
 
 
-def small_schema(limits: QueryLimits, cached: bool) -> strawberry.Schema:
-    extensions: list[Callable[[], Any]] = list(limit_extensions(limits))
-    if cached:  # as the gateway builds it
-        extensions = [
-            lambda: ParserCache(maxsize=16),
-            lambda: ValidationCache(maxsize=16),
-            *extensions,
-        ]
-    return strawberry.Schema(Query, extensions=extensions)
+def small_schema(limits: QueryLimits) -> strawberry.Schema:
+    return strawberry.Schema(Query, extensions=list(limit_extensions(limits)))
 
 
-@pytest.fixture(params=[False, True], ids=["plain", "cached"])
-def schema(request: pytest.FixtureRequest) -> strawberry.Schema:
+@pytest.fixture
+def schema() -> strawberry.Schema:
     Calls.count = 0
-    return small_schema(LIMITS, request.param)
+    return small_schema(LIMITS)
 
 
 async def run(schema: strawberry.Schema, query: str, **variables: Any) -> Any:
@@ -158,6 +152,44 @@ async def test_other_syntax_errors_stay_syntax_errors(schema: strawberry.Schema)
 COST = "query($n: Int) { item { children(first: $n) { name } } }"
 
 
+@pytest.mark.parametrize(
+    "query",
+    [nested(12), nested(13), aliased(31), tokens(2001), "{ item { name }", "{ nothing }"],
+    ids=["ok", "deep", "aliases", "tokens", "syntax", "invalid"],
+)
+async def test_a_remembered_document_is_judged_as_the_first_time(
+    schema: strawberry.Schema, query: str
+) -> None:
+    first, again = await run(schema, query), await run(schema, query)
+    assert first.data == again.data
+    assert [e.formatted for e in first.errors or []] == [e.formatted for e in again.errors or []]
+
+
+def test_documents_are_parsed_and_validated_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    validations: list[Any] = []
+    real = limits.validate_document
+
+    def counting(schema: Any, document: Any, rules: Any) -> Any:
+        validations.append(document)
+        return real(schema, document, rules)
+
+    monkeypatch.setattr(limits, "validate_document", counting)
+    documents = ParsedDocuments(size=2)
+    graph = small_schema(LIMITS)._schema
+    text = "{ item { name } }"
+    parsed = documents.parse(text, {"max_tokens": 10})
+    same_text = "".join(["{ item { ", "name } }"])  # another str object
+    assert documents.parse(same_text, {"max_tokens": 10}) is parsed
+    assert documents.parse(text, {"max_tokens": 11}) is not parsed  # other options
+    depth = depth_rule(LIMITS)
+    assert documents.validate(graph, parsed, (depth,)) == []
+    assert documents.validate(graph, parsed, (depth,)) == []
+    assert documents.validate(graph, parsed, (depth, alias_rule(LIMITS))) == []
+    assert len(validations) == 2  # once per document and rules
+    documents.parse("{ a: item { name } }", {})  # the third text: the oldest goes
+    assert documents.parse(text, {"max_tokens": 10}) is not parsed
+
+
 async def test_cost_just_under_and_just_over(schema: strawberry.Schema) -> None:
     ok = await run(schema, COST, n=4998)
     assert ok.errors is None and len(ok.data["item"]["children"]) == 4998
@@ -183,9 +215,9 @@ async def test_cost_just_under_and_just_over(schema: strawberry.Schema) -> None:
     ],
 )
 async def test_cost_estimate(query: str, variables: dict[str, Any], cost: int) -> None:
-    just = small_schema(QueryLimits(max_cost=cost), cached=False)
+    just = small_schema(QueryLimits(max_cost=cost))
     assert (await just.execute(query, variable_values=variables)).errors is None
-    below = small_schema(QueryLimits(max_cost=cost - 1), cached=False)
+    below = small_schema(QueryLimits(max_cost=cost - 1))
     assert f"estimated cost is {cost};" in rejected(
         await below.execute(query, variable_values=variables), "cost"
     )
@@ -198,7 +230,7 @@ async def test_a_fragment_bomb_is_measured_without_being_walked() -> None:
         for i in range(40)
     )
     query = "{ item { ...F0 } } " + fragments + " fragment F40 on Item { name }"
-    schema = small_schema(QueryLimits(max_depth=100, max_tokens=100_000), cached=False)
+    schema = small_schema(QueryLimits(max_depth=100, max_tokens=100_000))
     # The exact count of 2^41 - 2 aliases is only reachable with each fragment counted
     # once (memoised): walked, this test would not finish within any CI run.
     message = rejected(await schema.execute(query), "aliases")
@@ -264,13 +296,7 @@ async def graph(tmp_path: Path) -> Any:
     gateway = Gateway(config)
     request = Request({"type": "http", "method": "POST", "path": "/graphql", "headers": []})
     request.state.principal = Principal("alice", frozenset({"sales"}), "sales", ("sales",))
-    schema = build_schema(
-        extensions=[
-            lambda: ParserCache(maxsize=16),
-            lambda: ValidationCache(maxsize=16),
-            *limit_extensions(LIMITS, page_size_cap=config.max_page_size),
-        ]
-    )
+    schema = build_schema(extensions=limit_extensions(LIMITS, page_size_cap=config.max_page_size))
     try:
         yield lambda query, **variables: schema.execute(
             query, variable_values=variables, context_value=gateway.context(request)
@@ -296,7 +322,7 @@ async def test_an_oversized_page_stays_bad_user_input(graph: Any) -> None:
 def test_costs_are_remembered_by_the_variables_the_estimate_reads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    graph = small_schema(LIMITS, cached=False)._schema
+    graph = small_schema(LIMITS)._schema
     text = "query Q($n: Int, $who: String) { item { children(first: $n) { name } } }"
     document = parse(text)
     real = CostEstimate.of_operation
