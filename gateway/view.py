@@ -294,7 +294,7 @@ class GraphQLView(GraphQL[Any, None]):
             )
             if isinstance(found, DocumentError):
                 raise DocumentRefused(found)
-            resolved.append(dataclasses.replace(item, query=found))
+            resolved.append(item if found is item.query else dataclasses.replace(item, query=found))
         return resolved if isinstance(data, list) else resolved[0]
 
     def _is_ide_request(self, request: Request) -> bool:

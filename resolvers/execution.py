@@ -162,18 +162,36 @@ def _enum(type_: CustomGraphQLEnumType, coerced: Complete) -> Complete:
     return complete
 
 
-def _object(fields: list[tuple[str, Complete, Complete]]) -> Complete:
-    """`fields`: each response key, how to read it from the object, and how to complete
-    what was read."""
+class _Never:
+    """No value is of this class: a field whose completion always runs."""
+
+
+def _object(fields: list[tuple[str, Complete, type, Complete]]) -> Complete:
+    """`fields`: each response key, how to read it from the object, the class of values
+    that complete as themselves (text for String and ID, bool for Boolean: checked here,
+    saving a call per value), and how to complete any other value."""
 
     def complete(value: Any) -> Any:
         if value is None:
             return None
         if isinstance(value, Exception):
             raise Irregular
-        return {key: finish(read(value)) for key, read, finish in fields}
+        return {
+            key: read_value if (read_value := read(value)).__class__ is same else finish(read_value)
+            for key, read, same, finish in fields
+        }
 
     return complete
+
+
+def _same_class(type_: GraphQLOutputType) -> type:
+    """The class of values a field of this type completes as themselves, unchecked."""
+    named = type_.of_type if is_non_null_type(type_) else type_
+    if named is GraphQLString or named is GraphQLID:
+        return str
+    if named is GraphQLBoolean:
+        return bool
+    return _Never
 
 
 def _constant(value: str) -> Complete:
@@ -341,11 +359,11 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
         grouped, deferred, _ = self.collect_subfields(type_, field_details)
         if deferred:
             return None
-        fields: list[tuple[str, Complete, Complete]] = []
+        fields: list[tuple[str, Complete, type, Complete]] = []
         for key, sub_details in grouped.items():
             name = sub_details[0].node.name.value
             if name == "__typename":
-                fields.append((key, _constant(type_.name), _same))
+                fields.append((key, _constant(type_.name), str, _same))
                 continue
             field_def = self.schema.get_field(type_, name)
             if field_def is None:
@@ -358,9 +376,8 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
                 return None
             # A prepared field the parent has not (yet) settled for this object makes the
             # whole object irregular: graphql-core completes it and runs the resolver.
-            fields.append(
-                (key, _getter(basic) if basic is not None else _prepared_getter(key), sub)
-            )
+            read = _getter(basic) if basic is not None else _prepared_getter(key)
+            fields.append((key, read, _same_class(field_def.type), sub))
         return _object(fields)
 
     def _reader(

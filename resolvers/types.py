@@ -108,12 +108,18 @@ def record_keys(ctx: GraphContext, type_name: str, fields: tuple[str, ...]) -> t
     return ctx.bindings.record_keys(type_name, fields)
 
 
+# Spellings of ticket statuses seen (a helpdesk writes "open" or " Closed "), each read
+# through the enum's constructor once; bounded, since the spellings come from a system.
 _TICKET_STATUSES = {status.value: status for status in TicketStatus}
 
 
 def _ticket_status(value: Any) -> TicketStatus:
     found = _TICKET_STATUSES.get(value) if value.__class__ is str else None
-    return found if found is not None else TicketStatus(str(value).strip().upper())
+    if found is None:
+        found = TicketStatus(str(value).strip().upper())
+        if value.__class__ is str and len(_TICKET_STATUSES) < 64:
+            _TICKET_STATUSES[value] = found
+    return found
 
 
 def orders_of(ctx: GraphContext, records: Any) -> list[Order]:
