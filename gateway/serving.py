@@ -178,6 +178,7 @@ async def start_server(
     config = uvicorn.Config(
         app,
         log_config=None,
+        access_log=False,  # the access log is c360's own; uvicorn's line was silenced anyway
         lifespan="on",
         http=GatewayHttpProtocol,
         **uvicorn_tls_options(tls),
