@@ -1,19 +1,28 @@
-"""`python -m bench.inprocess [--scenarios a,b,d] [--requests 300]`: the gateway's own CPU
-per request, in one process, without HTTP or load: the demo systems (no latency), a
-gateway with every record cached, and each scenario's request sent straight to the ASGI
-app again and again. Steadier than a load run for comparing two versions of the
-executor or the policy path (CPU time, not wall time; medians of five blocks).
+"""`python -m bench.inprocess [--scenarios a,b,d] [--requests 300] [--cold] [--calls]`: the
+gateway's own CPU per request, in one process, without HTTP or load: each scenario's request
+sent straight to the ASGI app again and again, on uvloop as `c360 serve` runs.
+
+By default every record is cached (the demo systems run in this process, without latency,
+and are asked only while warming up). `--cold` runs the gateway as the load bench does,
+the record cache off, with the demo systems in a process of their own: each request then
+includes the client side of its source calls. CPU time is a median of seven blocks;
+`--calls` counts the Python function calls per request instead (cProfile), which is the
+same from run to run for the same code, where this machine's CPU times vary by ±20%
+between identical runs: the way to compare two versions of the executor or the policy
+path.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import pstats
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +33,7 @@ from demo.systems import DemoSystems
 from gateway.app import Gateway, build_app
 from gateway.auth import mint_token
 from gateway.config import parse_config
-from gateway.demo import demo_config
+from gateway.demo import DemoOptions, demo_config, start_demo_systems
 
 Asgi = Any
 
@@ -68,51 +77,77 @@ async def call(app: Asgi, body: bytes, headers: Mapping[str, str]) -> tuple[int,
     return status, b"".join(chunks)
 
 
-async def measure(keys: list[str], requests: int) -> dict[str, dict[str, float]]:
+async def measure(
+    keys: list[str], requests: int, *, cold: bool = False, calls: bool = False
+) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="c360-inprocess-") as work:
         state = Path(work)
+        if cold:
+            running = await start_demo_systems(DemoOptions(data_dir=state / "demo"))
+            try:
+                return await _measure(state, running.endpoints, keys, requests, cold, calls)
+            finally:
+                await running.stop()
         async with DemoSystems(state / "demo") as systems:
-            data = demo_config(
-                systems.endpoints,
-                port=0,
-                overrides={
-                    "identity.dsn": f"sqlite+aiosqlite:///{state}/identity.db",
-                    "limits.max_cost": 1_000_000,
-                    "cache.enabled": True,
-                    "cache.ttl_s": 3600,
-                    **{f"sources.{name}.cache.ttl_s": 3600 for name in systems.endpoints},
-                    "audit.path": str(state / "audit.jsonl"),
-                },
-            )
-            config = parse_config(data, base_dir=state)
-            gateway = Gateway(config)
-            app = build_app(config, gateway)
-            results: dict[str, dict[str, float]] = {}
-            async with _lifespan(app):
-                cuids = await _cuids(app, config)
-                for key in keys:
-                    scenario = SCENARIOS[key]
-                    token = mint_token(config.auth, "bench", [scenario.role], [scenario.purpose])
-                    headers = {
-                        "content-type": "application/json",
-                        "authorization": f"Bearer {token}",
-                    }
-                    for query in scenario.queries:
-                        bodies = query.bodies(query.c360, cuids)
-                        for body in bodies[:20]:  # warm: cache, plans, documents
-                            status, answer = await call(app, body, headers)
-                            if status != 200:
-                                raise RuntimeError(f"{key}: HTTP {status}: {answer[:300]!r}")
-                        blocks = []
-                        for _ in range(5):
-                            started = time.process_time()
-                            for i in range(requests // 5):
-                                await call(app, bodies[i % len(bodies)], headers)
-                            blocks.append((time.process_time() - started) * 1000 / (requests // 5))
-                        results[scenario.label(query)] = {
-                            "cpu_ms": round(statistics.median(blocks), 3),
-                            "spread_ms": round(max(blocks) - min(blocks), 3),
-                        }
+            return await _measure(state, systems.endpoints, keys, requests, cold, calls)
+
+
+async def _measure(
+    state: Path,
+    endpoints: Mapping[str, Any],
+    keys: list[str],
+    requests: int,
+    cold: bool,
+    calls: bool,
+) -> dict[str, dict[str, float]]:
+    overrides: dict[str, Any] = {
+        "identity.dsn": f"sqlite+aiosqlite:///{state}/identity.db",
+        "limits.max_cost": 1_000_000,
+        "audit.path": str(state / "audit.jsonl"),
+        "cache.enabled": not cold,
+    }
+    if not cold:
+        overrides["cache.ttl_s"] = 3600
+        overrides.update({f"sources.{name}.cache.ttl_s": 3600 for name in endpoints})
+    data = demo_config(dict(endpoints), port=0, overrides=overrides)
+    data.pop("rate_limit", None)  # one principal sending thousands of requests is the point
+    config = parse_config(data, base_dir=state)
+    gateway = Gateway(config)
+    app = build_app(config, gateway)
+    results: dict[str, dict[str, float]] = {}
+    async with _lifespan(app):
+        cuids = await _cuids(app, config)
+        for key in keys:
+            scenario = SCENARIOS[key]
+            token = mint_token(config.auth, "bench", [scenario.role], [scenario.purpose])
+            headers = {"content-type": "application/json", "authorization": f"Bearer {token}"}
+            for query in scenario.queries:
+                bodies = query.bodies(query.c360, cuids)
+                for body in bodies:  # warm: cache, plans, documents
+                    status, answer = await call(app, body, headers)
+                    if status != 200:
+                        raise RuntimeError(f"{key}: HTTP {status}: {answer[:300]!r}")
+                label = scenario.label(query)
+                if calls:
+                    profile = cProfile.Profile()
+                    for i in range(requests):
+                        profile.enable()
+                        await call(app, bodies[i % len(bodies)], headers)
+                        profile.disable()
+                    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+                    counted = sum(entry[1] for entry in stats.values())
+                    results[label] = {"calls": round(counted / requests)}
+                    continue
+                blocks = []
+                for _ in range(7):
+                    started = time.process_time()
+                    for i in range(requests // 7):
+                        await call(app, bodies[i % len(bodies)], headers)
+                    blocks.append((time.process_time() - started) * 1000 / (requests // 7))
+                results[label] = {
+                    "cpu_ms": round(statistics.median(blocks), 3),
+                    "spread_ms": round(max(blocks) - min(blocks), 3),
+                }
     return results
 
 
@@ -153,15 +188,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.inprocess")
     parser.add_argument("--scenarios", default="a,b,d")
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--cold", action="store_true", help="record cache off, as the load bench")
+    parser.add_argument("--calls", action="store_true", help="Python calls per request")
     args = parser.parse_args()
     keys = [key for key in args.scenarios.split(",") if key]
     unknown = [key for key in keys if key not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(unknown)}")
-    results = asyncio.run(measure(keys, args.requests))
+    results = run(measure(keys, args.requests, cold=args.cold, calls=args.calls))
     for label, result in results.items():
-        print(f"{label}: {result['cpu_ms']} ms CPU per request (spread {result['spread_ms']})")
+        if "calls" in result:
+            print(f"{label}: {result['calls']:.0f} Python calls per request")
+        else:
+            print(f"{label}: {result['cpu_ms']} ms CPU per request (spread {result['spread_ms']})")
     return 0
+
+
+def run(main: Coroutine[Any, Any, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """On uvloop, as `c360 serve` runs (asyncio's own loop where it is not installed)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 if __name__ == "__main__":
