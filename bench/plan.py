@@ -25,6 +25,12 @@ class Plan:
     # A run is lengthened to a few times the latency the previous concurrency predicts
     # (Little's law), up to this: a run shorter than its latency measures nothing.
     longest_run_s: float = 6.0
+    # The overhead targets, measured in pairs: c360 and the lower bound take turns at
+    # concurrency 1 (this many rounds of runs this long each), so that drift in the systems
+    # or the machine between the two phases does not land in the difference. 0: the
+    # overhead is read off the two phases' concurrency-1 runs.
+    paired_rounds: int = 0
+    paired_s: float = 5.0
 
     @classmethod
     def quick(cls) -> Plan:
@@ -43,6 +49,7 @@ class Plan:
             profile_s=15.0,
             peer_fault_scenario=True,
             longest_run_s=30.0,
+            paired_rounds=5,
         )
 
     @classmethod

@@ -168,6 +168,7 @@ class Bench:
             "runs": [],
             "checks": [],
             "peers": {},
+            "paired": [],
             "notes": [
                 f"c360 runs with limits.max_cost = {MAX_COST}: the demo template's 5000 answers "
                 "(b)'s page query with QUERY_TOO_COMPLEX (estimated cost 6501). The record "
@@ -492,6 +493,11 @@ class Bench:
                     await self.profile(main, key)
         if self.plan.soak_s:
             await self.soak(main)
+        if self.plan.paired_rounds:
+            for key in ("a", "b"):
+                if key in self.selected:
+                    self.log(f"paired at c=1 ({key}): c360 and the lower bound in turn")
+                    await self.paired(main, key)
         self.children.stop(main.child)
         if "c" in self.selected:
             await self.cache_phase()
@@ -533,9 +539,32 @@ class Bench:
         finally:
             self.children.stop(target.child)
 
-    async def lower_bound(self, key: str) -> list[dict[str, Any]]:
-        """The direct client for query `key` at every concurrency, in one process of its own;
-        it reads the gateway's own source settings, so it asks exactly what the gateway asks."""
+    async def paired(self, target: Target, key: str) -> None:
+        """Rounds of one c360 run and one lower-bound run at concurrency 1, back to back:
+        each pair sees the systems and the machine as they were within seconds, where the
+        two phases are minutes apart. The overhead target reads the pairs' median."""
+        scenario = SCENARIOS[key]
+        bodies = self.bodies(target, scenario.queries[0])
+        script = self.script(f"{target.name}-{key}", bodies, self.headers(scenario))
+        pairs = []
+        for _ in range(self.plan.paired_rounds):
+            gateway = await self.measure(target, key, 1, script, self.plan.paired_s)
+            bound = await self.lower_bound(key, concurrencies=[1], duration_s=self.plan.paired_s)
+            if gateway.get("status") == "ok" and bound and bound[0].get("status") == "ok":
+                pairs.append({"c360_p50_ms": gateway["p50_ms"], "bound_p50_ms": bound[0]["p50_ms"]})
+        self.results["paired"].append(
+            {"label": key, "duration_s": self.plan.paired_s, "pairs": pairs}
+        )
+
+    async def lower_bound(
+        self,
+        key: str,
+        concurrencies: Sequence[int] | None = None,
+        duration_s: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """The direct client for query `key` at every concurrency (or these), in one process
+        of its own; it reads the gateway's own source settings, so it asks exactly what the
+        gateway asks."""
         sources = self.config["sources"]
         batch = sources["service"]["entities"]["tickets"]["batch"]
         spec = DirectSpec(
@@ -549,8 +578,8 @@ class Bench:
             helpdesk_param=batch["param"],
             marketing_url=sources["marketing"]["url"],
             marketing_selection=sources["marketing"]["entities"]["contact"]["selection"],
-            concurrencies=list(self.plan.concurrencies),
-            duration_s=self.plan.duration_s,
+            concurrencies=list(concurrencies or self.plan.concurrencies),
+            duration_s=duration_s or self.plan.duration_s,
             warmup_s=0.5 if self.plan.mode == "quick" else self.plan.warmup_s,
         )
         path = self.work_dir / f"direct-{key}.json"

@@ -72,6 +72,39 @@ def test_overhead_targets_are_judged_at_concurrency_one() -> None:
     assert row["ratio_p50"] == pytest.approx(22.5 / 21.0, abs=1e-3)
 
 
+def test_overhead_targets_read_the_median_of_pairs_taken_in_turn_when_there_are_any() -> None:
+    # The phases alone say (a) is 3 ms over; the pairs, each taken within seconds, say the
+    # median difference is 1.5 ms: the pairs decide. (b) has no pairs: the phases decide.
+    pairs = [(22.2, 21.0), (24.5, 21.0), (22.6, 21.1), (22.4, 20.9), (30.0, 21.0)]
+    paired = [
+        {
+            "label": "a",
+            "duration_s": 5.0,
+            "pairs": [{"c360_p50_ms": c, "bound_p50_ms": b} for c, b in pairs],
+        }
+    ]
+    data = report.finish(
+        results(
+            [
+                run("c360", "a", 1, 24.0, 30.0, 40.0),
+                run("lower bound", "a", 1, 21.0, 25.0, 45.0),
+                run("c360", "b", 1, 30.0, 40.0, 20.0),
+                run("lower bound", "b", 1, 25.0, 30.0, 30.0),
+            ],
+            paired=paired,
+        )
+    )
+    [row] = data["paired_overhead"]
+    assert row["overhead_p50_ms"] == pytest.approx(1.5)  # of 1.2, 3.5, 1.5, 1.5, 9.0
+    assert (row["lowest_ms"], row["highest_ms"]) == (pytest.approx(1.2), pytest.approx(9.0))
+    met = verdicts(data)
+    assert met["(a) p50 overhead over the lower bound ≤ 2 ms (concurrency 1)"] is True
+    assert met["(b) p50 overhead over the lower bound ≤ 10 ms (concurrency 1)"] is True
+    text = report.markdown(data)
+    assert "c360 and the lower bound in turn" in text
+    assert "median of 5 pairs of 5 s runs" in text
+
+
 def test_tail_target_fails_when_any_concurrency_exceeds_three_times_p50() -> None:
     data = results([run("c360", "a", 1, 20.0, 30.0, 50.0), run("c360", "a", 16, 50.0, 160.0, 300)])
     row = next(r for r in report.targets(data) if r["target"].startswith("(a) p99"))
