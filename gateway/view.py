@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from cross_web import HTTPException
 from graphql import GraphQLError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from strawberry.asgi import GraphQL
@@ -117,6 +117,11 @@ def _safe_error(error: GraphQLError) -> GraphQLError:
     return GraphQLError(
         "Internal error.", path=error.path, extensions={"code": "INTERNAL_SERVER_ERROR"}
     )
+
+
+# The status an access record gives a request whose client left before it was read
+# (nginx's convention; the response is never sent).
+CLIENT_CLOSED_REQUEST = 499
 
 
 class GraphQLView(GraphQL[Any, None]):
@@ -241,6 +246,11 @@ class GraphQLView(GraphQL[Any, None]):
                 status_code=error.status_code,
                 media_type=self._media_type(request),
             )
+        except ClientDisconnect:
+            # Gone before its body was read (under load, while it waited for a place):
+            # nothing ran and nobody is there to answer; the access record says so.
+            request.state.reason = "client_disconnected"
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     def _place(self) -> contextlib.AbstractAsyncContextManager[None]:
         """A place to execute in (the admission gate's), or at once without a gate."""

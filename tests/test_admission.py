@@ -5,6 +5,7 @@ place within the queue's bounds is refused with 503 OVERLOADED and still logged.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -174,3 +175,45 @@ async def test_over_http_a_request_without_a_place_gets_503_overloaded_and_a_rec
     assert len(rejected) == 1 and rejected[0]["outcome"] == "rejected"
     assert rejected[0]["status"] == 503
     assert orjson.dumps(refused.body).find(b"Traceback") == -1
+
+
+async def test_a_client_gone_while_it_waited_is_recorded_not_an_error(
+    demo_systems: DemoSystems,
+    tmp_path: Path,
+    sources: SourceAdmin,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # wrk, stopping, drops the connections of requests still queued behind the gate; when
+    # such a request gets its place its body is gone: no traceback, a 499 in the record.
+    overrides = {"server.max_in_flight": 1, "sources.service.timeout_ms": 5000}
+    async with running_gateway(demo_systems, tmp_path, overrides) as gateway:
+        await sources.fault("service", "hang")
+        try:
+            slow = asyncio.create_task(gateway.query(TICKETS))
+            await until(lambda: gateway.gateway.admission.executing == 1)
+            body = orjson.dumps({"query": "{ customers(first: 1) { edges { cursor } } }"})
+            host, port = gateway.url.removeprefix("http://").split(":")
+            _, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"POST /graphql HTTP/1.1\r\nhost: c360\r\ncontent-type: application/json\r\n"
+                + f"authorization: Bearer {gateway.token()}\r\n".encode()
+                + f"content-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+            await until(lambda: gateway.gateway.admission.queued == 1)
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            await sources.fault("service", "ok")
+        answered = await slow
+        await until(lambda: gateway.gateway.admission.executing == 0)
+        await gateway.gateway.access_log.flush()
+        sink = gateway.gateway.config.audit_sink
+        assert isinstance(sink, JsonlSink)
+        records = [r for _, r in sink.lines() if r is not None and r.get("kind") == "access"]
+    assert answered.status == 200
+    gone = [r for r in records if r["reason"] == "client_disconnected"]
+    assert len(gone) == 1
+    assert (gone[0]["outcome"], gone[0]["status"]) == ("rejected", 499)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
