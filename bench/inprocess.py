@@ -6,10 +6,11 @@ By default every record is cached (the demo systems run in this process, without
 and are asked only while warming up). `--cold` runs the gateway as the load bench does,
 the record cache off, with the demo systems in a process of their own: each request then
 includes the client side of its source calls. CPU time is a median of seven blocks;
-`--calls` counts the Python function calls per request instead (cProfile), which is the
-same from run to run for the same code, where this machine's CPU times vary by ±20%
-between identical runs: the way to compare two versions of the executor or the policy
-path.
+`--calls` counts the Python function calls per request instead (cProfile, on while the
+request is awaited, so whatever else the loop runs meanwhile counts too), which varies
+by well under 1% from run to run for the same code, where this machine's CPU times vary
+by ±20% between identical runs: the way to compare two versions of the executor or the
+policy path.
 """
 
 from __future__ import annotations
@@ -191,6 +192,8 @@ def main() -> int:
     parser.add_argument("--cold", action="store_true", help="record cache off, as the load bench")
     parser.add_argument("--calls", action="store_true", help="Python calls per request")
     args = parser.parse_args()
+    if args.requests < 7:
+        parser.error("--requests: at least 7 (the CPU time is a median of seven blocks)")
     keys = [key for key in args.scenarios.split(",") if key]
     unknown = [key for key in keys if key not in SCENARIOS]
     if unknown:

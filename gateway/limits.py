@@ -441,7 +441,8 @@ class ParsedDocuments:
     its text and parse options, and the validation errors by document and rules. The
     same text gets the same document object, so validation is keyed by the document's
     identity (strawberry's ValidationCache hashes the whole syntax tree per request),
-    and so are the executor's plans and the cost cache. Bounded; the oldest goes first."""
+    and so are the executor's plans and the cost cache. Bounded; the least recently used
+    goes first."""
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
@@ -453,8 +454,10 @@ class ParsedDocuments:
 
     def parse(self, text: str, options: Mapping[str, Any]) -> DocumentNode:
         key = (text, tuple(options.items()))
-        document = self._parsed.get(key)
-        if document is None:
+        document = self._parsed.pop(key, None)
+        if document is not None:
+            self._parsed[key] = document  # the most recently used, last
+        else:
             document = parse(text, **options)  # a syntax error is not remembered
             if len(self._parsed) >= self.size:
                 del self._parsed[next(iter(self._parsed))]
@@ -465,8 +468,9 @@ class ParsedDocuments:
         self, schema: GraphQLSchema, document: DocumentNode, rules: tuple[Any, ...]
     ) -> list[GraphQLError]:
         key = (id(document), rules)
-        found = self._validated.get(key)
-        if found is not None and found[0] is document:
+        found = self._validated.pop(key, None)
+        if found is not None:  # its document is alive in it: the id is still its own
+            self._validated[key] = found
             return found[1]
         errors = validate_document(schema, document, rules)
         if len(self._validated) >= self.size:

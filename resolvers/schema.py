@@ -137,7 +137,12 @@ class GraphReport(SchemaExtension):
     document: its literals may be personal data)."""
 
     def on_operation(self) -> Any:
-        yield
+        try:
+            yield
+        finally:  # a refused document (syntax, token limit) is recorded too
+            self._capture()
+
+    def _capture(self) -> None:
         execution = self.execution_context
         ctx = execution.context
         if not isinstance(ctx, GraphContext):

@@ -4,6 +4,7 @@ PostgreSQL sinks, a sink that fails and returns, fail_closed, tamper evidence, a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -109,6 +110,20 @@ async def test_a_record_for_every_kind_of_request(
     assert written[1]["sources"]["service"]["errors"] == 1
     assert written[2]["subject"] is None
     assert [r["seq"] for r in written] == list(range(1, 8))
+
+
+async def test_a_refused_document_is_recorded_with_its_hash(
+    demo_systems: DemoSystems, tmp_path: Path
+) -> None:
+    # A syntax error or a query over the token limit ends the operation with an exception:
+    # its record still names the document by hash (never by text).
+    text = "query Broken { customers(first: 1) { edges"
+    async with running_gateway(demo_systems, tmp_path) as gateway:
+        reply = await gateway.query(text)
+        [record] = await records(gateway)
+    assert reply.errors and "Syntax Error" in reply.errors[0]["message"]
+    assert record["document_hash"] == hashlib.sha256(text.encode()).hexdigest()
+    assert record["operation_type"] is None
 
 
 async def test_field_decisions_per_customer_in_a_list(
