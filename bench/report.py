@@ -241,6 +241,16 @@ def _sort_key(run: Run) -> tuple[str, int, int]:
     return (run["label"], order, run["concurrency"])
 
 
+def _section(
+    title: str, head: str, align: str, lines: list[str], intro: str | None = None
+) -> list[str]:
+    """A Markdown section holding one table (its rows already formatted); nothing when
+    there are no rows."""
+    if not lines:
+        return []
+    return ["", f"## {title}", "", *([intro, ""] if intro else []), head, align, *lines]
+
+
 def markdown(results: Mapping[str, Any]) -> str:
     meta = results["meta"]
     plan = results["plan"]
@@ -290,56 +300,43 @@ def markdown(results: Mapping[str, Any]) -> str:
             f"| {_fmt(run.get('peak_rss_mb'), 0)} | {_fmt(run.get('client_cores'), 3)} "
             f"| {_fmt(run.get('other_cores'), 2)} | {errors} |"
         )
-    rows = results.get("overhead", [])
-    if rows:
-        out += [
-            "",
-            "## c360's overhead over the lower bound",
-            "",
-            "| query | c | c360 p50 | bound p50 | overhead p50 | ×p50 "
-            "| c360 p99 | bound p99 | overhead p99 | ×p99 |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for r in rows:
-            out.append(
-                f"| {r['label']} | {r['concurrency']} | {r['c360_p50_ms']:.2f} "
-                f"| {r['bound_p50_ms']:.2f} | {r['overhead_p50_ms']:+.2f} | {r['ratio_p50']} "
-                f"| {r['c360_p99_ms']:.2f} | {r['bound_p99_ms']:.2f} "
-                f"| {r['overhead_p99_ms']:+.2f} | {r['ratio_p99']} |"
-            )
-    rows = results.get("paired_overhead", [])
-    if rows:
-        out += [
-            "",
-            "## The overhead at concurrency 1, c360 and the lower bound in turn",
-            "",
-            "| query | pairs | run s | c360 p50 (median) | bound p50 (median) "
-            "| overhead p50 (median of the pairs) | lowest | highest |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for r in rows:
-            out.append(
-                f"| {r['label']} | {r['pairs']} | {r['duration_s']:g} | {r['c360_p50_ms']:.2f} "
-                f"| {r['bound_p50_ms']:.2f} | {r['overhead_p50_ms']:+.2f} "
-                f"| {r['lowest_ms']:+.2f} | {r['highest_ms']:+.2f} |"
-            )
-    rows = results.get("peer_ratios", [])
-    if rows:
-        out += [
-            "",
-            "## c360 against the Node peers (c360 ÷ peer)",
-            "",
-            "Throughput above 1 and latency or CPU below 1 favour c360.",
-            "",
-            "| peer | query | c | throughput | p50 | p99 | gateway CPU per request |",
-            "|---|---|---:|---:|---:|---:|---:|",
-        ]
-        for r in rows:
-            out.append(
-                f"| {r['peer']} | {r['label']} | {r['concurrency']} | {_fmt(r['throughput'], 2)} "
-                f"| {_fmt(r['p50'], 2)} | {_fmt(r['p99'], 2)} "
-                f"| {_fmt(r['cpu_per_request'], 2)} |"
-            )
+    out += _section(
+        "c360's overhead over the lower bound",
+        "| query | c | c360 p50 | bound p50 | overhead p50 | ×p50 "
+        "| c360 p99 | bound p99 | overhead p99 | ×p99 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        [
+            f"| {r['label']} | {r['concurrency']} | {r['c360_p50_ms']:.2f} "
+            f"| {r['bound_p50_ms']:.2f} | {r['overhead_p50_ms']:+.2f} | {r['ratio_p50']} "
+            f"| {r['c360_p99_ms']:.2f} | {r['bound_p99_ms']:.2f} "
+            f"| {r['overhead_p99_ms']:+.2f} | {r['ratio_p99']} |"
+            for r in results.get("overhead", [])
+        ],
+    )
+    out += _section(
+        "The overhead at concurrency 1, c360 and the lower bound in turn",
+        "| query | pairs | run s | c360 p50 (median) | bound p50 (median) "
+        "| overhead p50 (median of the pairs) | lowest | highest |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        [
+            f"| {r['label']} | {r['pairs']} | {r['duration_s']:g} | {r['c360_p50_ms']:.2f} "
+            f"| {r['bound_p50_ms']:.2f} | {r['overhead_p50_ms']:+.2f} "
+            f"| {r['lowest_ms']:+.2f} | {r['highest_ms']:+.2f} |"
+            for r in results.get("paired_overhead", [])
+        ],
+    )
+    out += _section(
+        "c360 against the Node peers (c360 ÷ peer)",
+        "| peer | query | c | throughput | p50 | p99 | gateway CPU per request |",
+        "|---|---|---:|---:|---:|---:|---:|",
+        [
+            f"| {r['peer']} | {r['label']} | {r['concurrency']} | {_fmt(r['throughput'], 2)} "
+            f"| {_fmt(r['p50'], 2)} | {_fmt(r['p99'], 2)} "
+            f"| {_fmt(r['cpu_per_request'], 2)} |"
+            for r in results.get("peer_ratios", [])
+        ],
+        intro="Throughput above 1 and latency or CPU below 1 favour c360.",
+    )
     out += ["", "## Checks before each scenario", ""]
     out += [
         "| target | scenario | answer | calls/query (5 sequential requests) |",
