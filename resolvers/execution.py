@@ -95,6 +95,10 @@ def _listed(item: Complete) -> Complete:
     return complete
 
 
+# Scalars whose every value of this Python class is its own completion.
+_AS_IS: dict[Any, type] = {GraphQLString: str, GraphQLID: str, GraphQLBoolean: bool}
+
+
 def leaf_completion(type_: GraphQLLeafType, non_null: bool = False) -> Complete:
     """A scalar's or enum's completion. Values of the Python type the scalar hands back
     unchanged (a str for String and ID, a bool, a finite float, a 32-bit int) complete as
@@ -114,10 +118,9 @@ def leaf_completion(type_: GraphQLLeafType, non_null: bool = False) -> Complete:
             raise Irregular
         return result
 
-    if type_ is GraphQLString or type_ is GraphQLID:
-        return _passing(str, coerced)
-    if type_ is GraphQLBoolean:
-        return _passing(bool, coerced)
+    same = _AS_IS.get(type_)
+    if same is not None:
+        return _passing(same, coerced)
     if type_ is GraphQLFloat:
         return _passing(float, coerced, math.isfinite)
     if type_ is GraphQLInt:
@@ -187,11 +190,7 @@ def _object(fields: list[tuple[str, Complete, type, Complete]]) -> Complete:
 def _same_class(type_: GraphQLOutputType) -> type:
     """The class of values a field of this type completes as themselves, unchecked."""
     named = type_.of_type if is_non_null_type(type_) else type_
-    if named is GraphQLString or named is GraphQLID:
-        return str
-    if named is GraphQLBoolean:
-        return bool
-    return _Never
+    return _AS_IS.get(named, _Never)
 
 
 def _constant(value: str) -> Complete:
