@@ -166,6 +166,10 @@ class RestConnector:
     async def fetch(self, entity: str, keys: Sequence[str]) -> dict[str, Fetched]:
         spec = self._entities[entity]
         if spec.batch is not None:
+            if len(keys) <= spec.batch.max_keys:
+                # Awaited in this task: a task of its own would queue behind every other
+                # system's call of the request, and this one may be the slowest.
+                return await self._fetch_batch(spec, keys)
             chunks = [
                 keys[i : i + spec.batch.max_keys] for i in range(0, len(keys), spec.batch.max_keys)
             ]

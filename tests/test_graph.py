@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -296,11 +297,28 @@ async def test_the_slowest_system_is_called_first(
             return await original(source, *args)
 
         hub.fetch = recording  # type: ignore[method-assign]
+        # ...and its HTTP request is the first to be made, not queued behind the others'
+        # (a task of its own, say, would start after them).
+        asked: list[str] = []
+        for name in ("service", "marketing"):
+            client = hub.connectors[name].client  # type: ignore[attr-defined]
+            client.request_json = _noting(asked, name, client.request_json)
         reply = await gateway.query(query, {"id": cuid})
     assert not reply.errors
     assert learned["service"] >= 0.06 > learned["sales"]
     assert started[0] == "service", started  # alphabetically last, called first
     assert sorted(started) == ["marketing", "sales", "service"]
+    assert asked == ["service", "marketing"]
+
+
+def _noting(
+    asked: list[str], name: str, request: Callable[..., Awaitable[Any]]
+) -> Callable[..., Awaitable[Any]]:
+    async def noted(*args: Any, **kwargs: Any) -> Any:
+        asked.append(name)
+        return await request(*args, **kwargs)
+
+    return noted
 
 
 async def test_health_readiness_and_metrics(gateway: RunningGateway) -> None:
