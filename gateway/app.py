@@ -341,6 +341,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
         documents=lambda: (gw.documents, gw.config.documents),
         max_body_bytes=config.server.max_body_bytes,
         observe=observe,
+        durable_first=lambda: gw.access_log.settings.fail_closed,
     )
 
     async def healthz(request: Request) -> Response:

@@ -138,6 +138,7 @@ class GraphQLView(GraphQL[Any, None]):
         limits: QueryLimits | None = None,
         max_body_bytes: int,
         observe: Callable[[int, float], None] = lambda status, seconds: None,
+        durable_first: Callable[[], bool] = lambda: False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -151,6 +152,7 @@ class GraphQLView(GraphQL[Any, None]):
         self._limits = limits
         self._max_body_bytes = max_body_bytes
         self._observe = observe
+        self._durable_first = durable_first
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -161,16 +163,24 @@ class GraphQLView(GraphQL[Any, None]):
         request.state.request_id = new_request_id()
         set_request_id(request.state.request_id)
         response = await self._respond(request)
-        if not self._is_ide_request(request):
-            # Every request is accounted for, rejected ones too; with fail_closed, a
-            # request whose record cannot be made durable gets a 503 instead of data.
-            response = await self._account(request, response, time.perf_counter() - started)
-        context = getattr(request.state, "context", None)
-        if context is not None:
-            context.release()
+        seconds = time.perf_counter() - started
+        # Every request is accounted for, rejected ones too. With fail_closed, before the
+        # answer: a request whose record cannot be made durable gets a 503 instead of data.
+        # Otherwise after it, so that the client does not wait for its own record.
+        unaccounted = not self._is_ide_request(request)
+        if unaccounted and self._durable_first():
+            response = await self._account(request, response, seconds)
+            unaccounted = False
         response.headers["x-request-id"] = request.state.request_id
-        self._observe(response.status_code, time.perf_counter() - started)
-        await response(scope, receive, send)
+        try:
+            await response(scope, receive, send)
+        finally:
+            if unaccounted:
+                await self._account(request, response, seconds)
+            context = getattr(request.state, "context", None)
+            if context is not None:
+                context.release()
+            self._observe(response.status_code, seconds)
 
     async def _respond(self, request: Request) -> Response:
         length = request.headers.get("content-length")

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import ssl
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+from starlette.types import ASGIApp
 
 from demo.systems import DemoSystems
 from gateway.app import Gateway, build_app
@@ -129,9 +130,11 @@ async def running_gateway(
     server_tls: ServerTLS | None = None,
     client_ssl: ssl.SSLContext | None = None,
     telemetry: Telemetry | None = None,
+    around: Callable[[ASGIApp], ASGIApp] | None = None,
 ) -> AsyncIterator[RunningGateway]:
     """A gateway over the demo systems, served by uvicorn on an ephemeral port; over
-    HTTPS with `server_tls`, reached by a client that trusts what `client_ssl` does."""
+    HTTPS with `server_tls`, reached by a client that trusts what `client_ssl` does;
+    `around` wraps the app (to watch what it sends)."""
     await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
     data = gateway_config(systems, state_dir, overrides)
     config_path = state_dir / "c360.toml"
@@ -139,7 +142,10 @@ async def running_gateway(
     await asyncio.to_thread(config_path.write_text, to_toml(data), "utf-8")
     config = parse_config(data, base_dir=state_dir)
     gateway = Gateway(config, config_path, telemetry)
-    server = await start_server(build_app(config, gateway), bind("127.0.0.1", 0), server_tls)
+    app: ASGIApp = build_app(config, gateway)
+    if around is not None:
+        app = around(app)
+    server = await start_server(app, bind("127.0.0.1", 0), server_tls)
     # Idle connections are dropped before uvicorn's keep-alive timeout (5 s) closes them:
     # a session-wide gateway sits idle while other tests run, and reusing a connection
     # the server is closing at that moment is the classic keep-alive race (ECONNRESET).

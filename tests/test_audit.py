@@ -17,9 +17,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from demo.people import DemoWorld
 from demo.systems import DemoSystems
+from gateway.audit.log import AccessLog
 from gateway.audit.settings import parse_audit
 from gateway.audit.sinks import JsonlSink, SinkUnavailable
 from gateway.demo import to_toml
@@ -260,6 +262,37 @@ async def test_fail_closed_refuses_what_cannot_be_recorded(
     assert refused.status == 503
     assert refused.codes() == ["AUDIT_UNAVAILABLE"]
     assert "data" not in refused.body
+
+
+@pytest.mark.parametrize("fail_closed", [False, True])
+async def test_the_record_follows_the_answer_unless_fail_closed(
+    demo_systems: DemoSystems, tmp_path: Path, fail_closed: bool
+) -> None:
+    # The client does not wait for its own access record, except with fail_closed, where
+    # the answer depends on the record being durable.
+    sealed_when_answered: list[int] = []
+    log: list[AccessLog] = []
+
+    def watching(app: ASGIApp) -> ASGIApp:
+        async def watched(scope: Scope, receive: Receive, send: Send) -> None:
+            async def sending(message: Message) -> None:
+                if message["type"] == "http.response.body" and scope["path"] == "/graphql":
+                    sealed_when_answered.append(log[0].head.seq)
+                await send(message)
+
+            await app(scope, receive, sending)
+
+        return watched
+
+    overrides = {"audit.fail_closed": fail_closed}
+    async with running_gateway(demo_systems, tmp_path, overrides, around=watching) as gateway:
+        log.append(gateway.gateway.access_log)
+        before = log[0].head.seq
+        reply = await gateway.query(PAGE, {"n": 1})
+        after = log[0].head.seq
+    assert reply.status == 200 and not reply.errors
+    assert after == before + 1
+    assert sealed_when_answered == [after if fail_closed else before]
 
 
 async def test_verify_detects_edits_deletions_reorders_and_tolerates_a_torn_tail(
