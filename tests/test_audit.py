@@ -380,6 +380,31 @@ async def test_jsonl_group_commit_writes_at_once_and_fsyncs_at_most_per_interval
     assert len(fsyncs) >= 3
 
 
+async def test_jsonl_appends_small_batches_from_the_loop_and_the_rest_on_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_threads: list[str] = []
+    real = asyncio.to_thread
+
+    async def noting(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        on_threads.append(func.__name__)
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", noting)
+    sink = JsonlSink(tmp_path / "access.jsonl", max_bytes=300, sync_interval_s=60)
+    await sink.open()
+    on_threads.clear()
+    await sink.write([{"seq": 1}])  # the first batch is fsynced
+    await sink.write([{"seq": 2}])  # small, no fsync due: from the loop
+    await sink.write([{"seq": 3, "pad": "x" * 266}])  # past max_bytes: rotated
+    await sink.write([{"seq": 4}])  # from the loop, into the new file
+    await sink.write([{"seq": 5, "pad": "x" * (JsonlSink.INLINE_BYTES + 1)}])  # large
+    assert on_threads == ["_append", "_append", "_append"]
+    assert [record["seq"] for _, record in sink.lines() if record] == [1, 2, 3, 4, 5]
+    assert len(sink.files()) == 3
+    await sink.close()
+
+
 @pytest.mark.parametrize(
     "table", [{"fsync_interval_ms": 0}, {"fail_closed": True, "fsync_interval_ms": 500}]
 )
