@@ -76,6 +76,9 @@ class GraphContext:
     loaders: dict[tuple[str, str], DataLoader[str, Fetched | None]] = field(default_factory=dict)
     fetched_records: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     siblings: dict[int, Siblings] = field(default_factory=dict)  # id(customer) -> its batch
+    # Root response key -> the CustomerLoad started for it before execution
+    # (resolvers/planning.py), until its resolver takes it.
+    planned: dict[str, Any] = field(default_factory=dict)
 
     async def fetch_many(
         self, source: str, entity: str, keys: Sequence[str]
@@ -103,6 +106,7 @@ class GraphContext:
         over a thousand objects per request, and the collector's full passes stalled the
         gateway 60-90 ms every second or two."""
         self.request = None
+        self.planned.clear()
         self.siblings.clear()
         self.fetched_records.clear()
         self.loaders.clear()

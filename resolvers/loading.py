@@ -95,47 +95,75 @@ async def load_customers(
     denied to the request outright, with its refusal whatever the arguments).
     `fields` maps a selected field to its response key; `path_of(index, key)` is where
     the index-th customer's field sits in the response (for errors)."""
-    customers = [
-        Customer(id=strawberry.ID(cuid), links=ctx.identity.links(cuid) or {}) for cuid in cuids
-    ]
-    ctx.touched.update(cuids)
-    batch = CustomerBatch(customers, path_of)
-    settled_by_parent = [
-        name
-        for name in fields
-        if name in PLAIN_FIELDS
-        or (name in ARGUMENT_FIELDS and (name in fields.bare or denied_outright(ctx, name)))
-    ]
-    waiting = {name: slots_of(ctx, name) for name in settled_by_parent}
-    answered: set[Slot] = set()
+    return await CustomerLoad(ctx, cuids, fields, path_of).done()
 
-    def settle_ready() -> None:
-        for name in [name for name, slots in waiting.items() if slots <= answered]:
-            del waiting[name]
+
+class CustomerLoad:
+    """`load_customers`, started: its calls are tasks from the moment it is made, the
+    slowest system's first, so a load started ahead of execution (resolvers/planning.py)
+    has its requests out by the time the resolver awaits it."""
+
+    def __init__(
+        self,
+        ctx: GraphContext,
+        cuids: Sequence[str],
+        fields: Selection,
+        path_of: Callable[[int, str], list[str | int]],
+    ) -> None:
+        self.ctx = ctx
+        self.cuids = list(cuids)
+        self.fields = fields
+        self.customers = [
+            Customer(id=strawberry.ID(cuid), links=ctx.identity.links(cuid) or {})
+            for cuid in self.cuids
+        ]
+        ctx.touched.update(self.cuids)
+        self.batch = CustomerBatch(self.customers, path_of)
+        settled_by_parent = [
+            name
+            for name in fields
+            if name in PLAIN_FIELDS
+            or (name in ARGUMENT_FIELDS and (name in fields.bare or denied_outright(ctx, name)))
+        ]
+        self.waiting = {name: slots_of(ctx, name) for name in settled_by_parent}
+        self.answered: set[Slot] = set()
+        self._settle_ready()  # denied fields need no system
+        self.calls = [asyncio.ensure_future(self._fill(slot)) for slot in needed_slots(ctx, fields)]
+
+    def _settle_ready(self) -> None:
+        ctx, fields = self.ctx, self.fields
+        for name in [name for name, slots in self.waiting.items() if slots <= self.answered]:
+            del self.waiting[name]
             if name in PLAIN_FIELDS:
-                batch.settle_plain(ctx, name, fields[name])
+                self.batch.settle_plain(ctx, name, fields[name])
             else:  # the defaults' shape; a refusal never shapes anything
-                batch.prepare(ctx, name, fields[name], ARGUMENT_FIELDS[name](ctx), None)
+                self.batch.prepare(ctx, name, fields[name], ARGUMENT_FIELDS[name](ctx), None)
 
-    async def fill(slot: Slot) -> None:
+    async def _fill(self, slot: Slot) -> None:
         source, entity = slot
+        customers = self.customers
         keys = [key for customer in customers if (key := customer.links.get(source))]
         # Per key: a failing system may still have served some keys stale from the cache.
-        found = await ctx.fetch_many(source, entity, keys)
+        found = await self.ctx.fetch_many(source, entity, keys)
         for customer in customers:
             key = customer.links.get(source)
             customer.records[slot] = found.get(key) if key is not None else None
-        answered.add(slot)
-        settle_ready()
+        self.answered.add(slot)
+        self._settle_ready()
 
-    settle_ready()  # denied fields need no system
-    await asyncio.gather(*(fill(slot) for slot in needed_slots(ctx, fields)))
-    if len(customers) > 1:
-        # Held by the context, not by the customers: a customer <-> batch cycle left each
-        # page of 100 to the cyclic collector, whose full passes stalled for 70-90 ms.
-        for customer in customers:
-            ctx.siblings[id(customer)] = batch
-    return customers
+    async def done(self) -> list[Customer]:
+        await asyncio.gather(*self.calls)
+        if len(self.customers) > 1:
+            # Held by the context, not by the customers: a customer <-> batch cycle left
+            # each page of 100 to the cyclic collector, whose full passes stalled for
+            # 70-90 ms.
+            for customer in self.customers:
+                self.ctx.siblings[id(customer)] = self.batch
+        return self.customers
+
+    def cancel(self) -> None:
+        for call in self.calls:
+            call.cancel()
 
 
 @dataclass(eq=False)

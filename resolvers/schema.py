@@ -24,6 +24,7 @@ from resolvers.context import GraphContext
 from resolvers.execution import PlainFieldExecutor
 from resolvers.guard import default_policy_field, policies_of
 from resolvers.loading import CUSTOMER_POLICIES, load_customers
+from resolvers.planning import PlanAhead, take
 from resolvers.selection import selected_fields
 from resolvers.types import (
     Customer,
@@ -57,6 +58,10 @@ async def _one(info: Info[GraphContext, None], cuid: str | None) -> Customer | N
         return None
     fields = selected_fields(info)
     here = info.path.as_list()
+    planned = take(info.context, str(here[0]), cuid, fields) if len(here) == 1 else None
+    if planned is not None:
+        [customer] = await planned.done()
+        return customer
     [customer] = await load_customers(info.context, [cuid], fields, lambda _, key: [*here, key])
     return customer
 
@@ -219,7 +224,8 @@ def build_schema(extensions: Sequence[Any] = (), max_batch: int = 0) -> strawber
     return GatewaySchema(
         query=Query,
         mutation=Mutation,
-        extensions=[GraphReport, *extensions],
+        # PlanAhead last: it starts loads only for what the limits let execute.
+        extensions=[GraphReport, *extensions, PlanAhead],
         config=config,
         execution_context_class=PlainFieldExecutor,
     )

@@ -40,22 +40,24 @@ def _included(node: Any, variables: Mapping[str, Any]) -> bool:
     return True
 
 
-def _fields(
+def included_fields(
     selection_set: SelectionSetNode | None,
     fragments: Mapping[str, FragmentDefinitionNode],
     variables: Mapping[str, Any],
 ) -> Iterator[FieldNode]:
+    """The field nodes of a selection set, through fragments, that `@skip`/`@include`
+    keep (with the coerced variables)."""
     for selection in selection_set.selections if selection_set else ():
         if not _included(selection, variables):
             continue
         if isinstance(selection, FieldNode):
             yield selection
         elif isinstance(selection, InlineFragmentNode):
-            yield from _fields(selection.selection_set, fragments, variables)
+            yield from included_fields(selection.selection_set, fragments, variables)
         elif isinstance(selection, FragmentSpreadNode):
             fragment = fragments.get(selection.name.value)
             if fragment is not None:
-                yield from _fields(fragment.selection_set, fragments, variables)
+                yield from included_fields(fragment.selection_set, fragments, variables)
 
 
 class Selection(dict[str, str]):
@@ -72,19 +74,29 @@ def selected_fields(info: Info[Any, Any], path: Sequence[str] = ()) -> Selection
     "node") below `customers`), through fragments, each with the response key it appears
     under first (its alias, or its name)."""
     raw = info._raw_info
-    fragments = raw.fragments
     variables: Mapping[str, Any] = info.variable_values or {}  # coerced, by strawberry
+    return selection_below(raw.field_nodes, raw.fragments, variables, path)
+
+
+def selection_below(
+    nodes: Iterable[FieldNode],
+    fragments: Mapping[str, FragmentDefinitionNode],
+    variables: Mapping[str, Any],
+    path: Sequence[str] = (),
+) -> Selection:
+    """`selected_fields` for these field nodes (one response key's, merged), from the
+    syntax tree and the coerced variables alone."""
     level: Iterable[FieldNode] = [
         child
-        for node in raw.field_nodes
-        for child in _fields(node.selection_set, fragments, variables)
+        for node in nodes
+        for child in included_fields(node.selection_set, fragments, variables)
     ]
     for step in path:
         level = [
             child
             for field in level
             if field.name.value == step
-            for child in _fields(field.selection_set, fragments, variables)
+            for child in included_fields(field.selection_set, fragments, variables)
         ]
     found = Selection()
     for field in level:
