@@ -29,7 +29,13 @@ from connectors.identity.sync import SyncReport, sync_identity
 from connectors.registry import build_connector
 from gateway.admission import Admission
 from gateway.audit.log import AccessLog, AuditUnavailable
-from gateway.audit.recorder import access_record, client_name, now_iso, record_with_alerts
+from gateway.audit.recorder import (
+    access_record,
+    client_name,
+    current_trace_id,
+    now_iso,
+    record_with_alerts,
+)
 from gateway.audit.sinks import AccessQuery, AccessSink
 from gateway.auth import Authenticator
 from gateway.cache import RecordStore
@@ -287,11 +293,12 @@ class Gateway:
             audit=AuditReaderAdapter(self.config.audit_sink, self.access_log),
         )
 
-    async def account(self, request: Request, response: Response, seconds: float) -> Response:
-        """Write the request's access record; with fail_closed, refuse what cannot be
-        recorded durably."""
-        record = access_record(
-            ts=now_iso(),
+    def _access_record(
+        self, request: Request, response: Response, seconds: float, ts: str, trace_id: str | None
+    ) -> dict[str, Any]:
+        return access_record(
+            ts=ts,
+            trace_id=trace_id,
             request_id=request.state.request_id,
             principal=getattr(request.state, "principal", None),
             client=client_name(request.headers.get("x-client-name")),
@@ -301,6 +308,11 @@ class Gateway:
             reason=getattr(request.state, "reason", None),
             graph=getattr(request.state, "context", None),
         )
+
+    async def account(self, request: Request, response: Response, seconds: float) -> Response:
+        """Write the request's access record before its answer, and wait until it is
+        durable (fail_closed): what cannot be recorded is refused."""
+        record = self._access_record(request, response, seconds, now_iso(), current_trace_id())
         try:
             await self.access_log.durable(record_with_alerts(self.access_log, record))
         except AuditUnavailable:
@@ -313,6 +325,21 @@ class Gateway:
                 media_type="application/json",
             )
         return response
+
+    def account_later(self, request: Request, response: Response, seconds: float) -> None:
+        """Write the request's access record once its answer is sent (AccessLog.later),
+        then let go of its context, which the record reads. Its time and trace are the
+        answer's."""
+        ts, trace_id = now_iso(), current_trace_id()
+
+        def job() -> None:
+            record = self._access_record(request, response, seconds, ts, trace_id)
+            record_with_alerts(self.access_log, record)
+            context = getattr(request.state, "context", None)
+            if context is not None:
+                context.release()
+
+        self.access_log.later(job)
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -340,6 +367,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
         limits=config.limits,
         documents=lambda: (gw.documents, gw.config.documents),
         max_body_bytes=config.server.max_body_bytes,
+        account_later=gw.account_later,
         observe=observe,
         durable_first=lambda: gw.access_log.settings.fail_closed,
     )

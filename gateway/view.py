@@ -131,6 +131,7 @@ class GraphQLView(GraphQL[Any, None]):
         context_factory: Callable[[Request], Any],
         authenticator: Authenticator,
         account: Callable[[Request, Response, float], Awaitable[Response]],
+        account_later: Callable[[Request, Response, float], None],
         rate_limiter: RateLimiter | None = None,
         admission: Admission | None = None,
         deadline_s: float | None = None,
@@ -145,6 +146,7 @@ class GraphQLView(GraphQL[Any, None]):
         self._context_factory = context_factory
         self._authenticator = authenticator
         self._account = account
+        self._account_later = account_later
         self._rate_limiter = rate_limiter
         self._admission = admission
         self._deadline_s = deadline_s
@@ -167,20 +169,19 @@ class GraphQLView(GraphQL[Any, None]):
         # Every request is accounted for, rejected ones too. With fail_closed, before the
         # answer: a request whose record cannot be made durable gets a 503 instead of data.
         # Otherwise after it, so that the client does not wait for its own record.
-        unaccounted = not self._is_ide_request(request)
-        if unaccounted and self._durable_first():
+        later = not self._is_ide_request(request)
+        if later and self._durable_first():
             response = await self._account(request, response, seconds)
-            unaccounted = False
+            later = False
         response.headers["x-request-id"] = request.state.request_id
         try:
             await response(scope, receive, send)
         finally:
-            if unaccounted:
-                await self._account(request, response, seconds)
-            context = getattr(request.state, "context", None)
-            if context is not None:
-                context.release()
             self._observe(response.status_code, seconds)
+            if later:
+                self._account_later(request, response, seconds)  # releases the context
+            elif (context := getattr(request.state, "context", None)) is not None:
+                context.release()
 
     async def _respond(self, request: Request) -> Response:
         length = request.headers.get("content-length")

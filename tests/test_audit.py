@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from demo.people import DemoWorld
 from demo.systems import DemoSystems
-from gateway.audit.log import AccessLog
+from gateway.audit.log import AFTER_ANSWER_S, AccessLog, AuditSettings
 from gateway.audit.settings import parse_audit
 from gateway.audit.sinks import JsonlSink, SinkUnavailable
 from gateway.demo import to_toml
@@ -289,10 +289,44 @@ async def test_the_record_follows_the_answer_unless_fail_closed(
         log.append(gateway.gateway.access_log)
         before = log[0].head.seq
         reply = await gateway.query(PAGE, {"n": 1})
+        await log[0].flush()
         after = log[0].head.seq
     assert reply.status == 200 and not reply.errors
     assert after == before + 1
     assert sealed_when_answered == [after if fail_closed else before]
+
+
+async def test_bookkeeping_after_an_answer_runs_a_moment_later_in_order_and_on_flush(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = AccessLog(
+        AuditSettings(chain="t", spill_path=tmp_path / "spill.jsonl"),
+        JsonlSink(tmp_path / "access.jsonl"),
+    )
+    await log.start()
+    ran: list[int] = []
+
+    def failing() -> None:
+        raise RuntimeError("a broken job")
+
+    def recording(n: int) -> Callable[[], None]:
+        def job() -> None:
+            log.record({"kind": "access", "n": n})
+
+        return job
+
+    for job in (lambda: ran.append(1), failing, lambda: ran.append(2)):
+        log.later(job)
+    assert ran == []  # not during the answer
+    await asyncio.sleep(AFTER_ANSWER_S * 5)
+    assert ran == [1, 2]  # in order, past the broken one, which is logged
+    assert "recording a request after its answer failed" in caplog.text
+    log.later(recording(3))
+    await log.flush()  # runs what is due at once, then waits for the sink
+    assert [r["n"] for _, r in log.sink.lines() if r] == [3]  # type: ignore[attr-defined]
+    log.later(recording(4))
+    await log.stop()  # so does an orderly stop
+    assert [r["n"] for _, r in log.sink.lines() if r] == [3, 4]  # type: ignore[attr-defined]
 
 
 async def test_verify_detects_edits_deletions_reorders_and_tolerates_a_torn_tail(

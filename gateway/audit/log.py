@@ -5,7 +5,8 @@ requests) and queues it; one writer task writes batches to the sink. When the qu
 full or the sink fails, records go to a local spill file, in order, and every record
 after them goes there too until the writer has replayed the spill into the sink: the
 order per chain holds. In `fail_closed` mode a request waits until its record is durable
-(in the sink, or fsynced in the spill) and is refused (503) when it cannot be.
+(in the sink, or fsynced in the spill) and is refused (503) when it cannot be; otherwise
+its record is made a moment after its answer (`later()`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ from gateway.audit.chain import ChainHead
 from gateway.audit.sinks import AccessSink, SinkUnavailable
 
 log = logging.getLogger("c360.audit")
+
+# How long after an answer its record is made (AccessLog.later).
+AFTER_ANSWER_S = 0.002
 
 
 class AuditUnavailable(Exception):
@@ -64,6 +68,8 @@ class AccessLog:
         self.written = 0
         self.spilled = 0
         self.lost = 0
+        self._due: list[Callable[[], None]] = []  # see later()
+        self._due_at: asyncio.TimerHandle | None = None
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -80,7 +86,9 @@ class AccessLog:
         self._writer = asyncio.create_task(self._run(), name="c360-access-log")
 
     async def flush(self) -> None:
-        """Wait until every queued record is in the sink (or spilled)."""
+        """Wait until every record, those due after an answer too, is in the sink (or
+        spilled)."""
+        self._run_due()
         await self._queue.join()
 
     @property
@@ -91,6 +99,7 @@ class AccessLog:
         """Write what is queued (or spill it), then stop the writer."""
         if self._writer is None:
             return
+        self._run_due()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await self._queue.join()
@@ -106,6 +115,28 @@ class AccessLog:
         await self.sink.close()
 
     # -- recording ---------------------------------------------------------------------
+
+    def later(self, job: Callable[[], None]) -> None:
+        """Run `job` (a request's bookkeeping after its answer, its record among it) a
+        moment from now, with any others due by then. A client sends its next request as
+        soon as an answer arrives; that request then does not wait behind the last one's
+        record (about 0.3 ms of every request's latency at one request at a time; bench:
+        six interleaved pairs). flush() and stop() run what is due first, so the delay
+        loses nothing that an orderly stop would keep."""
+        self._due.append(job)
+        if self._due_at is None:
+            self._due_at = asyncio.get_running_loop().call_later(AFTER_ANSWER_S, self._run_due)
+
+    def _run_due(self) -> None:
+        if self._due_at is not None:
+            self._due_at.cancel()
+            self._due_at = None
+        jobs, self._due = self._due, []
+        for job in jobs:
+            try:
+                job()
+            except Exception:
+                log.exception("recording a request after its answer failed")
 
     def record(self, record: dict[str, Any]) -> asyncio.Future[None] | None:
         """Seal and queue one record. In fail_closed mode, returns a future that resolves

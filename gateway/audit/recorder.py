@@ -41,6 +41,7 @@ def current_trace_id() -> str | None:
 def access_record(
     *,
     ts: str,
+    trace_id: str | None,
     request_id: str,
     principal: Principal | None,
     client: str | None,
@@ -55,7 +56,7 @@ def access_record(
         "kind": "access",
         "ts": ts,
         "request_id": request_id,
-        "trace_id": current_trace_id(),
+        "trace_id": trace_id,
         "subject": principal.subject if principal else None,
         "roles": sorted(principal.roles) if principal else [],
         "purpose": principal.purpose if principal else None,
