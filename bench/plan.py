@@ -49,7 +49,7 @@ class Plan:
             profile_s=15.0,
             peer_fault_scenario=True,
             longest_run_s=30.0,
-            paired_rounds=5,
+            paired_rounds=9,
         )
 
     @classmethod
