@@ -3,7 +3,9 @@ how wrk's and py-spy's output and the gateway's metrics are read, and what the r
 
 from __future__ import annotations
 
+import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -18,6 +20,7 @@ from bench.profiling import Profile
 from bench.runner import soak_summary
 from bench.scenarios import ONE, PAGE, SCENARIOS, problem_with
 from bench.tokens import mint
+from bench.variants import Variant
 
 
 def run(target: str, label: str, c: int, p50: float, p99: float, rps: float) -> dict[str, Any]:
@@ -283,3 +286,13 @@ def test_the_single_customer_query_varies_the_id_and_the_page_does_not() -> None
     assert len(ONE.bodies(ONE.c360, ["cus_a", "cus_b"])) == 2
     assert len(PAGE.bodies(PAGE.c360, ["cus_a", "cus_b"])) == 1
     assert ONE.peer is not None and "requester" in ONE.peer and "contact" in ONE.peer
+
+
+def test_variants_are_named_trees_with_their_environment() -> None:
+    plain = Variant.parse("before=/tmp/before")
+    assert (plain.name, plain.tree, plain.env) == ("before", Path("/tmp/before"), {})
+    tuned = Variant.parse("tuned=.:C360_SERVER__MAX_IN_FLIGHT=0,PYTHONHASHSEED=1")
+    assert tuned.tree == Path(".").resolve()
+    assert tuned.env == {"C360_SERVER__MAX_IN_FLIGHT": "0", "PYTHONHASHSEED": "1"}
+    with pytest.raises(argparse.ArgumentTypeError):
+        Variant.parse("no-tree")

@@ -122,9 +122,9 @@ class AccessLog:
         """Run `job` (a request's bookkeeping after its answer, its record among it) a
         moment from now, with any others due by then. A client sends its next request as
         soon as an answer arrives; that request then does not wait behind the last one's
-        record (about 0.3 ms of every request's latency at one request at a time; bench:
-        six interleaved pairs). flush() and stop() run what is due first, so the delay
-        loses nothing that an orderly stop would keep."""
+        record (a prototype that deferred it by 3 ms took (a)'s overhead from 2.24 to
+        1.95 ms, six interleaved bench pairs). flush() and stop() run what is due first,
+        so the delay loses nothing that an orderly stop would keep."""
         self._due.append(job)
         if self._due_at is None:
             self._due_at = asyncio.get_running_loop().call_later(AFTER_ANSWER_S, self._run_due)
