@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from connectors.registry import build_connector
 from gateway.admission import Admission
 from gateway.audit.log import AccessLog, AuditUnavailable
 from gateway.audit.recorder import (
+    GraphFacts,
     access_record,
     client_name,
     current_trace_id,
@@ -294,11 +295,14 @@ class Gateway:
         )
 
     def _access_record(
-        self, request: Request, response: Response, seconds: float, ts: str, trace_id: str | None
-    ) -> dict[str, Any]:
-        return access_record(
-            ts=ts,
-            trace_id=trace_id,
+        self, request: Request, response: Response, seconds: float
+    ) -> Callable[[], dict[str, Any]]:
+        """The request's access record, to be made: what it reads of the request, taken
+        now (its time and trace are the answer's)."""
+        return functools.partial(
+            access_record,
+            ts=now_iso(),
+            trace_id=current_trace_id(),
             request_id=request.state.request_id,
             principal=getattr(request.state, "principal", None),
             client=client_name(request.headers.get("x-client-name")),
@@ -306,13 +310,13 @@ class Gateway:
             outcome=getattr(request.state, "outcome", "rejected"),
             duration_ms=seconds * 1000,
             reason=getattr(request.state, "reason", None),
-            graph=getattr(request.state, "context", None),
+            graph=GraphFacts.of(getattr(request.state, "context", None)),
         )
 
     async def account(self, request: Request, response: Response, seconds: float) -> Response:
         """Write the request's access record before its answer, and wait until it is
         durable (fail_closed): what cannot be recorded is refused."""
-        record = self._access_record(request, response, seconds, now_iso(), current_trace_id())
+        record = self._access_record(request, response, seconds)()
         try:
             await self.access_log.durable(record_with_alerts(self.access_log, record))
         except AuditUnavailable:
@@ -328,18 +332,13 @@ class Gateway:
 
     def account_later(self, request: Request, response: Response, seconds: float) -> None:
         """Write the request's access record once its answer is sent (AccessLog.later),
-        then let go of its context, which the record reads. Its time and trace are the
-        answer's."""
-        ts, trace_id = now_iso(), current_trace_id()
-
-        def job() -> None:
-            record = self._access_record(request, response, seconds, ts, trace_id)
-            record_with_alerts(self.access_log, record)
-            context = getattr(request.state, "context", None)
-            if context is not None:
-                context.release()
-
-        self.access_log.later(job)
+        from what it reads of the request taken now; and let go of the request's context
+        now."""
+        record = self._access_record(request, response, seconds)
+        context = getattr(request.state, "context", None)
+        if context is not None:
+            context.release()
+        self.access_log.later(lambda: record_with_alerts(self.access_log, record()))
 
 
 def _json(body: Any, status: int = 200) -> Response:

@@ -110,7 +110,7 @@ class GraphContext:
         self.siblings.clear()
         self.fetched_records.clear()
         self.loaders.clear()
-        self.guard.decided.clear()
+        self.guard.decided = {}  # the access record may still read the old one
 
     def loader(self, source: str, entity: str) -> DataLoader[str, Fetched | None]:
         """For fields their parent did not prefetch: keys asked for in the same tick become

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
@@ -38,6 +39,32 @@ def current_trace_id() -> str | None:
     return format(context.trace_id, "032x") if context.is_valid else None
 
 
+@dataclass(frozen=True, slots=True)
+class GraphFacts:
+    """What an access record reads of a request's graph context, taken when the request
+    is answered: the context itself is let go of then (held until its record is made,
+    a page's customers and records outlived the next collections and filled the oldest
+    generation: more full collections, 0.5-0.9 ms of CPU per (b) page)."""
+
+    operation: Mapping[str, Any] | None
+    decided: Mapping[str, Mapping[str, Any]]  # customer -> field -> Decision
+    touched: set[str]
+    sources_used: Mapping[str, Any]  # source -> SourceUse
+    audit_query: Mapping[str, Any] | None
+
+    @classmethod
+    def of(cls, graph: Any) -> GraphFacts | None:
+        if graph is None:
+            return None
+        return cls(
+            operation=getattr(graph, "operation", None),
+            decided=graph.guard.decided,
+            touched=graph.touched,
+            sources_used=graph.sources_used,
+            audit_query=getattr(graph, "audit_query", None),
+        )
+
+
 def access_record(
     *,
     ts: str,
@@ -49,9 +76,10 @@ def access_record(
     outcome: str,
     duration_ms: float,
     reason: str | None = None,
-    graph: Any = None,
+    graph: GraphFacts | None = None,
 ) -> dict[str, Any]:
-    """`graph` is the request's GraphContext when the query ran (None when rejected)."""
+    """`graph`: what the request's GraphContext held when the query ran (None when
+    rejected)."""
     record: dict[str, Any] = {
         "kind": "access",
         "ts": ts,
@@ -75,13 +103,13 @@ def access_record(
     }
     if graph is None:
         return record
-    operation = getattr(graph, "operation", None) or {}
+    operation = graph.operation or {}
     record["operation"] = operation.get("name")
     record["operation_type"] = operation.get("type")
     record["document_hash"] = operation.get("document_hash")
     fields: dict[str, dict[str, str]] = {}
     policies: dict[str, str] = {}
-    for customer, decided in graph.guard.decided.items():
+    for customer, decided in graph.decided.items():
         fields[customer] = {name: decision.effect for name, decision in decided.items()}
         for name, decision in decided.items():
             policies[name] = decision.policy
@@ -92,7 +120,7 @@ def access_record(
         name: {"calls": use.calls, "cache_hits": use.cache_hits, "errors": use.errors}
         for name, use in sorted(graph.sources_used.items())
     }
-    if getattr(graph, "audit_query", None):
+    if graph.audit_query:
         record["audit_query"] = graph.audit_query
     return record
 
