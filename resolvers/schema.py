@@ -23,7 +23,7 @@ from resolvers.audit_views import ConsoleQueries
 from resolvers.context import GraphContext
 from resolvers.execution import PlainFieldExecutor
 from resolvers.guard import default_policy_field, policies_of
-from resolvers.loading import CUSTOMER_POLICIES, load_customers
+from resolvers.loading import CUSTOMER_POLICIES, CustomerLoad, load_customers
 from resolvers.planning import PlanAhead, take
 from resolvers.selection import selected_fields
 from resolvers.types import (
@@ -58,11 +58,10 @@ async def _one(info: Info[GraphContext, None], cuid: str | None) -> Customer | N
         return None
     fields = selected_fields(info)
     here = info.path.as_list()
-    planned = take(info.context, str(here[0]), cuid, fields) if len(here) == 1 else None
-    if planned is not None:
-        [customer] = await planned.done()
-        return customer
-    [customer] = await load_customers(info.context, [cuid], fields, lambda _, key: [*here, key])
+    load = take(info.context, str(here[0]), cuid, fields) if len(here) == 1 else None
+    if load is None:
+        load = CustomerLoad(info.context, [cuid], fields, lambda _, key: [*here, key])
+    [customer] = await load.done()
     return customer
 
 
