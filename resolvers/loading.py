@@ -50,12 +50,12 @@ def slots_of(ctx: GraphContext, name: str) -> set[Slot]:
     return slots
 
 
-def needed_slots(ctx: GraphContext, fields: Iterable[str]) -> list[Slot]:
-    """The (source, entity) pairs the selected fields need, all told, the slowest
-    system's first: the calls are set up one after the other (the SQL statement built, the
-    HTTP request written) before any answer can arrive, and the answer waits for the
-    slowest call, so that one goes out first."""
-    slots = set().union(*(slots_of(ctx, name) for name in fields))
+def slowest_first(ctx: GraphContext, needs: Iterable[set[Slot]]) -> list[Slot]:
+    """The (source, entity) pairs the selected fields need (`slots_of` each), all told,
+    the slowest system's first: the calls are set up one after the other (the SQL
+    statement built, the HTTP request written) before any answer can arrive, and the
+    answer waits for the slowest call, so that one goes out first."""
+    slots = set().union(*needs)
     return sorted(slots, key=lambda slot: (-ctx.sources.expected_latency_s(slot[0]), slot))
 
 
@@ -119,16 +119,18 @@ class CustomerLoad:
         ]
         ctx.touched.update(self.cuids)
         self.batch = CustomerBatch(self.customers, path_of)
-        settled_by_parent = [
-            name
-            for name in fields
+        needs = {name: slots_of(ctx, name) for name in fields}
+        self.waiting = {
+            name: slots
+            for name, slots in needs.items()
             if name in PLAIN_FIELDS
             or (name in ARGUMENT_FIELDS and (name in fields.bare or denied_outright(ctx, name)))
-        ]
-        self.waiting = {name: slots_of(ctx, name) for name in settled_by_parent}
+        }
         self.answered: set[Slot] = set()
         self._settle_ready()  # denied fields need no system
-        self.calls = [asyncio.ensure_future(self._fill(slot)) for slot in needed_slots(ctx, fields)]
+        self.calls = [
+            asyncio.ensure_future(self._fill(slot)) for slot in slowest_first(ctx, needs.values())
+        ]
 
     def _settle_ready(self) -> None:
         ctx, fields = self.ctx, self.fields

@@ -38,7 +38,7 @@ from connectors.identity.keys import is_cuid
 from policies.engine import Decision
 from resolvers.context import GraphContext
 from resolvers.loading import CustomerLoad
-from resolvers.selection import Selection, included_fields, selection_below
+from resolvers.selection import Selection, field_names, included_fields, selection_below
 
 PLANNED = "customer"
 HARMLESS = frozenset({PLANNED, "__typename"})
@@ -62,21 +62,23 @@ def plan_loads(
     decision = ctx.guard.static(None)  # the root fields' policy: the default one
     if not isinstance(decision, Decision) or decision.effect != "allow":
         return {}
-    variables = get_variable_values(
-        schema, operation.variable_definitions or (), dict(raw_variables)
-    )
-    if isinstance(variables, list):  # errors: execution will report them, and not start
-        return {}
     fragments = {
         definition.name.value: definition
         for definition in document.definitions
         if isinstance(definition, FragmentDefinitionNode)
     }
+    # Most operations that cannot be planned show it by their root fields' names alone,
+    # before their variables are coerced (which graphql-core does again to execute).
+    if not HARMLESS.issuperset(field_names(operation.selection_set, fragments)):
+        return {}
+    variables = get_variable_values(
+        schema, operation.variable_definitions or (), dict(raw_variables)
+    )
+    if isinstance(variables, list):  # errors: execution will report them, and not start
+        return {}
     roots: dict[str, list[FieldNode]] = {}
     for node in included_fields(operation.selection_set, fragments, variables.coerced):
         roots.setdefault((node.alias or node.name).value, []).append(node)
-    if any(nodes[0].name.value not in HARMLESS for nodes in roots.values()):
-        return {}
     field = query_type.fields[PLANNED]
     loads: dict[str, CustomerLoad] = {}
     for key, nodes in roots.items():

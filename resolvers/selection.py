@@ -60,6 +60,23 @@ def included_fields(
                 yield from included_fields(fragment.selection_set, fragments, variables)
 
 
+def field_names(
+    selection_set: SelectionSetNode | None, fragments: Mapping[str, FragmentDefinitionNode]
+) -> Iterator[str]:
+    """The names of a selection set's fields, through fragments, whatever `@skip` and
+    `@include` say: every field that may execute (and some that will not), known before
+    the variables are coerced."""
+    for selection in selection_set.selections if selection_set else ():
+        if isinstance(selection, FieldNode):
+            yield selection.name.value
+        elif isinstance(selection, InlineFragmentNode):
+            yield from field_names(selection.selection_set, fragments)
+        elif isinstance(selection, FragmentSpreadNode):
+            fragment = fragments.get(selection.name.value)
+            if fragment is not None:
+                yield from field_names(fragment.selection_set, fragments)
+
+
 class Selection(dict[str, str]):
     """Field name -> the response key it appears under first; `bare` holds the names
     whose field there carries no arguments (so their defaults apply)."""

@@ -104,6 +104,21 @@ async def test_planned_loads_start_before_execution(
     reply = await gateway.query(both, {"id": cuid})
     assert not reply.errors
     assert events[0] == "execute" and "sales" in events
+    # Nor with one that a directive skips: the root fields' names alone decide, before
+    # the variables are coerced (graphql-core coerces them again to execute).
+    coerced: list[Any] = []
+    coerce = resolvers.planning.get_variable_values
+    monkeypatch.setattr(
+        resolvers.planning, "get_variable_values", lambda *a: coerced.append(a) or coerce(*a)
+    )
+    events.clear()
+    skipped = both.replace("customers(first: 1)", "customers(first: 1) @skip(if: true)")
+    reply = await gateway.query(skipped, {"id": cuid})
+    assert not reply.errors and "customers" not in reply.data
+    assert events[0] == "execute" and coerced == []
+    events.clear()
+    reply = await gateway.query(ONE, {"id": cuid})
+    assert not reply.errors and events[-1] == "execute" and len(coerced) == 1
 
 
 async def _calls(gateway: RunningGateway, sources: SourceAdmin) -> int:
