@@ -1,15 +1,16 @@
 """The listening socket (accepted connections must not wait for delayed ACKs), the
-response write, and request ids."""
+response write, request ids, and the collector's settings for a served heap."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 
 import pytest
 
 from gateway import view
-from gateway.serving import HeadersWithBody, bind
+from gateway.serving import YOUNG_THRESHOLD, HeadersWithBody, bind, settle_heap
 from gateway.view import new_request_id
 
 
@@ -78,3 +79,20 @@ def test_request_ids_are_unique_per_process_and_drawn_again_after_a_fork(
     monkeypatch.setattr(view.os, "getpid", lambda: -1)  # as in a forked worker
     child = new_request_id()
     assert child[:16] != ids[0][:16] and child not in ids
+
+
+def test_the_settled_heap_is_frozen_and_young_passes_wait_for_more_than_a_page() -> None:
+    before = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *before[1:])
+        # Room for a page of customers: building one does not start a young pass.
+        gc.collect()
+        passes = gc.get_stats()[0]["collections"]
+        page = [{"id": str(i), "tickets": [{"n": n} for n in range(5)]} for i in range(2000)]
+        assert gc.get_stats()[0]["collections"] == passes
+        del page
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
