@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,16 @@ class FieldGuard:
     def decide_for(self, conditional: Conditional, record_owner: Any) -> Decision:
         """The record part of a decision: consent and ownership facts of one customer."""
         return decide_record(conditional, self.facts_of(record_owner))
+
+    def note_all(self, customer_ids: Iterable[str], field_name: str, decision: Decision) -> None:
+        """`note` for many customers given the same decision (a page's static ones)."""
+        if decision.shadow is not None:  # each customer's difference is counted and logged
+            for customer_id in customer_ids:
+                self.note(customer_id, field_name, decision)
+            return
+        decided = self.decided
+        for customer_id in customer_ids:
+            decided.setdefault(customer_id, {})[field_name] = decision
 
     def note(self, customer_id: str | None, field_name: str, decision: Decision) -> None:
         if customer_id is not None:

@@ -221,22 +221,26 @@ class CustomerBatch:
         guard = ctx.guard
         static = guard.static(CUSTOMER_POLICIES.get(name))
         binding = ctx.bindings.customer.get(name)
+        slot = binding.slot if binding is not None else None
+        if isinstance(static, Decision):  # the same for every customer: noted at once
+            guard.note_all([c.id for c in self.customers if c is not skip], name, static)
         settled: list[tuple[Customer, Any]] = []
         for index, customer in enumerate(self.customers):
             if customer is skip:
                 continue
-            decision = (
-                static if isinstance(static, Decision) else guard.decide_for(static, customer)
-            )
-            guard.note(customer.id, name, decision)
+            if isinstance(static, Decision):
+                decision = static
+            else:
+                decision = guard.decide_for(static, customer)
+                guard.note(customer.id, name, decision)
             if decision.effect == "deny":
                 value = self.refusals.get(decision)
                 if value is None:
                     value = self.refusals[decision] = forbidden(decision)
-            elif binding is None:
+            elif binding is None or slot is None:
                 value = None
             else:
-                value, failure = shape_value(binding, customer.records.get(binding.slot), shape)
+                value, failure = shape_value(binding, customer.records.get(slot), shape)
                 if failure is not None:
                     ctx.fail(failure, self.path_of(index, key))
                 if decision.effect == "mask":

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
-import functools
 import math
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -57,10 +57,6 @@ def _timestamp(value: Any) -> dt.datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
-def _optional_timestamp(value: Any) -> dt.datetime | None:
-    return None if value is None else _timestamp(value)
-
-
 def _number(value: Any) -> float:
     number = float(value)
     if not math.isfinite(number):
@@ -104,7 +100,8 @@ class Consent:
 
 def record_keys(ctx: GraphContext, type_name: str, fields: tuple[str, ...]) -> tuple[str, ...]:
     """The record keys that hold these graph fields, through the configured renames:
-    looked up once per list of records, not per record and field."""
+    looked up once per request and field (each `*_of` below is made once), not per
+    customer, record and field."""
     return ctx.bindings.record_keys(type_name, fields)
 
 
@@ -122,9 +119,13 @@ def _ticket_status(value: Any) -> TicketStatus:
     return found
 
 
-def orders_of(ctx: GraphContext, records: Any) -> list[Order]:
+# Each `*_of(ctx)` reads a customer's list of records into graph objects; made once per
+# request and field, it is called once per customer.
+
+
+def orders_of(ctx: GraphContext) -> Callable[[Any], list[Order]]:
     id_, placed_at, total, status = record_keys(ctx, "Order", ("id", "placedAt", "total", "status"))
-    return [
+    return lambda records: [
         Order(
             id=strawberry.ID(str(r.get(id_))),
             placed_at=_timestamp(r.get(placed_at)),
@@ -135,28 +136,28 @@ def orders_of(ctx: GraphContext, records: Any) -> list[Order]:
     ]
 
 
-def tickets_of(ctx: GraphContext, records: Any) -> list[Ticket]:
+def tickets_of(ctx: GraphContext) -> Callable[[Any], list[Ticket]]:
     id_, subject, status, csat, opened_at, closed_at = record_keys(
         ctx, "Ticket", ("id", "subject", "status", "satisfaction", "openedAt", "closedAt")
     )
-    return [
+    return lambda records: [
         Ticket(
             id=strawberry.ID(str(r.get(id_))),
             subject=str(r.get(subject)),
             status=_ticket_status(r.get(status)),
             satisfaction=None if (score := r.get(csat)) is None else int(score),
             opened_at=_timestamp(r.get(opened_at)),
-            closed_at=_optional_timestamp(r.get(closed_at)),
+            closed_at=None if (closed := r.get(closed_at)) is None else _timestamp(closed),
         )
         for r in _records_of(records)
     ]
 
 
-def opportunities_of(ctx: GraphContext, records: Any) -> list[Opportunity]:
+def opportunities_of(ctx: GraphContext) -> Callable[[Any], list[Opportunity]]:
     id_, stage, amount, owner, updated_at = record_keys(
         ctx, "Opportunity", ("id", "stage", "amount", "owner", "updatedAt")
     )
-    return [
+    return lambda records: [
         Opportunity(
             id=strawberry.ID(str(r.get(id_))),
             stage=str(r.get(stage)),
@@ -182,22 +183,26 @@ def _records_of(value: Any) -> list[Mapping[str, Any]]:
     return value
 
 
-def satisfaction_of(ctx: GraphContext, records: Any) -> float | None:
+def satisfaction_of(ctx: GraphContext) -> Callable[[Any], float | None]:
     """Mean satisfaction score of the customer's closed tickets (read off the records:
     only two of a ticket's fields matter here)."""
     status, csat = record_keys(ctx, "Ticket", ("status", "satisfaction"))
-    scores = [
-        int(score)
-        for r in _records_of(records)
-        if (score := r.get(csat)) is not None
-        and _ticket_status(r.get(status)) is TicketStatus.CLOSED
-    ]
-    return round(sum(scores) / len(scores), 2) if scores else None
+
+    def mean(records: Any) -> float | None:
+        scores = [
+            int(score)
+            for r in _records_of(records)
+            if (score := r.get(csat)) is not None
+            and _ticket_status(r.get(status)) is TicketStatus.CLOSED
+        ]
+        return round(sum(scores) / len(scores), 2) if scores else None
+
+    return mean
 
 
-def consents_of(ctx: GraphContext, records: Any) -> list[Consent]:
+def consents_of(ctx: GraphContext) -> Callable[[Any], list[Consent]]:
     channel, granted, updated_at = record_keys(ctx, "Consent", ("channel", "granted", "updatedAt"))
-    return [
+    return lambda records: [
         Consent(
             channel=str(r.get(channel)),
             granted=bool(r.get(granted)),
@@ -214,10 +219,6 @@ def _as_is(shape: Shape) -> Callable[[GraphContext], Shape]:
     return lambda ctx: shape
 
 
-def _in_context(shape: Callable[[GraphContext, Any], Any]) -> Callable[[GraphContext], Shape]:
-    return lambda ctx: functools.partial(shape, ctx)
-
-
 # Customer fields without arguments, computed for all customers at once by the parent
 # (resolvers/loading.py): graph field -> (python attribute, the request's shape of the
 # bound value). They are plain attributes, so an allowed value costs the executor nothing
@@ -230,17 +231,22 @@ PLAIN_FIELDS: dict[str, tuple[str, Callable[[GraphContext], Shape]]] = {
     "address": ("address", _as_is(_text)),
     "lifetimeValue": ("lifetime_value", _as_is(_number)),
     "segment": ("segment", _as_is(_text)),
-    "satisfaction": ("satisfaction", _in_context(satisfaction_of)),
-    "consents": ("consents", _in_context(consents_of)),
+    "satisfaction": ("satisfaction", satisfaction_of),
+    "consents": ("consents", consents_of),
 }
+
+
+_PLACED_AT = operator.attrgetter("placed_at")
+_OPENED_AT = operator.attrgetter("opened_at")
 
 
 def orders_shape(ctx: GraphContext, first: int | None = 10) -> Callable[[Any], list[Order]]:
     limit = page_size(first, "first", ctx.max_page_size, 10)
+    read = orders_of(ctx)
 
     def shape(records: Any) -> list[Order]:
-        orders = orders_of(ctx, records)
-        orders.sort(key=lambda order: order.placed_at, reverse=True)
+        orders = read(records)
+        orders.sort(key=_PLACED_AT, reverse=True)
         return orders[:limit]
 
     return shape
@@ -250,19 +256,20 @@ def tickets_shape(
     ctx: GraphContext, status: TicketStatus | None = None, first: int | None = 10
 ) -> Callable[[Any], list[Ticket]]:
     limit = page_size(first, "first", ctx.max_page_size, 10)
+    read = tickets_of(ctx)
 
     def shape(records: Any) -> list[Ticket]:
-        tickets = tickets_of(ctx, records)
+        tickets = read(records)
         if status is not None:
             tickets = [ticket for ticket in tickets if ticket.status == status]
-        tickets.sort(key=lambda ticket: ticket.opened_at, reverse=True)
+        tickets.sort(key=_OPENED_AT, reverse=True)
         return tickets[:limit]
 
     return shape
 
 
 def opportunities_shape(ctx: GraphContext) -> Callable[[Any], list[Opportunity]]:
-    return lambda records: opportunities_of(ctx, records)
+    return opportunities_of(ctx)
 
 
 # Customer fields with arguments: graph field -> its shape for given arguments. The
@@ -377,9 +384,12 @@ def shape_value(
 ) -> tuple[Any, SourceUnavailable | None]:
     """A field's value from its source's record, or the failure to report: the system
     failed, or answered something that does not fit the field."""
+    if fetched is None:
+        return None, None
     if isinstance(fetched, SourceUnavailable):
         return None, fetched
-    value = binding.pick(fetched)
+    attribute = binding.attribute  # binding.pick, without a call per customer and field
+    value = fetched if attribute is None else fetched.get(attribute)
     if value is None:
         return None, None
     try:
