@@ -208,10 +208,17 @@ class SqlConnector:
         return {name: entity.spec for name, entity in self._entities.items()}
 
     def _get_engine(self) -> AsyncEngine:
+        """Every statement here is one read, so the connection runs in autocommit: no
+        transaction begun for it and none rolled back when it goes back to the pool. A
+        rollback per fetch was a round trip to PostgreSQL, and with SQLite a hop to
+        aiosqlite's thread and back, on every page."""
         if self._engine is None:
-            options: dict[str, Any] = {}
+            options: dict[str, Any] = {
+                "isolation_level": "AUTOCOMMIT",
+                "skip_autocommit_rollback": True,
+            }
             if not self.dsn.startswith("sqlite"):
-                options = {"pool_size": self._pool_size, "pool_pre_ping": True}
+                options |= {"pool_size": self._pool_size, "pool_pre_ping": True}
             if self._connect_args:
                 options["connect_args"] = self._connect_args
             self._engine = create_async_engine(self.dsn, **options)

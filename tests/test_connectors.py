@@ -20,14 +20,34 @@ def source_settings(systems: DemoSystems, name: str) -> dict[str, Any]:
     return connector_settings(demo_config(systems.endpoints, port=0)["sources"][name])
 
 
+async def transaction_ends(sales: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Counts, from now on, the driver connection's commits and rollbacks: the SQL
+    connector only reads, one statement at a time, in autocommit, so a fetch ends none."""
+    async with sales._get_engine().connect() as connection:
+        raw = await connection.get_raw_connection()
+        driver = type(raw.dbapi_connection)
+    ends: list[str] = []
+    for name in ("commit", "rollback"):
+        original = getattr(driver, name)
+
+        def counting(self: Any, *args: Any, _name: str = name, _original: Any = original) -> Any:
+            ends.append(_name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(driver, name, counting)
+    return ends
+
+
 async def test_sql_fetches_a_batch_and_groups_one_to_many(
-    demo_systems: DemoSystems, demo_world: DemoWorld
+    demo_systems: DemoSystems, demo_world: DemoWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sales = build_connector("sales", source_settings(demo_systems, "sales"))
     ids = [str(c.id) for c in demo_world.sales.customers[:5]]
     try:
+        ends = await transaction_ends(sales, monkeypatch)
         customers = await sales.fetch("customer", [*ids, "999999999", "not-a-number"])
         orders = await sales.fetch("orders", ids)
+        assert ends == []
     finally:
         await sales.close()
     assert sorted(customers) == sorted(ids)
@@ -40,19 +60,24 @@ async def test_sql_fetches_a_batch_and_groups_one_to_many(
 
 @pytest.mark.postgres
 async def test_sql_against_postgresql(
-    postgres_dsn: str, demo_systems: DemoSystems, demo_world: DemoWorld
+    postgres_dsn: str,
+    demo_systems: DemoSystems,
+    demo_world: DemoWorld,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await seed_sales_db(postgres_dsn, demo_world)
     settings = {**source_settings(demo_systems, "sales"), "dsn": postgres_dsn}
     sales = build_connector("sales", settings)
     ids = [str(c.id) for c in demo_world.sales.customers[:100]]
     try:
+        ends = await transaction_ends(sales, monkeypatch)
         customers = await sales.fetch("customer", ids)
         orders = await sales.fetch("orders", ids[:3])
         page = await sales.scan(None, 50)
         health = await sales.health()
+        assert ends == []  # no BEGIN, no ROLLBACK: one round trip per statement
     finally:
-        await sales.close()
+        await sales.close()  # (closing rolls back, in the driver's own close)
     assert len(customers) == 100
     assert all(isinstance(o["placed_at"], str) for rows in orders.values() for o in rows)  # type: ignore[union-attr]
     assert len(page.rows) == 50 and page.next_cursor == page.rows[-1].system_id
