@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,10 +137,12 @@ class CustomerLoad:
         ctx, fields = self.ctx, self.fields
         for name in [name for name, slots in self.waiting.items() if slots <= self.answered]:
             del self.waiting[name]
+            wanted = fields.below.get(name)
             if name in PLAIN_FIELDS:
-                self.batch.settle_plain(ctx, name, fields[name])
+                self.batch.settle_plain(ctx, name, fields[name], wanted)
             else:  # the defaults' shape; a refusal never shapes anything
-                self.batch.prepare(ctx, name, fields[name], ARGUMENT_FIELDS[name](ctx), None)
+                shape = ARGUMENT_FIELDS[name](ctx, wanted=wanted)
+                self.batch.prepare(ctx, name, fields[name], shape, None)
 
     async def _fill(self, slot: Slot) -> None:
         source, entity = slot
@@ -186,9 +189,11 @@ class CustomerBatch:
     settled: set[str] = field(default_factory=set)  # response keys of fields with arguments
     refusals: dict[Decision, GraphQLError] = field(default_factory=dict)
 
-    def settle_plain(self, ctx: GraphContext, name: str, key: str) -> None:
+    def settle_plain(
+        self, ctx: GraphContext, name: str, key: str, wanted: AbstractSet[str] | None = None
+    ) -> None:
         attribute, shape = PLAIN_FIELDS[name]
-        for customer, value in self._settle(ctx, name, key, shape(ctx)):
+        for customer, value in self._settle(ctx, name, key, shape(ctx, wanted)):
             setattr(customer, attribute, value)
 
     def prepare(

@@ -102,7 +102,7 @@ def take(ctx: GraphContext, key: str, cuid: str, fields: Selection) -> CustomerL
     load = ctx.planned.pop(key, None)
     if load is None:
         return None
-    if load.cuids == [cuid] and load.fields == fields and load.fields.bare == fields.bare:
+    if load.cuids == [cuid] and load.fields.same_as(fields):
         return load
     load.cancel()
     return None

@@ -79,11 +79,17 @@ def field_names(
 
 class Selection(dict[str, str]):
     """Field name -> the response key it appears under first; `bare` holds the names
-    whose field there carries no arguments (so their defaults apply)."""
+    whose field there carries no arguments (so their defaults apply), and `below` the
+    names selected under each field with a selection of its own, under any of its
+    response keys and whatever `@skip`/`@include` say (all that may be read of it)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.bare: set[str] = set()
+        self.below: dict[str, set[str]] = {}
+
+    def same_as(self, other: Selection) -> bool:
+        return self == other and self.bare == other.bare and self.below == other.below
 
 
 def selected_fields(info: Info[Any, Any], path: Sequence[str] = ()) -> Selection:
@@ -122,4 +128,6 @@ def selection_below(
             found[name] = (field.alias or field.name).value
             if not field.arguments:
                 found.bare.add(name)
+        if field.selection_set is not None:
+            found.below.setdefault(name, set()).update(field_names(field.selection_set, fragments))
     return found

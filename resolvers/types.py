@@ -13,6 +13,7 @@ import enum
 import math
 import operator
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import strawberry
@@ -55,6 +56,18 @@ def _timestamp(value: Any) -> dt.datetime:
         raise ValueError("not a timestamp")
     parsed = dt.datetime.fromisoformat(value)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _optional_timestamp(value: Any) -> dt.datetime | None:
+    return None if value is None else _timestamp(value)
+
+
+def _unread(value: Any) -> Any:
+    """For a field the request does not select (nor sorts by): left unparsed, as None."""
+    return None
+
+
+Wanted = AbstractSet[str] | None  # the graph fields a request may read of a type (None: all)
 
 
 def _number(value: Any) -> float:
@@ -119,8 +132,10 @@ def _ticket_status(value: Any) -> TicketStatus:
     return found
 
 
-# Each `*_of(ctx)` reads a customer's list of records into graph objects; made once per
-# request and field, it is called once per customer.
+# Each `*_of(ctx, wanted)` reads a customer's list of records into graph objects; made
+# once per request and field, it is called once per customer. `wanted`: the graph fields
+# the request may read of them (None: all); a timestamp nothing reads or sorts by is not
+# parsed, and left None.
 
 
 def orders_of(ctx: GraphContext) -> Callable[[Any], list[Order]]:
@@ -136,10 +151,11 @@ def orders_of(ctx: GraphContext) -> Callable[[Any], list[Order]]:
     ]
 
 
-def tickets_of(ctx: GraphContext) -> Callable[[Any], list[Ticket]]:
+def tickets_of(ctx: GraphContext, wanted: Wanted = None) -> Callable[[Any], list[Ticket]]:
     id_, subject, status, csat, opened_at, closed_at = record_keys(
         ctx, "Ticket", ("id", "subject", "status", "satisfaction", "openedAt", "closedAt")
     )
+    closed = _optional_timestamp if wanted is None or "closedAt" in wanted else _unread
     return lambda records: [
         Ticket(
             id=strawberry.ID(str(r.get(id_))),
@@ -147,23 +163,26 @@ def tickets_of(ctx: GraphContext) -> Callable[[Any], list[Ticket]]:
             status=_ticket_status(r.get(status)),
             satisfaction=None if (score := r.get(csat)) is None else int(score),
             opened_at=_timestamp(r.get(opened_at)),
-            closed_at=None if (closed := r.get(closed_at)) is None else _timestamp(closed),
+            closed_at=closed(r.get(closed_at)),
         )
         for r in _records_of(records)
     ]
 
 
-def opportunities_of(ctx: GraphContext) -> Callable[[Any], list[Opportunity]]:
+def opportunities_of(
+    ctx: GraphContext, wanted: Wanted = None
+) -> Callable[[Any], list[Opportunity]]:
     id_, stage, amount, owner, updated_at = record_keys(
         ctx, "Opportunity", ("id", "stage", "amount", "owner", "updatedAt")
     )
+    parse = _timestamp if wanted is None or "updatedAt" in wanted else _unread
     return lambda records: [
         Opportunity(
             id=strawberry.ID(str(r.get(id_))),
             stage=str(r.get(stage)),
             amount=_number(r.get(amount)),
             owner=str(r.get(owner)),
-            updated_at=_timestamp(r.get(updated_at)),
+            updated_at=parse(r.get(updated_at)),
         )
         for r in _records_of(records)
     ]
@@ -183,7 +202,7 @@ def _records_of(value: Any) -> list[Mapping[str, Any]]:
     return value
 
 
-def satisfaction_of(ctx: GraphContext) -> Callable[[Any], float | None]:
+def satisfaction_of(ctx: GraphContext, wanted: Wanted = None) -> Callable[[Any], float | None]:
     """Mean satisfaction score of the customer's closed tickets (read off the records:
     only two of a ticket's fields matter here)."""
     status, csat = record_keys(ctx, "Ticket", ("status", "satisfaction"))
@@ -200,13 +219,14 @@ def satisfaction_of(ctx: GraphContext) -> Callable[[Any], float | None]:
     return mean
 
 
-def consents_of(ctx: GraphContext) -> Callable[[Any], list[Consent]]:
+def consents_of(ctx: GraphContext, wanted: Wanted = None) -> Callable[[Any], list[Consent]]:
     channel, granted, updated_at = record_keys(ctx, "Consent", ("channel", "granted", "updatedAt"))
+    parse = _timestamp if wanted is None or "updatedAt" in wanted else _unread
     return lambda records: [
         Consent(
             channel=str(r.get(channel)),
             granted=bool(r.get(granted)),
-            updated_at=_timestamp(r.get(updated_at)),
+            updated_at=parse(r.get(updated_at)),
         )
         for r in _records_of(records)
     ]
@@ -215,15 +235,15 @@ def consents_of(ctx: GraphContext) -> Callable[[Any], list[Consent]]:
 Shape = Callable[[Any], Any]  # a bound value -> the field's value
 
 
-def _as_is(shape: Shape) -> Callable[[GraphContext], Shape]:
-    return lambda ctx: shape
+def _as_is(shape: Shape) -> Callable[[GraphContext, Wanted], Shape]:
+    return lambda ctx, wanted: shape
 
 
 # Customer fields without arguments, computed for all customers at once by the parent
 # (resolvers/loading.py): graph field -> (python attribute, the request's shape of the
-# bound value). They are plain attributes, so an allowed value costs the executor nothing
-# extra.
-PLAIN_FIELDS: dict[str, tuple[str, Callable[[GraphContext], Shape]]] = {
+# bound value, given what it selects below the field). They are plain attributes, so an
+# allowed value costs the executor nothing extra.
+PLAIN_FIELDS: dict[str, tuple[str, Callable[[GraphContext, Wanted], Shape]]] = {
     "name": ("name", _as_is(_text)),
     "email": ("email", _as_is(_text)),
     "phone": ("phone", _as_is(_text)),
@@ -240,7 +260,9 @@ _PLACED_AT = operator.attrgetter("placed_at")
 _OPENED_AT = operator.attrgetter("opened_at")
 
 
-def orders_shape(ctx: GraphContext, first: int | None = 10) -> Callable[[Any], list[Order]]:
+def orders_shape(
+    ctx: GraphContext, first: int | None = 10, *, wanted: Wanted = None
+) -> Callable[[Any], list[Order]]:
     limit = page_size(first, "first", ctx.max_page_size, 10)
     read = orders_of(ctx)
 
@@ -253,10 +275,14 @@ def orders_shape(ctx: GraphContext, first: int | None = 10) -> Callable[[Any], l
 
 
 def tickets_shape(
-    ctx: GraphContext, status: TicketStatus | None = None, first: int | None = 10
+    ctx: GraphContext,
+    status: TicketStatus | None = None,
+    first: int | None = 10,
+    *,
+    wanted: Wanted = None,
 ) -> Callable[[Any], list[Ticket]]:
     limit = page_size(first, "first", ctx.max_page_size, 10)
-    read = tickets_of(ctx)
+    read = tickets_of(ctx, wanted)
 
     def shape(records: Any) -> list[Ticket]:
         tickets = read(records)
@@ -268,8 +294,10 @@ def tickets_shape(
     return shape
 
 
-def opportunities_shape(ctx: GraphContext) -> Callable[[Any], list[Opportunity]]:
-    return opportunities_of(ctx)
+def opportunities_shape(
+    ctx: GraphContext, *, wanted: Wanted = None
+) -> Callable[[Any], list[Opportunity]]:
+    return opportunities_of(ctx, wanted)
 
 
 # Customer fields with arguments: graph field -> its shape for given arguments. The

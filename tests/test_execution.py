@@ -22,6 +22,7 @@ import strawberry
 from graphql import GraphQLError
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
+import resolvers.types
 from gateway.audit.sinks import JsonlSink
 from harness import RunningGateway, SourceAdmin
 from resolvers.execution import Irregular, PlainFieldExecutor, basic_field, leaf_completion
@@ -293,6 +294,44 @@ async def test_a_skipped_field_is_neither_fetched_nor_decided(gateway: RunningGa
     assert all(set(decided) == {"segment"} for decided in fields.values())
 
 
+async def test_timestamps_are_parsed_only_where_selected_or_sorted_by(
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ticket's openedAt orders the list, so it is always read; its closedAt and a
+    consent's updatedAt only when the query selects them (under any alias or fragment)."""
+    parsed: list[Any] = []
+    parse = resolvers.types._timestamp
+
+    def counting(value: Any) -> Any:
+        parsed.append(value)
+        return parse(value)
+
+    monkeypatch.setattr(resolvers.types, "_timestamp", counting)
+    page = (
+        "{ customers(first: 30) { edges { node { id tickets { id %s } consents { channel %s } }}}}"
+    )
+    counts, replies = [], []
+    for below in (("", ""), ("closedAt", "... on Consent { when: updatedAt }")):
+        parsed.clear()
+        reply = await gateway.query(page % below)
+        assert reply.status == 200 and not reply.errors
+        counts.append(len(parsed))
+        replies.append([edge["node"] for edge in reply.data["customers"]["edges"]])
+    plain, dated = replies
+    closed = [t["closedAt"] for c in dated for t in c["tickets"] or [] if t["closedAt"]]
+    consents = [c for customer in dated for c in customer["consents"] or []]
+    assert closed and consents and all(isinstance(c["when"], str) for c in consents)
+    assert counts[1] - counts[0] >= len(closed) + len(consents)
+    assert plain == [
+        {
+            "id": c["id"],
+            "tickets": [{"id": t["id"]} for t in c["tickets"]] if c["tickets"] else c["tickets"],
+            "consents": [{"channel": k["channel"]} for k in c["consents"] or []] or c["consents"],
+        }
+        for c in dated
+    ]
+
+
 async def test_plans_are_compiled_once_per_document_unless_variables_shape_it(
     gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -346,7 +385,11 @@ def test_fields_a_parent_settles_take_the_resolvers_defaults() -> None:
     definition = Customer.__strawberry_definition__
     for name, factory in ARGUMENT_FIELDS.items():
         field = next(f for f in definition.fields if f.python_name == name)
-        parameters = inspect.signature(factory).parameters
+        parameters = {  # after the context; `wanted` is the selection below, not an argument
+            key: parameter
+            for key, parameter in inspect.signature(factory).parameters.items()
+            if parameter.kind is not parameter.KEYWORD_ONLY
+        }
         assert [a.python_name for a in field.arguments] == list(parameters)[1:], name
         for argument in field.arguments:
             assert argument.default == parameters[argument.python_name].default, name
