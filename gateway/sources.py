@@ -99,7 +99,8 @@ class SourceHub:
         }
         for name in self.connectors:
             metrics.breaker_state.labels(name).set(STATE_VALUES["closed"])
-        self._inflight: dict[Slot, asyncio.Future[Outcome]] = {}
+        # (source, entity, key) -> the outcomes of the lookup that has the key in flight
+        self._inflight: dict[Slot, asyncio.Future[dict[str, Outcome]]] = {}
         self._latency_s: dict[str, float] = {}
 
     def expected_latency_s(self, source: str) -> float:
@@ -180,33 +181,31 @@ class SourceHub:
             if waiting:
                 self.metrics.cache_hits.labels(source).inc(len(waiting))  # coalesced
                 stats.hits += len(waiting)
-                values = await asyncio.gather(*waiting.values())
-                outcomes.update(zip(waiting, values, strict=True))
+                await asyncio.gather(*dict.fromkeys(waiting.values()))
+                outcomes.update({key: shared.result()[key] for key, shared in waiting.items()})
             span.set_attribute("c360.cache.coalesced", len(waiting))
             return outcomes
 
     async def _lead(self, source: str, entity: str, keys: list[str]) -> dict[str, Outcome]:
-        """Look up keys no other request of this instance is looking up; share the outcome.
-        The futures are registered before the first await."""
-        loop = asyncio.get_running_loop()
-        futures: dict[str, asyncio.Future[Outcome]] = {}
+        """Look up keys no other request of this instance is looking up; share the
+        outcomes. One future for the whole lookup (not one per key: a page names 300),
+        registered under each key before the first await."""
+        shared: asyncio.Future[dict[str, Outcome]] = asyncio.get_running_loop().create_future()
+        shared.add_done_callback(_retrieved)
+        inflight = self._inflight
         for key in keys:
-            future = self._inflight[(source, entity, key)] = loop.create_future()
-            future.add_done_callback(_retrieved)
-            futures[key] = future
+            inflight[(source, entity, key)] = shared
         try:
             outcomes = await self._lookup(source, entity, keys)
         except BaseException as error:
-            for future in futures.values():
-                future.set_exception(error)
+            shared.set_exception(error)
             raise
         else:
-            for key, future in futures.items():
-                future.set_result(outcomes[key])
+            shared.set_result(outcomes)
             return outcomes
         finally:
             for key in keys:
-                self._inflight.pop((source, entity, key), None)
+                inflight.pop((source, entity, key), None)
 
     async def _lookup(self, source: str, entity: str, keys: list[str]) -> dict[str, Outcome]:
         assert self.store is not None

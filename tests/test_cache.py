@@ -133,6 +133,31 @@ async def test_concurrent_misses_make_one_call(
         assert gateway.source_calls("sales") == 1
 
 
+async def test_overlapping_pages_wait_for_the_keys_in_flight_and_fetch_the_rest(
+    demo_systems: DemoSystems, tmp_path: Path, sources: SourceAdmin
+) -> None:
+    """Single flight is per key: a page of 30 started while a page of 20 is in flight
+    waits for those 20 and fetches the other 10 itself. When the shared lookup fails,
+    both pages report it."""
+    async with running_gateway(demo_systems, tmp_path, cached()) as gateway:
+        await sources.fault("service", "ok", latency_ms=150)
+        first = asyncio.ensure_future(gateway.query(PAGE, {"n": 20}))
+        await asyncio.sleep(0.05)
+        second = await gateway.query(PAGE, {"n": 30})
+        assert not (await first).errors and not second.errors
+        assert await sources.calls("service", TICKETS_ROUTE) == 2
+        by_id = {e["node"]["id"]: e["node"] for e in (await first).data["customers"]["edges"]}
+        overlap = [e["node"] for e in second.data["customers"]["edges"][:20]]
+        assert overlap == [by_id[node["id"]] for node in overlap]
+
+        await sources.fault("service", "error", latency_ms=150)
+        replies = await asyncio.gather(
+            gateway.query(PAGE, {"n": 40}), gateway.query(PAGE, {"n": 45})
+        )
+        for reply in replies:  # the 10 new keys each: nothing stale to serve
+            assert "SOURCE_UNAVAILABLE" in str(reply.errors)
+
+
 async def test_stale_if_error_serves_old_records_and_says_so(
     demo_systems: DemoSystems, tmp_path: Path, sources: SourceAdmin
 ) -> None:
