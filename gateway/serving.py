@@ -32,9 +32,10 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # objects, alive until it is answered, were walked by young passes, promoted, and walked
 # again by full passes, then freed by reference counting anyway. With room for a few
 # pages, the collector mostly finds what it is there for, cycles: in process, its time
-# per (b) page went from 0.35 ms to 0.04 ms (1,050 pages), and the served gateway's CPU
-# per (b) page from 9.07 to 8.39 ms (bench.variants, six pairs).
-YOUNG_THRESHOLD = 50_000
+# per (b) page went from 0.35 ms to 0.02 ms (1,050 pages). Not much more: at 50,000 a
+# young pass over that many live objects stalled a warm-cache (a) request for 10 ms
+# about once in a hundred (p99 10 ms against 2 ms; at 10,000, 2.4-3.1 ms).
+YOUNG_THRESHOLD = 10_000
 
 
 def settle_heap() -> None:

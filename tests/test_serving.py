@@ -90,7 +90,7 @@ def test_the_settled_heap_is_frozen_and_young_passes_wait_for_more_than_a_page()
         # Room for a page of customers: building one does not start a young pass.
         gc.collect()
         passes = gc.get_stats()[0]["collections"]
-        page = [{"id": str(i), "tickets": [{"n": n} for n in range(5)]} for i in range(2000)]
+        page = [{"id": str(i), "tickets": [{"n": n} for n in range(5)]} for i in range(1000)]
         assert gc.get_stats()[0]["collections"] == passes
         del page
     finally:
