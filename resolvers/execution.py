@@ -12,13 +12,16 @@ uses it where graphql-core would start the walk: for a basic field in `execute_f
 for a resolver's result in `complete_value`. A field with arguments marked `PREPARED`
 (`tickets(first: 3)`) is read from its source's `prepared` values when the parent settled
 it there for all the customers of a page (resolvers/loading.py), instead of calling its
-resolver and field extensions once per customer. Anything irregular (an error value, null where
-the type is non-null, a value its scalar refuses, a list that is not a list) makes the
-function give up, and graphql-core completes that field the usual way, reporting exactly
-what it always reports; except that a field whose value *is* an error (a refusal the
-parent settled) is reported at its path as graphql-core's own `execute_field` would,
-without calling its resolver to get the same value again. tests/test_execution.py runs
-the same operations through both and compares the responses.
+resolver and field extensions once per customer. An error value in a nullable field of
+an object (a refusal the parent settled) is completed as null and noted with its path
+below where the completion started; when it returns, each is reported as graphql-core's
+`handle_field_error` would have, in the order met. Anything else irregular (an error
+value where the type is non-null, null there, a value its scalar refuses, a list that is
+not a list) makes the function give up, and graphql-core completes that field the usual
+way, reporting exactly what it always reports; except that a field whose value *is* an
+error is reported at its path as graphql-core's own `execute_field` would, without
+calling its resolver to get the same value again. tests/test_execution.py runs the same
+operations through both and compares the responses.
 """
 
 from __future__ import annotations
@@ -84,13 +87,61 @@ def _non_null(inner: Complete) -> Complete:
     return complete
 
 
+# Errors a compiled completion met in nullable fields (a refusal the parent settled), in
+# the order graphql-core would meet them: [the path below where the completion started,
+# innermost first; the error; the field's details; its type]. Completions are synchronous
+# and not re-entered, so one list serves every request: PlainFieldExecutor reports and
+# empties it when a completion returns, and empties it when one gives up.
+_REFUSED: list[tuple[list[str | int], Exception, Any, GraphQLOutputType]] = []
+
+
 def _listed(item: Complete) -> Complete:
     def complete(value: Any) -> Any:
         if value is None:
             return None
         if not isinstance(value, list | tuple):
             raise Irregular
-        return [item(entry) for entry in value]
+        before = len(_REFUSED)
+        completed = [item(entry) for entry in value]
+        if len(_REFUSED) == before:
+            return completed
+        del _REFUSED[before:]  # again, noting each item's index (rare: errors happened)
+        completed = []
+        for index, entry in enumerate(value):
+            start = len(_REFUSED)
+            completed.append(item(entry))
+            for refused in _REFUSED[start:]:
+                refused[0].append(index)
+        return completed
+
+    return complete
+
+
+def _refusal(key: str, details: Any, type_: GraphQLOutputType) -> Callable[[Exception], None]:
+    """Notes an error value met in a nullable field (as graphql-core's
+    `handle_field_error` would report it, later, at the field's path)."""
+
+    def refused(error: Exception) -> None:
+        _REFUSED.append(([key], error, details, type_))
+
+    return refused
+
+
+def _under(inner: Complete, key: str, details: Any, type_: GraphQLOutputType) -> Complete:
+    """An object or list field's completion under its response key: errors met below it
+    get the key in their path, and, the field nullable, an error value as its value is
+    noted and completed as null."""
+    refused = None if is_non_null_type(type_) else _refusal(key, details, type_)
+
+    def complete(value: Any) -> Any:
+        if refused is not None and isinstance(value, Exception):
+            refused(value)
+            return None
+        before = len(_REFUSED)
+        completed = inner(value)
+        for below in _REFUSED[before:]:
+            below[0].append(key)
+        return completed
 
     return complete
 
@@ -99,11 +150,17 @@ def _listed(item: Complete) -> Complete:
 _AS_IS: dict[Any, type] = {GraphQLString: str, GraphQLID: str, GraphQLBoolean: bool}
 
 
-def leaf_completion(type_: GraphQLLeafType, non_null: bool = False) -> Complete:
+def leaf_completion(
+    type_: GraphQLLeafType,
+    non_null: bool = False,
+    refused: Callable[[Exception], None] | None = None,
+) -> Complete:
     """A scalar's or enum's completion. Values of the Python type the scalar hands back
     unchanged (a str for String and ID, a bool, a finite float, a 32-bit int) complete as
     themselves, and an enum member as its name, without a call into the type's coercion,
-    which would answer the same; every other value goes through the coercion."""
+    which would answer the same; every other value goes through the coercion. An error
+    value is irregular, or, given `refused` (a nullable field of an object), handed to it
+    and completed as null."""
     coerce = type_.coerce_output_value
 
     def coerced(value: Any) -> Any:
@@ -112,7 +169,10 @@ def leaf_completion(type_: GraphQLLeafType, non_null: bool = False) -> Complete:
                 raise Irregular
             return None
         if isinstance(value, Exception):
-            raise Irregular
+            if refused is None:
+                raise Irregular
+            refused(value)
+            return None
         result = coerce(value)
         if result is None or result is Undefined:
             raise Irregular
@@ -376,7 +436,13 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
             # A prepared field the parent has not (yet) settled for this object makes the
             # whole object irregular: graphql-core completes it and runs the resolver.
             read = _getter(basic) if basic is not None else _prepared_getter(key)
-            fields.append((key, read, _same_class(field_def.type), sub))
+            field_type = field_def.type
+            if is_leaf_type(field_type):  # nullable: a refusal there is noted, and null
+                refused = _refusal(key, sub_details, field_type)
+                sub = leaf_completion(field_type, refused=refused)
+            elif not (is_non_null_type(field_type) and is_leaf_type(field_type.of_type)):
+                sub = _under(sub, key, sub_details, field_type)
+            fields.append((key, read, _same_class(field_type), sub))
         return _object(fields)
 
     def _reader(
@@ -422,9 +488,9 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
             read = found[1]
             if read is not None:
                 try:
-                    return read(source)
+                    return self._report(read(source), path)
                 except Exception:  # irregular: graphql-core completes and reports it
-                    pass
+                    _REFUSED.clear()
                 error = self._error_value(parent_type, source, field_details_list)
                 if error is not None:
                     # What graphql-core does with a resolver's error value, without
@@ -434,6 +500,19 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
         return super().execute_field(
             parent_type, source, field_details_list, path, position_context
         )
+
+    def _report(self, completed: Any, path: Path) -> Any:
+        """Reports the errors a compiled completion met below `path`, where graphql-core
+        would have: located at their fields, in the order met."""
+        if _REFUSED:
+            refused = list(_REFUSED)
+            _REFUSED.clear()
+            for below, error, details, type_ in refused:
+                at = path
+                for key in reversed(below):
+                    at = at.add_key(key)
+                self.handle_field_error(error, type_, details, at)
+        return completed
 
     def _error_value(
         self, parent_type: GraphQLObjectType, source: Any, field_details_list: Any
@@ -464,9 +543,9 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
             plan = self._plan(return_type, field_details_list)
             if plan is not None:
                 try:
-                    return plan(result)
+                    return self._report(plan(result), path)
                 except Exception:  # irregular: graphql-core completes and reports it
-                    pass
+                    _REFUSED.clear()
         return super().complete_value(
             return_type, field_details_list, info, path, result, position_context
         )

@@ -66,6 +66,16 @@ def _items() -> list[Any]:
         # A value the Int scalar refuses, and a "list" that is not one.
         Item(id=strawberry.ID("5"), name="e", count="many", scores=7),  # type: ignore[arg-type]
         Item(id=strawberry.ID("6"), name="f", count=6, required_tags=[Tag(label=None)]),  # type: ignore[arg-type]
+        # Errors below the item, in a nullable leaf of a list's object, and as a nullable
+        # list: each becomes null and an error at its own path, the rest stays.
+        Item(
+            id=strawberry.ID("7"),
+            name="g",
+            count=7,
+            tags=[Tag(label="y"), Tag(label="z", weight=GraphQLError("hidden"))],  # type: ignore[arg-type]
+            scores=GraphQLError("no scores"),  # type: ignore[arg-type]
+            note=GraphQLError("denied again"),  # type: ignore[arg-type]
+        ),
     ]
 
 
@@ -92,6 +102,8 @@ SMALL = strawberry.Schema(query=Query, types=[Item])
 
 SMALL_OPERATIONS = [
     "{ items { id name count note tags { label weight } scores } }",
+    "{ items { n1: note id n2: note tags { w: weight label weight } scores s: scores } }",
+    "{ first { tags { weight } } items { ...on Item { tags { label } } note } }",
     "{ items { __typename id renamed: name again: name name count } }",
     "{ items { ...F } } fragment F on Item { id tags { __typename label } }",
     "{ items { id requiredTags { label } } }",
@@ -173,7 +185,7 @@ def test_plain_selections_skip_the_per_field_machinery(monkeypatch: pytest.Monke
         return build(self, field_def, nodes, parent, path)
 
     monkeypatch.setattr(StrawberryGraphQLCoreExecutionContext, "build_resolve_info", counting)
-    query = "{ items { id name tags { label weight } } first { computed { label } } }"
+    query = "{ items { id name tags { label } } first { computed { label } } }"
     seen = {}
     for executor in (PlainFieldExecutor, StrawberryGraphQLCoreExecutionContext):
         SMALL.execution_context_class = executor
@@ -183,6 +195,44 @@ def test_plain_selections_skip_the_per_field_machinery(monkeypatch: pytest.Monke
     # Only the fields with resolvers (this selection reads no irregular value).
     assert seen[PlainFieldExecutor] == ["Query.items", "Query.first", "Item.computed"]
     assert len(seen[StrawberryGraphQLCoreExecutionContext]) > 20  # one per field and item
+
+
+def test_errors_in_nullable_fields_stay_in_the_compiled_completion(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refusal the parent settled (an error value in a nullable field) is reported at
+    its path and nulled by the compiled completion itself, so the object holding it does
+    not fall back to graphql-core's per-field completion."""
+    completed: list[str] = []
+    complete = StrawberryGraphQLCoreExecutionContext.complete_object_value
+
+    def counting(self: Any, return_type: Any, *args: Any) -> Any:
+        completed.append(return_type.name)
+        return complete(self, return_type, *args)
+
+    monkeypatch.setattr(StrawberryGraphQLCoreExecutionContext, "complete_object_value", counting)
+    SMALL.execution_context_class = PlainFieldExecutor
+    result = SMALL.execute_sync("{ items { id note tags { label weight } scores } }")
+    assert [(e.message, e.path) for e in result.errors or []] == [
+        ("denied", ["items", 2, "note"]),
+        (
+            "Expected Iterable, but did not find one for field 'Item.scores'.",
+            ["items", 4, "scores"],
+        ),
+        ("denied again", ["items", 6, "note"]),
+        ("hidden", ["items", 6, "tags", 1, "weight"]),
+        ("no scores", ["items", 6, "scores"]),
+    ]
+    assert result.data is not None
+    assert result.data["items"][6] == {
+        "id": "7",
+        "note": None,
+        "tags": [{"label": "y", "weight": None}, {"label": "z", "weight": None}],
+        "scores": None,
+    }
+    # Items are graphql-core's to complete (Item implements an interface); the tag with
+    # the refused weight is not: its list stayed compiled.
+    assert "Item" in completed and "Tag" not in completed
 
 
 def test_only_attribute_reads_count_as_basic() -> None:
