@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +20,7 @@ from resolvers.bindings import GraphBindings
 from resolvers.context import GraphContext
 from resolvers.guard import forbidden, policies_of
 from resolvers.selection import Selection
-from resolvers.types import ARGUMENT_FIELDS, PLAIN_FIELDS, Customer, shape_value
+from resolvers.types import ARGUMENT_FIELDS, PLAIN_FIELDS, Customer, Wanted, shape_value
 
 CUSTOMER_POLICIES = policies_of(Customer)
 
@@ -189,9 +188,7 @@ class CustomerBatch:
     settled: set[str] = field(default_factory=set)  # response keys of fields with arguments
     refusals: dict[Decision, GraphQLError] = field(default_factory=dict)
 
-    def settle_plain(
-        self, ctx: GraphContext, name: str, key: str, wanted: AbstractSet[str] | None = None
-    ) -> None:
+    def settle_plain(self, ctx: GraphContext, name: str, key: str, wanted: Wanted = None) -> None:
         attribute, shape = PLAIN_FIELDS[name]
         for customer, value in self._settle(ctx, name, key, shape(ctx, wanted)):
             setattr(customer, attribute, value)

@@ -132,10 +132,10 @@ def _ticket_status(value: Any) -> TicketStatus:
     return found
 
 
-# Each `*_of(ctx, wanted)` reads a customer's list of records into graph objects; made
-# once per request and field, it is called once per customer. `wanted`: the graph fields
-# the request may read of them (None: all); a timestamp nothing reads or sorts by is not
-# parsed, and left None.
+# Each `*_of(ctx)` reads a customer's list of records into graph objects; made once per
+# request and field, it is called once per customer. `wanted`, where given: the graph
+# fields the request may read of them (None: all); a timestamp nothing reads or sorts by
+# is not parsed (nor checked), and left None.
 
 
 def orders_of(ctx: GraphContext) -> Callable[[Any], list[Order]]:
