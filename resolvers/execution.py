@@ -97,26 +97,35 @@ def _non_null(inner: Complete) -> Complete:
 _REFUSED: list[tuple[list[str | int], Exception, Any, GraphQLOutputType]] = []
 
 
-def _listed(item: Complete) -> Complete:
+def _listed(item: Complete, of_objects: bool) -> Complete:
+    """A list's completion; a list of objects notes each item's index in the path of
+    the errors met below it (an error value as a leaf item is irregular)."""
+
     def complete(value: Any) -> Any:
         if value is None:
             return None
         if not isinstance(value, list | tuple):
             raise Irregular
-        before = len(_REFUSED)
-        completed = [item(entry) for entry in value]
-        if len(_REFUSED) == before:
-            return completed
-        del _REFUSED[before:]  # again, noting each item's index (rare: errors happened)
+        return [item(entry) for entry in value]
+
+    if not of_objects:
+        return complete
+
+    def complete_objects(value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, list | tuple):
+            raise Irregular
         completed = []
         for index, entry in enumerate(value):
-            start = len(_REFUSED)
+            before = len(_REFUSED)
             completed.append(item(entry))
-            for refused in _REFUSED[start:]:
-                refused[0].append(index)
+            if len(_REFUSED) != before:
+                for refused in _REFUSED[before:]:
+                    refused[0].append(index)
         return completed
 
-    return complete
+    return complete_objects
 
 
 def _refusal(key: str, details: Any, type_: GraphQLOutputType) -> Callable[[Exception], None]:
@@ -409,7 +418,8 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
             return None if inner is None else _non_null(inner)
         if is_list_type(type_):
             item = self._compile(type_.of_type, field_details)
-            return None if item is None else _listed(item)
+            of = type_.of_type.of_type if is_non_null_type(type_.of_type) else type_.of_type
+            return None if item is None else _listed(item, of_objects=not is_leaf_type(of))
         if is_leaf_type(type_):
             return leaf_completion(type_)
         if is_object_type(type_):
