@@ -101,6 +101,15 @@ def selected_fields(info: Info[Any, Any], path: Sequence[str] = ()) -> Selection
     return selection_below(raw.field_nodes, raw.fragments, variables, path)
 
 
+def names_below(info: Info[Any, Any]) -> set[str]:
+    """The names selected below the resolving field, under any of its nodes, through
+    fragments, whatever `@skip`/`@include` say (`field_names`)."""
+    raw = info._raw_info
+    return {
+        name for node in raw.field_nodes for name in field_names(node.selection_set, raw.fragments)
+    }
+
+
 def selection_below(
     nodes: Iterable[FieldNode],
     fragments: Mapping[str, FragmentDefinitionNode],

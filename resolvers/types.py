@@ -26,6 +26,7 @@ from resolvers.bindings import Binding
 from resolvers.context import GraphContext
 from resolvers.execution import PREPARED_FIELD
 from resolvers.guard import policy_field
+from resolvers.selection import names_below
 
 
 def bad_input(argument: str, message: str) -> GraphQLError:
@@ -396,7 +397,8 @@ class Customer:
         status: TicketStatus | None = None,
         first: int | None = 10,
     ) -> list[Ticket] | None:
-        return self._resolve(info, "tickets", tickets_shape(info.context, status, first))
+        shape = tickets_shape(info.context, status, first, wanted=names_below(info))
+        return self._resolve(info, "tickets", shape)
 
     @policy_field(
         "opportunity.owned",
@@ -404,7 +406,8 @@ class Customer:
         metadata=PREPARED_FIELD,
     )
     def opportunities(self, info: Info[GraphContext, None]) -> list[Opportunity] | None:
-        return self._resolve(info, "opportunities", opportunities_shape(info.context))
+        shape = opportunities_shape(info.context, wanted=names_below(info))
+        return self._resolve(info, "opportunities", shape)
 
 
 def shape_value(

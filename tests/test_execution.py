@@ -344,8 +344,9 @@ async def test_a_skipped_field_is_neither_fetched_nor_decided(gateway: RunningGa
     assert all(set(decided) == {"segment"} for decided in fields.values())
 
 
+@pytest.mark.parametrize("arguments", ["", "(first: 5)"])  # settled by the parent, or not
 async def test_timestamps_are_parsed_only_where_selected_or_sorted_by(
-    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch, arguments: str
 ) -> None:
     """A ticket's openedAt orders the list, so it is always read; its closedAt and a
     consent's updatedAt only when the query selects them (under any alias or fragment)."""
@@ -357,9 +358,8 @@ async def test_timestamps_are_parsed_only_where_selected_or_sorted_by(
         return parse(value)
 
     monkeypatch.setattr(resolvers.types, "_timestamp", counting)
-    page = (
-        "{ customers(first: 30) { edges { node { id tickets { id %s } consents { channel %s } }}}}"
-    )
+    page = "{ customers(first: 30) { edges { node { id tickets" + arguments + " { id %s }"
+    page += " consents { channel %s } } } } }"
     counts, replies = [], []
     for below in (("", ""), ("closedAt", "... on Consent { when: updatedAt }")):
         parsed.clear()
