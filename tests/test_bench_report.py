@@ -15,9 +15,10 @@ from bench import report
 from bench.counters import Counts, metric_sum
 from bench.direct import percentile
 from bench.load import LoadResult, lua_script, parse_result
+from bench.plan import Plan
 from bench.procs import cpu_seconds, machine_busy_seconds, peak_rss_bytes, rss_bytes
 from bench.profiling import Profile
-from bench.runner import soak_summary
+from bench.runner import Bench, Target, soak_summary
 from bench.scenarios import ONE, PAGE, SCENARIOS, problem_with
 from bench.tokens import mint
 from bench.variants import Variant
@@ -296,3 +297,50 @@ def test_variants_are_named_trees_with_their_environment() -> None:
     assert tuned.env == {"C360_SERVER__MAX_IN_FLIGHT": "0", "PYTHONHASHSEED": "1"}
     with pytest.raises(argparse.ArgumentTypeError):
         Variant.parse("no-tree")
+
+
+async def test_pairs_start_once_no_circuit_is_left_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after (e) the helpdesk's circuit may still be open, and c360 answers without
+    it: the pairs wait out the breakers' cooldown first, then run."""
+    plan = Plan("full", (1,), duration_s=1.0, warmup_s=0.0, gateway_warmup_s=0.0, paired_rounds=2)
+    events: list[str] = []
+    bench = Bench(
+        plan, ["a"], with_peers=False, http=None, children=None, work_dir=tmp_path,  # type: ignore[arg-type]
+        log=events.append,
+    )  # fmt: skip
+    bench.config = {"resilience": {"breaker_cooldown_s": 10}}
+    answers = iter(["SOURCE_UNAVAILABLE: service", None])
+
+    async def check(target: Any, scenario: Any, query: Any) -> str | None:
+        problem = next(answers)
+        bench.results["checks"].append({"problem": problem})
+        events.append(f"check: {problem}")
+        return problem
+
+    async def measure(target: Any, key: str, concurrency: int, script: Any, seconds: float) -> Any:
+        events.append("c360")
+        return {"status": "ok", "p50_ms": 22.0}
+
+    async def lower_bound(key: str, concurrencies: Any, seconds: float) -> Any:
+        events.append("bound")
+        return [{"status": "ok", "p50_ms": 21.0}]
+
+    async def sleep(seconds: float) -> None:
+        events.append(f"sleep {seconds:g}")
+
+    monkeypatch.setattr(bench, "check", check)
+    monkeypatch.setattr(bench, "measure", measure)
+    monkeypatch.setattr(bench, "lower_bound", lower_bound)
+    monkeypatch.setattr(bench, "bodies", lambda target, query: [b"{}"])
+    monkeypatch.setattr(bench, "headers", lambda scenario: {})
+    monkeypatch.setattr("bench.runner.asyncio.sleep", sleep)
+    target = Target("c360", None, "http://127.0.0.1:1", None, [])  # type: ignore[arg-type]
+    await bench.paired(target, "a")
+    measured = [e for e in events if e in ("c360", "bound")]
+    assert events.index("sleep 11") < events.index("check: None") < events.index("c360")
+    assert measured == ["c360", "bound", "bound", "c360"]
+    assert bench.results["checks"] == []  # the scenario's own check is the one reported
+    assert any("SOURCE_UNAVAILABLE" in note for note in bench.results["notes"])
+    assert [p["c360_p50_ms"] for p in bench.results["paired"][0]["pairs"]] == [22.0, 22.0]
