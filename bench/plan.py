@@ -31,6 +31,14 @@ class Plan:
     # overhead is read off the two phases' concurrency-1 runs.
     paired_rounds: int = 0
     paired_s: float = 5.0
+    # Throughput against the peers, measured in turns: c360, Apollo and Hive all running,
+    # one run each at a concurrency (the order rotated every round), these rounds. The
+    # phases are tens of minutes apart, and this machine's speed drifts by a third in
+    # that time. Empty: the peers' throughput is read off their own phase.
+    turn_concurrencies: tuple[int, ...] = ()
+    turn_rounds: int = 3
+    turn_s: float = 5.0
+    turn_pause_s: float = 1.0
 
     @classmethod
     def quick(cls) -> Plan:
@@ -50,6 +58,7 @@ class Plan:
             peer_fault_scenario=True,
             longest_run_s=30.0,
             paired_rounds=9,
+            turn_concurrencies=(4, 16, 64, 128),
         )
 
     @classmethod

@@ -169,6 +169,7 @@ class Bench:
             "checks": [],
             "peers": {},
             "paired": [],
+            "turns": [],
             "notes": [
                 f"c360 runs with limits.max_cost = {MAX_COST}: the demo template's 5000 answers "
                 "(b)'s page query with QUERY_TOO_COMPLEX (estimated cost 6501). The record "
@@ -679,6 +680,9 @@ class Bench:
         versions = installed_versions()
         system_pids = [self.systems.process.pid, subgraphs.customers.pid, subgraphs.helpdesk.pid]
         counts = peer_counts(self.http, subgraphs.customers_url, self.admin)
+        if self.plan.turn_concurrencies:
+            own_keys = [key for key in ("a", "b") if key in self.selected]
+            await self.turns(peers, subgraphs, counts, system_pids, own_keys)
         for name in PEER_NAMES:
             self.log(f"peer: {name}")
             try:
@@ -699,6 +703,62 @@ class Bench:
                 self.children.stop(child)
         self.children.stop(subgraphs.customers)
         self.children.stop(subgraphs.helpdesk)
+
+    async def turns(
+        self,
+        peers: NodePeers,
+        subgraphs: Any,
+        counts: CountSource,
+        system_pids: list[int],
+        keys: Sequence[str],
+    ) -> None:
+        """c360 and both peers running at once, one run each per round at every turn
+        concurrency, the order rotated each round: the throughput ratios then compare
+        runs seconds apart, not phases tens of minutes apart."""
+        self.log("throughput in turns: c360, apollo and hive")
+        started: list[Child] = []
+        try:
+            own = await self.start_c360("c360-turns")
+            started.append(own.child)
+            targets = [own]
+            for name in PEER_NAMES:
+                child, url = await peers.start(name, subgraphs)
+                started.append(child)
+                targets.append(Target(name, child, url, counts, system_pids, peer=True))
+            for target in targets:
+                for key in keys:
+                    await self.warm(target, SCENARIOS[key])
+            for key in keys:
+                scenario = SCENARIOS[key]
+                headers = self.headers(scenario)
+                scripts = {
+                    t.name: self.script(
+                        f"turns-{t.name}-{key}", self.bodies(t, scenario.queries[0]), headers
+                    )
+                    for t in targets
+                }
+                for concurrency in self.plan.turn_concurrencies:
+                    rounds = []
+                    for round_ in range(self.plan.turn_rounds):
+                        shift = round_ % len(targets)
+                        measured: dict[str, float] = {}
+                        for target in targets[shift:] + targets[:shift]:
+                            # The previous gateway's queued requests end before this run.
+                            await asyncio.sleep(self.plan.turn_pause_s)
+                            run = await self.measure(
+                                target, key, concurrency, scripts[target.name], self.plan.turn_s
+                            )
+                            if run.get("status") == "ok":
+                                measured[target.name] = run["rps"]
+                        rounds.append(measured)
+                    self.results["turns"].append(
+                        {"label": key, "concurrency": concurrency, "rounds": rounds}
+                    )
+        except (StartError, RuntimeError, TimeoutError) as error:
+            self.results["notes"].append(f"throughput in turns: not measured ({error})"[:300])
+        finally:
+            for child in started:
+                self.children.stop(child)
 
     async def profile(self, target: Target, key: str) -> None:
         """py-spy on the gateway while wrk drives one scenario at concurrency 16; (b) goes to

@@ -155,6 +155,34 @@ def test_throughput_against_a_peer_takes_the_worst_ratio() -> None:
     assert verdicts(data)["throughput ≥ hive, (a) and (b), every concurrency"] is None
 
 
+def test_throughput_in_turns_takes_the_median_round_and_overrides_the_phases() -> None:
+    runs = [  # the phases, minutes apart: c360 behind at (a) 16
+        run("c360", "a", 16, 50.0, 80.0, 200.0),
+        run("apollo", "a", 16, 60.0, 90.0, 250.0),
+    ]
+    data = results(runs, peers={"apollo": {"status": "ok"}, "hive": {"status": "ok"}})
+    data["turns"] = [
+        {
+            "label": "a",
+            "concurrency": 16,
+            "rounds": [
+                {"c360": 300.0, "apollo": 250.0, "hive": 320.0},
+                {"c360": 240.0, "apollo": 260.0, "hive": 250.0},  # one round behind
+                {"c360": 330.0, "apollo": 300.0},  # hive's run failed
+            ],
+        },
+        {"label": "b", "concurrency": 4, "rounds": [{"c360": 60.0, "apollo": 50.0}]},
+    ]
+    targets = {r["target"]: r for r in report.targets(data)}
+    apollo = targets["throughput ≥ apollo, (a) and (b), every concurrency"]
+    assert apollo["met"] is True
+    assert apollo["measured"] == "worst ×1.1 (a, c=16; median of 3 rounds in turns)"
+    hive = targets["throughput ≥ hive, (a) and (b), every concurrency"]
+    assert hive["met"] is False  # the median of 0.9375 and 0.96: two rounds had hive
+    assert hive["measured"] == "worst ×0.949 (a, c=16; median of 2 rounds in turns)"
+    assert "Throughput against the peers in turns" in report.markdown(report.finish(data))
+
+
 def test_markdown_lists_every_run_and_failed_runs_with_their_reason() -> None:
     runs = [
         run("c360", "a", 1, 22.0, 25.0, 40.0),
