@@ -1,7 +1,7 @@
-"""`python -m bench [--quick | --full | --profile] [--scenarios a,b,...] [--no-peers]`
+"""`python -m bench [--quick | --full | --turns | --profile] [--scenarios a,b,...] [--no-peers]`
 
-Writes bench/results/latest.json, latest.md and latest.png (full.* in full mode; profile.md
-and profile-d.md when profiling).
+Writes bench/results/latest.json, latest.md and latest.png (full.* in full mode, turns.*
+with --turns; profile.md and profile-d.md when profiling).
 Ctrl-C stops every process the run started.
 """
 
@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--quick", action="store_true", help="the default: under three minutes")
     mode.add_argument(
         "--full", action="store_true", help="more concurrencies, longer runs, profile, soak"
+    )
+    mode.add_argument(
+        "--turns",
+        action="store_true",
+        help="the throughput against the peers in turns (and short runs at c=1), ~10 min",
     )
     mode.add_argument(
         "--profile", action="store_true", help="only profile scenario (b) with py-spy"
@@ -97,7 +102,7 @@ async def _main(plan: Plan, scenarios: list[str], with_peers: bool) -> int:
         print(f"wrote {RESULTS_DIR / 'profile.md'} in {time.monotonic() - started:.0f} s")
         return 0
     results["meta"]["wall_s"] = round(time.monotonic() - started, 1)
-    stem = "full" if plan.mode == "full" else "latest"
+    stem = {"full": "full", "turns": "turns"}.get(plan.mode, "latest")
     for path in report.write(results, RESULTS_DIR, stem):
         print(f"wrote {path}")
     for row in results["targets"]:
@@ -113,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = Plan.full()
     elif args.profile:
         plan = Plan.profile_only()
+    elif args.turns:
+        plan = Plan.turns_only()
     else:
         plan = Plan.quick()
     try:

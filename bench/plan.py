@@ -62,6 +62,21 @@ class Plan:
         )
 
     @classmethod
+    def turns_only(cls) -> Plan:
+        """The full run's throughput in turns, with only short runs at c=1 besides."""
+        full = cls.full()
+        return cls(
+            "turns",
+            (1,),
+            duration_s=2.0,
+            warmup_s=1.0,
+            gateway_warmup_s=1.0,
+            turn_concurrencies=full.turn_concurrencies,
+            turn_rounds=full.turn_rounds,
+            turn_s=full.turn_s,
+        )
+
+    @classmethod
     def profile_only(cls) -> Plan:
         return cls(
             "profile", (16,), duration_s=0.0, warmup_s=0.0, gateway_warmup_s=3.0, profile_s=15.0

@@ -372,3 +372,14 @@ async def test_pairs_start_once_no_circuit_is_left_open(
     assert bench.results["checks"] == []  # the scenario's own check is the one reported
     assert any("SOURCE_UNAVAILABLE" in note for note in bench.results["notes"])
     assert [p["c360_p50_ms"] for p in bench.results["paired"][0]["pairs"]] == [22.0, 22.0]
+
+
+def test_turns_mode_runs_the_full_runs_turns_and_little_else() -> None:
+    turns, full = Plan.turns_only(), Plan.full()
+    assert turns.mode == "turns" and turns.concurrencies == (1,)
+    assert (turns.turn_concurrencies, turns.turn_rounds, turns.turn_s) == (
+        full.turn_concurrencies,
+        full.turn_rounds,
+        full.turn_s,
+    )
+    assert not turns.soak_s and not turns.paired_rounds and not turns.profile_s
