@@ -91,10 +91,17 @@ def _non_null(inner: Complete) -> Complete:
 
 # Errors a compiled completion met in nullable fields (a refusal the parent settled), in
 # the order graphql-core would meet them: [the path below where the completion started,
-# innermost first; the error; the field's details; its type]. Completions are synchronous
-# and not re-entered, so one list serves every request: PlainFieldExecutor reports and
-# empties it when a completion returns, and empties it when one gives up.
-_REFUSED: list[tuple[list[str | int], Exception, Any, GraphQLOutputType]] = []
+# innermost first; the error; the field's details]. Completions are synchronous and not
+# re-entered, so one list serves every request: PlainFieldExecutor reports and empties it
+# when a completion returns, and empties it when one gives up.
+_REFUSED: list[tuple[list[str | int], Exception, Any]] = []
+
+
+def _noted_under(before: int, step: str | int) -> None:
+    """Puts `step` (a response key, a list index) into the path of the errors noted
+    since `before`: they were met below it."""
+    for refused in _REFUSED[before:]:
+        refused[0].append(step)
 
 
 def _listed(item: Complete, of_objects: bool) -> Complete:
@@ -121,19 +128,18 @@ def _listed(item: Complete, of_objects: bool) -> Complete:
             before = len(_REFUSED)
             completed.append(item(entry))
             if len(_REFUSED) != before:
-                for refused in _REFUSED[before:]:
-                    refused[0].append(index)
+                _noted_under(before, index)
         return completed
 
     return complete_objects
 
 
-def _refusal(key: str, details: Any, type_: GraphQLOutputType) -> Callable[[Exception], None]:
+def _refusal(key: str, details: Any) -> Callable[[Exception], None]:
     """Notes an error value met in a nullable field (as graphql-core's
     `handle_field_error` would report it, later, at the field's path)."""
 
     def refused(error: Exception) -> None:
-        _REFUSED.append(([key], error, details, type_))
+        _REFUSED.append(([key], error, details))
 
     return refused
 
@@ -142,7 +148,7 @@ def _under(inner: Complete, key: str, details: Any, type_: GraphQLOutputType) ->
     """An object or list field's completion under its response key: errors met below it
     get the key in their path, and, the field nullable, an error value as its value is
     noted and completed as null."""
-    refused = None if is_non_null_type(type_) else _refusal(key, details, type_)
+    refused = None if is_non_null_type(type_) else _refusal(key, details)
 
     def complete(value: Any) -> Any:
         if refused is not None and isinstance(value, Exception):
@@ -150,8 +156,8 @@ def _under(inner: Complete, key: str, details: Any, type_: GraphQLOutputType) ->
             return None
         before = len(_REFUSED)
         completed = inner(value)
-        for below in _REFUSED[before:]:
-            below[0].append(key)
+        if len(_REFUSED) != before:
+            _noted_under(before, key)
         return completed
 
     return complete
@@ -444,18 +450,18 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
             basic = self._basic_field(field_def)
             if basic is None and not prepared_field(field_def):
                 return None
-            sub = self._plan(field_def.type, sub_details)
-            if sub is None:
-                return None
+            field_type = field_def.type
+            if is_leaf_type(field_type):  # nullable: a refusal there is noted, and null
+                sub = leaf_completion(field_type, refused=_refusal(key, sub_details))
+            else:
+                plan = self._plan(field_type, sub_details)
+                if plan is None:
+                    return None
+                non_null_leaf = is_non_null_type(field_type) and is_leaf_type(field_type.of_type)
+                sub = plan if non_null_leaf else _under(plan, key, sub_details, field_type)
             # A prepared field the parent has not (yet) settled for this object makes the
             # whole object irregular: graphql-core completes it and runs the resolver.
             read = _getter(basic) if basic is not None else _prepared_getter(key)
-            field_type = field_def.type
-            if is_leaf_type(field_type):  # nullable: a refusal there is noted, and null
-                refused = _refusal(key, sub_details, field_type)
-                sub = leaf_completion(field_type, refused=refused)
-            elif not (is_non_null_type(field_type) and is_leaf_type(field_type.of_type)):
-                sub = _under(sub, key, sub_details, field_type)
             fields.append((key, read, _same_class(field_type), sub))
         return _object(fields)
 
@@ -521,7 +527,7 @@ class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
         if _REFUSED:
             refused = list(_REFUSED)
             _REFUSED.clear()
-            for below, error, details, _type in refused:  # nullable: none propagates
+            for below, error, details in refused:  # nullable fields: none propagates
                 at = path
                 for key in reversed(below):
                     at = at.add_key(key)

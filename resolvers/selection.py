@@ -43,12 +43,12 @@ def _included(node: Any, variables: Mapping[str, Any]) -> bool:
 def included_fields(
     selection_set: SelectionSetNode | None,
     fragments: Mapping[str, FragmentDefinitionNode],
-    variables: Mapping[str, Any],
+    variables: Mapping[str, Any] | None,
 ) -> Iterator[FieldNode]:
     """The field nodes of a selection set, through fragments, that `@skip`/`@include`
-    keep (with the coerced variables)."""
+    keep (with the coerced variables); with `variables` None, whatever they say."""
     for selection in selection_set.selections if selection_set else ():
-        if not _included(selection, variables):
+        if variables is not None and not _included(selection, variables):
             continue
         if isinstance(selection, FieldNode):
             yield selection
@@ -66,15 +66,7 @@ def field_names(
     """The names of a selection set's fields, through fragments, whatever `@skip` and
     `@include` say: every field that may execute (and some that will not), known before
     the variables are coerced."""
-    for selection in selection_set.selections if selection_set else ():
-        if isinstance(selection, FieldNode):
-            yield selection.name.value
-        elif isinstance(selection, InlineFragmentNode):
-            yield from field_names(selection.selection_set, fragments)
-        elif isinstance(selection, FragmentSpreadNode):
-            fragment = fragments.get(selection.name.value)
-            if fragment is not None:
-                yield from field_names(fragment.selection_set, fragments)
+    return (node.name.value for node in included_fields(selection_set, fragments, None))
 
 
 class Selection(dict[str, str]):

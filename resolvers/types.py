@@ -71,6 +71,11 @@ def _unread(value: Any) -> Any:
 Wanted = AbstractSet[str] | None  # the graph fields a request may read of a type (None: all)
 
 
+def _if_wanted(wanted: Wanted, field: str, parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`parse` for a field the request may read, `_unread` for one it does not."""
+    return parse if wanted is None or field in wanted else _unread
+
+
 def _number(value: Any) -> float:
     number = float(value)
     if not math.isfinite(number):
@@ -156,7 +161,7 @@ def tickets_of(ctx: GraphContext, wanted: Wanted = None) -> Callable[[Any], list
     id_, subject, status, csat, opened_at, closed_at = record_keys(
         ctx, "Ticket", ("id", "subject", "status", "satisfaction", "openedAt", "closedAt")
     )
-    closed = _optional_timestamp if wanted is None or "closedAt" in wanted else _unread
+    closed = _if_wanted(wanted, "closedAt", _optional_timestamp)
     return lambda records: [
         Ticket(
             id=strawberry.ID(str(r.get(id_))),
@@ -176,7 +181,7 @@ def opportunities_of(
     id_, stage, amount, owner, updated_at = record_keys(
         ctx, "Opportunity", ("id", "stage", "amount", "owner", "updatedAt")
     )
-    parse = _timestamp if wanted is None or "updatedAt" in wanted else _unread
+    parse = _if_wanted(wanted, "updatedAt", _timestamp)
     return lambda records: [
         Opportunity(
             id=strawberry.ID(str(r.get(id_))),
@@ -222,7 +227,7 @@ def satisfaction_of(ctx: GraphContext, wanted: Wanted = None) -> Callable[[Any],
 
 def consents_of(ctx: GraphContext, wanted: Wanted = None) -> Callable[[Any], list[Consent]]:
     channel, granted, updated_at = record_keys(ctx, "Consent", ("channel", "granted", "updatedAt"))
-    parse = _timestamp if wanted is None or "updatedAt" in wanted else _unread
+    parse = _if_wanted(wanted, "updatedAt", _timestamp)
     return lambda records: [
         Consent(
             channel=str(r.get(channel)),
