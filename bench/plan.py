@@ -36,7 +36,7 @@ class Plan:
     # phases are tens of minutes apart, and this machine's speed drifts by a third in
     # that time. Empty: the peers' throughput is read off their own phase.
     turn_concurrencies: tuple[int, ...] = ()
-    turn_rounds: int = 3
+    turn_rounds: int = 5
     turn_s: float = 5.0
     turn_pause_s: float = 1.0
 
