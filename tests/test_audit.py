@@ -428,12 +428,21 @@ async def test_jsonl_appends_small_batches_from_the_loop_and_the_rest_on_a_threa
     sink = JsonlSink(tmp_path / "access.jsonl", max_bytes=300, sync_interval_s=60)
     await sink.open()
     on_threads.clear()
+    sizes_checked: list[int] = []
+    rotation_due = sink._rotation_due
+
+    def checking(size: int) -> bool:
+        sizes_checked.append(size)
+        return rotation_due(size)
+
+    monkeypatch.setattr(sink, "_rotation_due", checking)
     await sink.write([{"seq": 1}])  # the first batch is fsynced
     await sink.write([{"seq": 2}])  # small, no fsync due: from the loop
     await sink.write([{"seq": 3, "pad": "x" * 266}])  # past max_bytes: rotated
     await sink.write([{"seq": 4}])  # from the loop, into the new file
     await sink.write([{"seq": 5, "pad": "x" * (JsonlSink.INLINE_BYTES + 1)}])  # large
     assert on_threads == ["_append", "_append", "_append"]
+    assert len(sizes_checked) == 5  # the file's size read once a batch, thread or not
     assert [record["seq"] for _, record in sink.lines() if record] == [1, 2, 3, 4, 5]
     assert len(sink.files()) == 3
     await sink.close()

@@ -183,8 +183,11 @@ class JsonlSink:
         now = time.monotonic()
         sync = now - self._synced_at >= self.sync_interval_s
         try:
-            if sync or len(data) > self.INLINE_BYTES or self._rotation_due(len(data)):
-                await asyncio.to_thread(self._append, data, sync)
+            # Decided once, here: the writer task is the only one appending, so nothing can
+            # grow the file between this stat and the thread's write.
+            rotate = self._rotation_due(len(data))
+            if sync or rotate or len(data) > self.INLINE_BYTES:
+                await asyncio.to_thread(self._append, data, sync, rotate)
             else:
                 self._write(data, False)
         except OSError as error:
@@ -212,8 +215,8 @@ class JsonlSink:
         except FileNotFoundError:
             return False
 
-    def _append(self, data: bytes, sync: bool) -> None:
-        if self._rotation_due(len(data)):
+    def _append(self, data: bytes, sync: bool, rotate: bool) -> None:
+        if rotate:
             self._fsync()  # what the deferred fsync has not reached yet, before it moves
             self._rotate()
         self._write(data, sync)
