@@ -14,7 +14,7 @@ import gc
 import inspect
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import pytest
@@ -25,7 +25,18 @@ from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 import resolvers.types
 from gateway.audit.sinks import JsonlSink
 from harness import RunningGateway, SourceAdmin
-from resolvers.execution import Irregular, PlainFieldExecutor, basic_field, leaf_completion
+from resolvers.execution import (
+    Irregular,
+    PlainFieldExecutor,
+    _constant,
+    _Never,
+    _object,
+    _prepared_getter,
+    _Read,
+    _same,
+    basic_field,
+    leaf_completion,
+)
 from resolvers.schema import build_schema
 from resolvers.types import ARGUMENT_FIELDS, Customer, TicketStatus
 
@@ -233,6 +244,38 @@ def test_errors_in_nullable_fields_stay_in_the_compiled_completion(
     # Items are graphql-core's to complete (Item implements an interface); the tag with
     # the refused weight is not: its list stayed compiled.
     assert "Item" in completed and "Tag" not in completed
+
+
+def test_a_compiled_object_reads_inline_or_through_its_reader() -> None:
+    class Source:
+        label = "a label"
+        count = 2
+        prepared: ClassVar[dict[str, Any]] = {"later": 7}
+
+    complete = _object(
+        [
+            ("__typename", _constant("Thing"), str, _same),
+            ("label", _Read(lambda source: "never called", "value.label"), str, str.upper),
+            ("upper", _Read(lambda source: source.label.upper().encode()), str, bytes.decode),
+            ("count", _Read(lambda source: source.count * 2), _Never, lambda value: value + 1),
+            ("later", _prepared_getter("later"), _Never, str),
+        ]
+    )
+    completed = complete(Source())
+    assert completed == {
+        "__typename": "Thing",
+        "label": "a label",  # read inline, and a str completes as itself
+        "upper": "A LABEL",  # through its reader, and bytes through its completion
+        "count": 5,
+        "later": "7",
+    }
+    assert list(completed) == ["__typename", "label", "upper", "count", "later"]
+    assert complete(None) is None
+    with pytest.raises(Irregular):
+        complete(GraphQLError("an error value where an object belongs"))
+    Source.prepared = {}
+    with pytest.raises(KeyError):  # not settled by the parent: the resolver runs
+        complete(Source())
 
 
 def test_only_attribute_reads_count_as_basic() -> None:
