@@ -1,4 +1,5 @@
-"""Two or more c360 trees against each other, at concurrency 1, in interleaved rounds.
+"""Two or more c360 trees against each other, at one concurrency (1 unless
+`--concurrency`), in interleaved rounds.
 
     git worktree add /tmp/before HEAD~1
     .venv/bin/python -m bench.variants --scenario a --rounds 6 before=/tmp/before after=.
@@ -44,6 +45,7 @@ class Variant:
     env: dict[str, str] = field(default_factory=dict)
     p50_ms: list[float] = field(default_factory=list)
     cpu_ms: list[float] = field(default_factory=list)
+    rps: list[float] = field(default_factory=list)
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
@@ -55,10 +57,12 @@ class Variant:
         return cls(name, Path(tree).resolve(), env)
 
 
-async def compare(key: str, rounds: int, seconds: float, variants: list[Variant]) -> None:
+async def compare(
+    key: str, rounds: int, seconds: float, variants: list[Variant], concurrency: int = 1
+) -> None:
     shutil.rmtree(WORK_DIR, ignore_errors=True)
     children = Children(WORK_DIR / "logs")
-    plan = Plan("variants", (1,), duration_s=seconds, warmup_s=1.0, gateway_warmup_s=2.0)
+    plan = Plan("variants", (concurrency,), duration_s=seconds, warmup_s=1.0, gateway_warmup_s=2.0)
     async with aiohttp.ClientSession() as http:
         bench = Bench(
             plan, [key], with_peers=False, http=http, children=children, work_dir=WORK_DIR,
@@ -80,25 +84,34 @@ async def compare(key: str, rounds: int, seconds: float, variants: list[Variant]
                 bodies = bench.bodies(target, scenario.queries[0])
                 scripts[target.name] = bench.script(target.name, bodies, bench.headers(scenario))
             bound: list[float] = []
+            bound_rps: list[float] = []
             for round_ in range(rounds):
                 order: list[Any] = [*zip(variants, targets, strict=True), None]
                 for entry in order[:: -1 if round_ % 2 else 1]:
                     if entry is None:
-                        [run] = await bench.lower_bound(key, [1], seconds)
+                        [run] = await bench.lower_bound(key, [concurrency], seconds)
                         bound.append(run["p50_ms"])
+                        bound_rps.append(run["rps"])
                         continue
                     variant, target = entry
-                    run = await bench.measure(target, key, 1, scripts[target.name], seconds)
+                    run = await bench.measure(
+                        target, key, concurrency, scripts[target.name], seconds
+                    )
                     variant.p50_ms.append(run["p50_ms"])
+                    variant.rps.append(run["rps"])
                     variant.cpu_ms.append(run["gateway_cpu_ms_per_request"])
-                line = "  ".join(f"{v.name} {v.p50_ms[-1]:.2f}" for v in variants)
-                print(f"round {round_ + 1}: {line}  lower bound {bound[-1]:.2f} ms", flush=True)
+                line = "  ".join(
+                    f"{v.name} {v.p50_ms[-1]:.2f} ms {v.rps[-1]:.1f}/s" for v in variants
+                )
+                bound_line = f"lower bound {bound[-1]:.2f} ms {bound_rps[-1]:.1f}/s"
+                print(f"round {round_ + 1}: {line}  {bound_line}", flush=True)
             for variant in variants:
                 overheads = [c - b for c, b in zip(variant.p50_ms, bound, strict=True)]
                 print(
                     f"{variant.name}: overhead {statistics.median(overheads):.2f} ms "
                     f"(median of {rounds}; {min(overheads):.2f} to {max(overheads):.2f}), "
-                    f"CPU {statistics.median(variant.cpu_ms):.2f} ms per request"
+                    f"CPU {statistics.median(variant.cpu_ms):.2f} ms per request, "
+                    f"{statistics.median(variant.rps):.1f} req/s"
                 )
         finally:
             children.stop_all()
@@ -126,12 +139,13 @@ def main() -> int:
     parser.add_argument("--scenario", choices=["a", "b", "d"], default="a")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("variants", nargs="+", type=Variant.parse, metavar="name=path")
     args = parser.parse_args()
     if wrk_path() is None:
         print("bench.variants: wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
         return 2
-    asyncio.run(compare(args.scenario, args.rounds, args.seconds, args.variants))
+    asyncio.run(compare(args.scenario, args.rounds, args.seconds, args.variants, args.concurrency))
     return 0
 
 
