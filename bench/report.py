@@ -235,6 +235,24 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                 (worst["throughput"] or 0) >= 1,
             )
         )
+    for peer in PEERS:
+        # The issue's own throughput target: (c), c360 on a warm cache against the peer
+        # answering the same query (the peers cache nothing), at every concurrency.
+        name = f"(c) throughput on a warm cache ≥ {peer}, (a) and (b), every concurrency"
+        warm = []
+        for own_run in ok_runs(runs):
+            label = own_run["label"].removeprefix("c:")
+            if own_run["target"] != C360 or own_run["label"] != f"c:{label}":
+                continue
+            theirs = find(runs, peer, label, own_run["concurrency"])
+            ratio = _ratio(own_run["rps"], theirs["rps"]) if theirs else None
+            if ratio is not None:
+                warm.append((ratio, label, own_run["concurrency"]))
+        if not warm:
+            rows.append(_target(name, "not measured", None))
+            continue
+        ratio, label, concurrency = min(warm)
+        rows.append(_target(name, f"worst ×{ratio} ({label}, c={concurrency})", ratio >= 1))
     soak = results.get("soak")
     name = "no RSS growth in the soak"
     if not soak:

@@ -155,6 +155,27 @@ def test_throughput_against_a_peer_takes_the_worst_ratio() -> None:
     assert verdicts(data)["throughput ≥ hive, (a) and (b), every concurrency"] is None
 
 
+def test_the_warm_cache_throughput_target_compares_c_with_the_peers_cold_answers() -> None:
+    runs = [
+        run("c360", "c:a", 16, 5.0, 8.0, 1200.0),
+        run("c360", "c:b", 16, 50.0, 80.0, 200.0),
+        run("c360", "c:b", 64, 300.0, 400.0, 80.0),
+        run("c360", "b", 64, 500.0, 600.0, 120.0),  # cold: not this target's
+        run("apollo", "a", 16, 60.0, 90.0, 300.0),
+        run("apollo", "b", 16, 200.0, 300.0, 90.0),
+        run("apollo", "b", 64, 600.0, 900.0, 100.0),
+    ]
+    data = results(runs, peers={"apollo": {"status": "ok"}})
+    judged = {row["target"]: row for row in report.targets(data)}
+    apollo = judged["(c) throughput on a warm cache ≥ apollo, (a) and (b), every concurrency"]
+    assert (apollo["met"], apollo["measured"]) == (False, "worst ×0.8 (b, c=64)")
+    hive = judged["(c) throughput on a warm cache ≥ hive, (a) and (b), every concurrency"]
+    assert hive["met"] is None
+    runs[2] = run("c360", "c:b", 64, 300.0, 400.0, 150.0)
+    apollo = next(r for r in report.targets(results(runs)) if r["target"].startswith("(c) thr"))
+    assert (apollo["met"], apollo["measured"]) == (True, "worst ×1.5 (b, c=64)")
+
+
 def test_throughput_in_turns_takes_the_median_round_and_overrides_the_phases() -> None:
     runs = [  # the phases, minutes apart: c360 behind at (a) 16
         run("c360", "a", 16, 50.0, 80.0, 200.0),
