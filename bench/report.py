@@ -241,9 +241,9 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         name = f"(c) throughput on a warm cache ≥ {peer}, (a) and (b), every concurrency"
         warm = []
         for own_run in ok_runs(runs):
-            label = own_run["label"].removeprefix("c:")
-            if own_run["target"] != C360 or own_run["label"] != f"c:{label}":
+            if own_run["target"] != C360 or not own_run["label"].startswith("c:"):
                 continue
+            label = own_run["label"].removeprefix("c:")
             theirs = find(runs, peer, label, own_run["concurrency"])
             ratio = _ratio(own_run["rps"], theirs["rps"]) if theirs else None
             if ratio is not None:
