@@ -113,14 +113,19 @@ def turn_ratios(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def peer_ratios(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """c360 / peer for throughput (above 1 is better) and latency, CPU per request (below 1)."""
+COLD = {"a": "a", "b": "b", "e": "e"}  # c360's runs -> the peers' runs they compare with
+WARM = {"c:a": "a", "c:b": "b"}  # c360 on a warm cache against the peers' same query
+
+
+def peer_ratios(runs: Sequence[Run], labels: Mapping[str, str] = COLD) -> list[dict[str, Any]]:
+    """c360 / peer for throughput (above 1 is better) and latency, CPU per request (below 1);
+    `labels`: which of c360's runs, against which of the peer's at the same concurrency."""
     rows = []
     for peer in PEERS:
         for run in ok_runs(runs):
-            if run["target"] != C360 or run["label"] not in ("a", "b", "e"):
+            if run["target"] != C360 or run["label"] not in labels:
                 continue
-            other = find(runs, peer, run["label"], run["concurrency"])
+            other = find(runs, peer, labels[run["label"]], run["concurrency"])
             if other is None:
                 continue
             rows.append(
@@ -235,24 +240,20 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                 (worst["throughput"] or 0) >= 1,
             )
         )
+    warm_ratios = peer_ratios(runs, WARM)
     for peer in PEERS:
         # The issue's own throughput target: (c), c360 on a warm cache against the peer
         # answering the same query (the peers cache nothing), at every concurrency.
         name = f"(c) throughput on a warm cache ≥ {peer}, (a) and (b), every concurrency"
-        warm = []
-        for own_run in ok_runs(runs):
-            if own_run["target"] != C360 or not own_run["label"].startswith("c:"):
-                continue
-            label = own_run["label"].removeprefix("c:")
-            theirs = find(runs, peer, label, own_run["concurrency"])
-            ratio = _ratio(own_run["rps"], theirs["rps"]) if theirs else None
-            if ratio is not None:
-                warm.append((ratio, label, own_run["concurrency"]))
+        warm = [r for r in warm_ratios if r["peer"] == peer and r["throughput"] is not None]
         if not warm:
             rows.append(_target(name, "not measured", None))
             continue
-        ratio, label, concurrency = min(warm)
-        rows.append(_target(name, f"worst ×{ratio} ({label}, c={concurrency})", ratio >= 1))
+        worst = min(warm, key=lambda r: r["throughput"])
+        where = f"{WARM[worst['label']]}, c={worst['concurrency']}"
+        rows.append(
+            _target(name, f"worst ×{worst['throughput']} ({where})", worst["throughput"] >= 1)
+        )
     soak = results.get("soak")
     name = "no RSS growth in the soak"
     if not soak:
