@@ -74,8 +74,15 @@ IDENTITY_FIELD_KEYS = {"id_field", "email_field", "phone_field"}
 
 @dataclass(frozen=True, slots=True)
 class IdentityPage:
+    """One page of a scan. `next_cursor` is the system's own cursor of the next page (None
+    on the last page); the identity sync stores it to resume from. On the last page,
+    `resume_cursor` says where a later sync resumes to see records added since: the last
+    id for a scan keyed by it (SQL); None resumes from the cursor that fetched this page,
+    which suits an opaque cursor (the page is read again, its known records skipped)."""
+
     rows: list[IdentityRow]
     next_cursor: str | None = None
+    resume_cursor: str | None = None
 
 
 @dataclass(slots=True)

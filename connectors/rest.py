@@ -1,5 +1,13 @@
 """REST department systems: a batch endpoint when the system offers one, otherwise a
-bounded concurrent fan-out over its single-record endpoint."""
+bounded concurrent fan-out over its single-record endpoint.
+
+A batch GET sends its keys comma-joined (`?ids=a,b`, `batch.style = "comma"`) or as a
+repeated parameter (`?id=a&id=b`, `batch.style = "repeat"`). An endpoint that answers in
+pages declares how it pages: `paging = { next_field = "next", cursor_param = "cursor" }`
+on the entity for its batch endpoint, or inside `single` for the single endpoint; the
+connector then asks for the following pages (same parameters plus the cursor) until the
+answer has no next cursor, at most `paging.max_pages` pages (default 100).
+"""
 
 from __future__ import annotations
 
@@ -27,11 +35,22 @@ from connectors.tls import http_transport
 
 
 @dataclass(frozen=True, slots=True)
+class RestPaging:
+    """How an endpoint pages: where its answer holds the next cursor (null, absent or ""
+    when done) and which query parameter sends it back."""
+
+    next_field: str
+    cursor_param: str
+    max_pages: int
+
+
+@dataclass(frozen=True, slots=True)
 class RestBatch:
     path: str
     param: str
     method: str
     max_keys: int
+    style: str = "comma"  # GET only: "comma" (?ids=a,b) or "repeat" (?id=a&id=b)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +60,8 @@ class RestEntity:
     batch: RestBatch | None
     single_path: str | None
     single_items: str
+    paging: RestPaging | None = None  # of the batch endpoint
+    single_paging: RestPaging | None = None  # of the single endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +72,25 @@ class RestScan:
     cursor_param: str
     limit_param: str
     fields: IdentityFields
+
+
+PAGING_KEYS = {"next_field", "cursor_param", "max_pages"}
+
+
+def _paging(settings: Settings | None) -> RestPaging | None:
+    if settings is None:
+        return None
+    settings.reject_unknown(PAGING_KEYS)
+    return RestPaging(
+        next_field=settings.string("next_field"),
+        cursor_param=settings.string("cursor_param"),
+        max_pages=settings.integer("max_pages", 100, minimum=1),
+    )
+
+
+def _next_cursor(payload: Any, path: str) -> str | None:
+    found = dig(payload, path)
+    return None if found is None or found == "" else str(found)
 
 
 def _records(payload: Any, path: str, source: str) -> list[Record]:
@@ -97,33 +137,47 @@ class RestConnector:
         )
         entities: dict[str, RestEntity] = {}
         for entity_name, entity in settings.tables("entities").items():
-            entity.reject_unknown({"key_field", "many", "items", "batch", "single"})
+            entity.reject_unknown({"key_field", "many", "items", "batch", "single", "paging"})
+            many = entity.flag("many", False)
             batch = None
             if (batch_settings := entity.opt_table("batch")) is not None:
-                batch_settings.reject_unknown({"path", "param", "method", "max_keys"})
+                batch_settings.reject_unknown({"path", "param", "method", "max_keys", "style"})
+                method = batch_settings.choice("method", ("GET", "POST"), "GET")
+                style = batch_settings.choice("style", ("comma", "repeat"), "comma")
+                if method == "POST" and "style" in batch_settings.data:
+                    raise batch_settings.error("style", "only for method = GET")
                 batch = RestBatch(
                     path=batch_settings.string("path"),
                     param=batch_settings.string("param"),
-                    method=batch_settings.choice("method", ("GET", "POST"), "GET"),
+                    method=method,
                     max_keys=batch_settings.integer("max_keys", 100, minimum=1),
+                    style=style,
                 )
-            single_path, single_items = None, ""
+            single_path, single_items, single_paging = None, "", None
             if (single := entity.opt_table("single")) is not None:
-                single.reject_unknown({"path", "items"})
+                single.reject_unknown({"path", "items", "paging"})
                 single_path = single.string("path")
                 if "{key}" not in single_path:
                     raise single.error("path", "must contain {key}")
                 single_items = single.data.get("items", "")
+                single_paging = _paging(single.opt_table("paging"))
+                if single_paging is not None and not many:
+                    raise single.error("paging", "only for an entity with many = true")
             if batch is None and single_path is None:
                 raise entity.error("batch", "an entity needs a batch or a single endpoint")
+            paging = _paging(entity.opt_table("paging"))
+            if paging is not None and batch is None:
+                raise entity.error(
+                    "paging", "pages the batch endpoint; the single one's goes in single.paging"
+                )
             entities[entity_name] = RestEntity(
-                spec=EntitySpec(
-                    entity_name, entity.string("key_field"), entity.flag("many", False)
-                ),
+                spec=EntitySpec(entity_name, entity.string("key_field"), many),
                 items=entity.string("items", "items"),
                 batch=batch,
                 single_path=single_path,
                 single_items=str(single_items),
+                paging=paging,
+                single_paging=single_paging,
             )
         scan = None
         if (scan_settings := settings.opt_table("scan")) is not None:
@@ -183,35 +237,88 @@ class RestConnector:
     async def _fetch_batch(self, entity: RestEntity, keys: Sequence[str]) -> dict[str, Fetched]:
         assert entity.batch is not None
         batch = entity.batch
-        if batch.method == "GET":
-            payload = await self.client.request_json(
-                "GET", batch.path, params={batch.param: ",".join(keys)}
+        if batch.method == "POST":
+            body = {batch.param: list(keys)}
+            records = await self._paged_records(
+                "POST", batch.path, entity.items, entity.paging, json=body
             )
         else:
-            payload = await self.client.request_json("POST", batch.path, json={batch.param: keys})
-        return group_records(_records(payload, entity.items, self.name), entity.spec, keys)
+            if batch.style == "repeat":
+                params = [(batch.param, key) for key in keys]
+            else:
+                params = [(batch.param, ",".join(keys))]
+            records = await self._paged_records(
+                "GET", batch.path, entity.items, entity.paging, params
+            )
+        assert records is not None  # (not missing_ok)
+        return group_records(records, entity.spec, keys)
+
+    async def _paged_records(
+        self,
+        method: str,
+        path: str,
+        items: str,
+        paging: RestPaging | None,
+        params: Sequence[tuple[str, str]] = (),
+        *,
+        json: Any = None,
+        missing_ok: bool = False,
+    ) -> list[Record] | None:
+        """The records of an answer and, when the endpoint pages, of each following page
+        (same parameters plus the cursor); None for a 404 first page when missing_ok."""
+        payload = await self.client.request_json(
+            method, path, params=list(params) or None, json=json, missing_ok=missing_ok
+        )
+        if payload is None:
+            return None
+        records = _records(payload, items, self.name)
+        if paging is None:
+            return records
+        records = list(records)
+        sent: set[str] = set()
+        pages = 1
+        while (cursor := _next_cursor(payload, paging.next_field)) is not None:
+            if pages >= paging.max_pages:
+                raise SourceUnavailable(
+                    self.name, f"{path} has more than {paging.max_pages} pages (paging.max_pages)"
+                )
+            if cursor in sent:
+                raise SourceUnavailable(self.name, f"{path} answered the same page cursor twice")
+            sent.add(cursor)
+            payload = await self.client.request_json(
+                method, path, params=[*params, (paging.cursor_param, cursor)], json=json
+            )
+            records.extend(_records(payload, items, self.name))
+            pages += 1
+        return records
 
     async def _fetch_each(self, entity: RestEntity, keys: Sequence[str]) -> dict[str, Fetched]:
         assert entity.single_path is not None
         path_template = entity.single_path
         gate = asyncio.Semaphore(self._fanout)
 
-        async def one(key: str) -> tuple[str, Any]:
+        async def one(key: str) -> tuple[str, Fetched | None]:
             async with gate:
                 path = path_template.replace("{key}", quote(key, safe=""))
-                return key, await self.client.request_json("GET", path, missing_ok=True)
-
-        found: dict[str, Fetched] = {}
-        for key, payload in await asyncio.gather(*(one(key) for key in keys)):
+                if entity.single_paging is not None:  # (many = true)
+                    paged = await self._paged_records(
+                        "GET", path, entity.single_items, entity.single_paging, missing_ok=True
+                    )
+                    return key, paged
+                payload = await self.client.request_json("GET", path, missing_ok=True)
             if payload is None:
-                continue
+                return key, None
             value = dig(payload, entity.single_items)
             if entity.spec.many:
-                found[key] = _records({"v": value}, "v", self.name)
-            elif isinstance(value, dict):
+                return key, _records({"v": value}, "v", self.name)
+            if isinstance(value, dict):
+                return key, value
+            raise SourceUnavailable(self.name, "single lookup answered without a record")
+
+        found: dict[str, Fetched] = {}
+        for key, value in await asyncio.gather(*(one(key) for key in keys)):
+            if value is not None:
                 found[key] = value
-            else:
-                raise SourceUnavailable(self.name, "single lookup answered without a record")
         return found
 
     async def scan(self, after: str | None, limit: int) -> IdentityPage:

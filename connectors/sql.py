@@ -256,7 +256,8 @@ class SqlConnector:
         start = scan.start if after is None else _cast(after, scan.key_type)
         rows = await self._rows(scan.query, {"after": start, "limit": limit})
         page = [scan.fields.row(row) for row in rows]
-        return IdentityPage(page, page[-1].system_id if len(page) == limit else None)
+        last = page[-1].system_id if page else after
+        return IdentityPage(page, last if len(page) == limit else None, resume_cursor=last)
 
     async def health(self) -> Health:
         try:

@@ -67,11 +67,14 @@ from policies.rules import (
     validate_against,
 )
 from resolvers.audit import AuditQuery
-from resolvers.bindings import BindingError, parse_bindings
+from resolvers.bindings import BindingError, check_bindings
 from resolvers.context import GraphContext
+from resolvers.declaration import DeclarationError
+from resolvers.graphs import load_graph
 from resolvers.guard import FieldGuard
 from resolvers.loading import record_facts
 from resolvers.schema import build_schema, schema_policies
+from resolvers.types import Graph
 
 log = logging.getLogger("c360.app")
 
@@ -82,6 +85,13 @@ GATEWAY_SOURCE_KEYS = {"required", "cache", "resilience"}
 def connector_settings(table: Mapping[str, Any]) -> dict[str, Any]:
     """A source's table without the gateway's own keys: what its connector is built from."""
     return {key: value for key, value in table.items() if key not in GATEWAY_SOURCE_KEYS}
+
+
+def graph_of(config: Config) -> Graph:
+    """The built graph the config declares (the demo's when it names none)."""
+    from demo import GRAPH_FILE
+
+    return load_graph(config.graph_file or GRAPH_FILE)
 
 
 class AuditReaderAdapter(ConsoleReader):
@@ -113,10 +123,12 @@ class Gateway:
                 name: build_connector(name, connector_settings(table))
                 for name, table in config.sources.items()
             }
-            self.bindings = parse_bindings(
-                config.graph, {name: c.entities() for name, c in connectors.items()}
+            self.graph = graph_of(config)
+            check_bindings(
+                self.graph.declaration, {name: c.entities() for name, c in connectors.items()}
             )
-        except (ConnectorConfigError, BindingError) as error:
+            self.bindings = self.graph.bindings
+        except (ConnectorConfigError, BindingError, DeclarationError) as error:
             raise ConfigError(str(error)) from error
         self.required = {
             name for name, table in config.sources.items() if table.get("required", True)
@@ -157,6 +169,7 @@ class Gateway:
         self.store = CrosswalkStore(config.identity.dsn)
         self.identity = IdentityIndex.build([], self.keys)
         self.schema = build_schema(
+            self.graph,
             extensions=[
                 *limit_extensions(config.limits, page_size_cap=config.max_page_size),
                 *([GraphQLSpanAttributes] if self.telemetry.tracer_provider is not None else []),
@@ -180,7 +193,7 @@ class Gateway:
             policy_set = load_policy_file(path) if path else load_default_policy()
         except (PolicyFileError, OSError) as error:
             raise ConfigError(f"policies.file: {error}") from error
-        coverage = validate_against(policy_set, schema_policies())
+        coverage = validate_against(policy_set, schema_policies(self.graph))
         if not coverage.ok:
             missing = ", ".join(coverage.missing)
             raise ConfigError(f"policies.file: policies used by the schema are missing: {missing}")
@@ -215,7 +228,7 @@ class Gateway:
         current = self.config
         needs_restart = [
             name
-            for name in ("server", "identity", "sources", "graph", "max_page_size", "audit")
+            for name in ("server", "identity", "sources", "graph_file", "max_page_size", "audit")
             if getattr(new, name) != getattr(current, name)
         ]
         cache = current.cache
@@ -288,6 +301,7 @@ class Gateway:
             sources=self.hub,
             identity=self.identity,
             bindings=self.bindings,
+            graph=self.graph,
             guard=guard,
             max_page_size=self.config.max_page_size,
             request=request,

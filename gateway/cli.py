@@ -28,10 +28,26 @@ class CliError(Exception):
     """A failure to report as one line, with exit status 1."""
 
 
-def _schema_sdl() -> str:
+def _graph(args: argparse.Namespace) -> Any:
+    """The built graph of the config (`--config`, when that file exists), or the demo's."""
+    from demo import GRAPH_FILE
+    from resolvers.declaration import DeclarationError
+    from resolvers.graphs import load_graph
+
+    config_path = getattr(args, "config", None)
+    path = GRAPH_FILE
+    if config_path and Path(config_path).exists():
+        path = _load(args).graph_file or GRAPH_FILE
+    try:
+        return load_graph(path)
+    except DeclarationError as error:
+        raise CliError(str(error)) from error
+
+
+def _schema_sdl(args: argparse.Namespace) -> str:
     from resolvers.schema import build_schema
 
-    return build_schema().as_str() + "\n"
+    return build_schema(_graph(args)).as_str() + "\n"
 
 
 def run_fast(main: Coroutine[Any, Any, int]) -> int:
@@ -45,7 +61,7 @@ def run_fast(main: Coroutine[Any, Any, int]) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    sdl = _schema_sdl()
+    sdl = _schema_sdl(args)
     target = Path(args.output if args.action == "export" else args.file)
     if args.action == "export":
         if args.output == "-":
@@ -293,15 +309,52 @@ def _policy_set(args: argparse.Namespace) -> Any:
         raise CliError(str(error)) from error
 
 
+def cmd_graph(args: argparse.Namespace) -> int:
+    """`c360 graph check [FILE]`: the declaration alone, and with a config present, its
+    bindings against the configured sources and its policies against the policy file."""
+    from connectors.base import ConnectorConfigError
+    from connectors.registry import build_connector
+    from gateway.app import connector_settings
+    from resolvers.bindings import BindingError, check_bindings
+    from resolvers.declaration import DeclarationError, load_declaration
+    from resolvers.graphs import load_graph
+
+    config = _load(args) if Path(args.config).exists() else None
+    if args.file:
+        path = Path(args.file)
+    else:
+        from demo import GRAPH_FILE
+
+        path = (config.graph_file if config else None) or GRAPH_FILE
+    try:
+        declaration = load_declaration(path)
+        load_graph(path)
+        if config is not None:
+            connectors = {
+                name: build_connector(name, connector_settings(table))
+                for name, table in config.sources.items()
+            }
+            check_bindings(declaration, {n: c.entities() for n, c in connectors.items()})
+    except (DeclarationError, BindingError, ConnectorConfigError, ValueError) as error:
+        raise CliError(str(error)) from error
+    fields = sum(len(t.fields) for t in declaration.types.values())
+    print(
+        f"{path}: {len(declaration.types)} types, {len(declaration.enums)} enums, "
+        f"{fields} fields, {len(declaration.lookups)} lookups, valid"
+        + (" (bindings checked against the config's sources)" if config else "")
+    )
+    return 0
+
+
 def cmd_policy(args: argparse.Namespace) -> int:
     from policies.engine import explain
     from policies.rules import validate_against
-    from resolvers.loading import CUSTOMER_POLICIES
     from resolvers.schema import schema_policies
 
     policy_set = _policy_set(args)
+    graph = _graph(args)
     if args.action == "check":
-        coverage = validate_against(policy_set, schema_policies())
+        coverage = validate_against(policy_set, schema_policies(graph))
         for message in coverage.messages():
             print(message, file=sys.stderr)
         if not coverage.ok:
@@ -313,7 +366,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise CliError(str(error)) from error
     fields = [
-        (f"Customer.{name}", policy) for name, policy in CUSTOMER_POLICIES.items() if policy in rows
+        (f"Customer.{name}", policy) for name, policy in graph.policies.items() if policy in rows
     ]
     if args.json:
         for field, policy in fields:
@@ -453,7 +506,7 @@ def cmd_documents(args: argparse.Namespace) -> int:
         added = add_documents(
             config.documents.file,
             [Path(name) for name in args.files],
-            build_schema()._schema,
+            build_schema(_graph(args))._schema,
         )
     except DocumentStoreError as error:
         raise CliError(str(error)) from error
@@ -526,7 +579,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", default="schema.graphql", help="file, or - for stdout")
     check = schema_actions.add_parser("check", help="exit 1 when schema.graphql is out of date")
     check.add_argument("--file", default="schema.graphql")
+    for action in (export, check):
+        action.add_argument(
+            "--config", default=str(DEFAULT_CONFIG), help="its graph (default: the demo's)"
+        )
     schema.set_defaults(handler=cmd_schema)
+
+    graph = commands.add_parser("graph", help="check a graph declaration")
+    graph_actions = graph.add_subparsers(dest="action", required=True)
+    graph_check = graph_actions.add_parser(
+        "check", help="validate a declaration; exit 1 with FILE:LINE: message"
+    )
+    graph_check.add_argument("file", nargs="?", help="default: the config's, or the demo's")
+    graph_check.add_argument("--config", default=str(DEFAULT_CONFIG))
+    graph.set_defaults(handler=cmd_graph)
 
     identity = commands.add_parser("identity", help="the identity crosswalk")
     identity_actions = identity.add_subparsers(dest="action", required=True)

@@ -76,7 +76,7 @@ class Config:
     resilience: ResilienceSettings
     documents: TrustedDocuments
     sources: Mapping[str, Mapping[str, Any]]
-    graph: Mapping[str, Any]
+    graph_file: Path | None = None  # the graph declaration; None: the demo's
     max_page_size: int = 100
     raw: Mapping[str, Any] = field(default_factory=dict)
 
@@ -214,6 +214,13 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         raise ConfigError("policies.hash_key: required, at least 16 bytes (the hash mask's key)")
     audit, audit_sink = parse_audit(root.table("audit").data, base_dir)
     graph = root.table("graph")
+    for graph_key in graph.data:
+        if graph_key not in ("file", "max_page_size"):
+            raise ConfigError(
+                f"graph.{graph_key}: fields and their systems are declared in the graph "
+                'declaration (`[graph] file`, README "The graph declaration"), not in c360.toml'
+            )
+    graph_file = graph.get("file", str, "")
     max_page_size = graph.get("max_page_size", int, 100)
     if max_page_size < 1:
         raise ConfigError("graph.max_page_size: must be at least 1")
@@ -251,7 +258,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
             hash_key_id=policies.get("hash_key_id", str, "k1"),
         ),
         sources=dict(sources.data),
-        graph={k: v for k, v in graph.data.items() if k != "max_page_size"},
+        graph_file=(base_dir / graph_file if base_dir else Path(graph_file))
+        if graph_file
+        else None,
         max_page_size=max_page_size,
         raw=data,
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -14,7 +14,6 @@ import strawberry
 from strawberry.types import Info
 
 from connectors.identity.keys import is_cuid
-from resolvers.bindings import CUSTOMER_FIELDS
 from resolvers.context import GraphContext
 from resolvers.guard import policy_field
 from resolvers.types import PageInfo, bad_input, page_size
@@ -45,9 +44,10 @@ def checked_customer(value: str, argument: str, name: str = "customer") -> str:
     return value
 
 
-def checked_field(value: str, argument: str, name: str = "field") -> str:
-    """A field is one of Customer's, for the same reason: no free text into the log."""
-    if value not in CUSTOMER_FIELDS:
+def checked_field(value: str, argument: str, known: Collection[str], name: str = "field") -> str:
+    """A field is one of Customer's (`known`: the graph's), for the same reason: no free
+    text into the log."""
+    if value not in known:
         raise bad_input(argument, f"'{name}' is a Customer field name, e.g. nationalId")
     return value
 
@@ -221,7 +221,7 @@ class AuditQueries:
         if customer is not None:
             checked_customer(customer, "customer")
         if field is not None:
-            checked_field(field, "field")
+            checked_field(field, "field", ctx.graph.field_names)
         if kind is not None and kind not in KINDS:
             raise bad_input("kind", "'kind' is access, alert or ack")
         if decision is not None and decision not in DECISIONS:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import strawberry
@@ -94,7 +95,7 @@ def _alert_id(value: str) -> tuple[str, int]:
     return chain, int(seq)
 
 
-def _filters(filters: ConsoleExportFilters | None) -> dict[str, Any]:
+def _filters(filters: ConsoleExportFilters | None, known: Collection[str]) -> dict[str, Any]:
     """The filters as the log keeps them, each checked to be an id, a name, a time or a
     state: a filter is never a place for a customer's email or name."""
     if filters is None:
@@ -107,7 +108,7 @@ def _filters(filters: ConsoleExportFilters | None) -> dict[str, Any]:
             raise bad_input("filters", "'subject' is not a subject name")
         kept["subject"] = filters.subject
     if filters.field is not None:
-        kept["field"] = checked_field(filters.field, "filters")
+        kept["field"] = checked_field(filters.field, "filters", known)
     if filters.decision is not None:
         if filters.decision not in DECISIONS:
             raise bad_input("filters", "'decision' is allow, mask or deny")
@@ -187,7 +188,7 @@ class ConsoleMutations:
             raise bad_input("rows", "'rows' is a count of exported rows")
         if table is not None and VIEW_OF_TABLE[table] is not view:
             raise bad_input("table", f"'table' is not a table of the {view.name} view")
-        kept = _filters(filters)
+        kept = _filters(filters, ctx.graph.field_names)
         if table is not None:  # a view with several tables: which one left the console
             kept = {"table": table.value, **kept}
         note_audit_use(ctx, "export", export=view.value, rows=rows, **kept)

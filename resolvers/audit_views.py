@@ -312,6 +312,25 @@ def _subject(value: str, argument: str = "subject") -> str:
 
 @strawberry.type
 class ConsoleQueries:
+    @policy_field(
+        "audit.read",
+        description=(
+            "The CUID of the customer with this email, for the console's timeline: security "
+            "only, and the request's record names the CUID found, never the email."
+        ),
+    )
+    def audit_customer_by_email(
+        self, info: Info[GraphContext, None], email: str
+    ) -> strawberry.ID | None:
+        # Unlike the graph's lookups (which answer a refusal to a caller who may not read
+        # the email, found or not), this one is the audit policy's: finding whose timeline
+        # to review is what the console is for, and each use is on the record.
+        if len(email) > 320 or "@" not in email:
+            raise bad_input("email", "'email' is not an email address")
+        cuid = info.context.identity.find_email(email)
+        note_audit_use(info.context, "find-customer", customer=cuid, found=cuid is not None)
+        return strawberry.ID(cuid) if cuid is not None else None
+
     @policy_field("audit.read", description="What one subject read: security only, logged.")
     async def access_footprint(
         self,

@@ -1,17 +1,21 @@
-"""Which department system serves which field: configuration, not code.
+"""Which department system serves which Customer field, read off the declaration.
 
-`[graph.Customer]` binds each Customer field to `source.entity[.attribute]`;
-`[graph.Order]`, `[graph.Ticket]`, `[graph.Consent]` rename a nested record's attributes
-to the graph's field names. Swapping the helpdesk for another is a change here.
+Each Customer field's `@from(path: "source.entity[.attribute]")` is its binding; a derived
+field is bound to the list it reads. Page filters (`@members`) and the policy facts
+(`@facts(owner:, consents:)`) are bindings too. `check_bindings` holds them against the
+configured sources' entities at start, naming the declaration's line at fault.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connectors.base import EntitySpec
+
+if TYPE_CHECKING:
+    from resolvers.declaration import Declaration
 
 
 class BindingError(ValueError):
@@ -34,120 +38,87 @@ class Binding:
         return fetched.get(self.attribute)
 
 
-# The Customer fields that come from a department system, and the nested record types
-# whose attributes may be renamed.
-CUSTOMER_FIELDS = (
-    "name",
-    "email",
-    "phone",
-    "nationalId",
-    "address",
-    "lifetimeValue",
-    "orders",
-    "opportunities",
-    "tickets",
-    "satisfaction",
-    "segment",
-    "consents",
-)
-LIST_FIELDS = {
-    "orders",
-    "opportunities",
-    "tickets",
-    "satisfaction",
-}  # bound to a one-to-many entity
-NESTED_TYPES = {
-    "Order": ("id", "placedAt", "total", "status"),
-    "Ticket": ("id", "subject", "status", "satisfaction", "openedAt", "closedAt"),
-    "Opportunity": ("id", "stage", "amount", "owner", "updatedAt"),
-    "Consent": ("channel", "granted", "updatedAt"),
-}
-FILTERS = ("segment",)
-# Record facts that policy conditions read: the customer's owner (a principal subject)
-# and consents (records with channel and granted).
-FACTS = ("owner", "consents")
-
-
 @dataclass(frozen=True)
 class GraphBindings:
     customer: Mapping[str, Binding]
-    renames: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     filters: Mapping[str, Binding] = field(default_factory=dict)
+    # What policy conditions read: "owner" (a principal subject) and "consents" (records
+    # with channel and granted, under `consent_keys`' attribute names).
     facts: Mapping[str, Binding] = field(default_factory=dict)
-    _record_keys: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
-
-    def attribute(self, type_name: str, graph_field: str) -> str:
-        return self.renames.get(type_name, {}).get(graph_field, graph_field)
-
-    def record_keys(self, type_name: str, fields: tuple[str, ...]) -> tuple[str, ...]:
-        """The record keys that hold these graph fields, through the renames: worked
-        out once per type and fields (a page shapes a customer's records at a time)."""
-        found = self._record_keys.get((type_name, fields))
-        if found is None:
-            found = tuple(self.attribute(type_name, name) for name in fields)
-            self._record_keys[(type_name, fields)] = found
-        return found
+    consent_keys: tuple[str, str] = ("channel", "granted")
 
 
-def _parse_binding(path: str, value: Any) -> Binding:
-    if not isinstance(value, str) or value.count(".") not in (1, 2):
-        raise BindingError(f"{path}: expected 'source.entity' or 'source.entity.attribute'")
+def parse_path(value: str) -> Binding:
     source, entity, *rest = value.split(".")
     return Binding(source, entity, rest[0] if rest else None)
 
 
-def parse_bindings(
-    graph: Mapping[str, Any], entities: Mapping[str, Mapping[str, EntitySpec]]
-) -> GraphBindings:
-    """Read `[graph.*]` and check every binding against the configured sources' entities."""
+def bindings_of(declaration: Declaration) -> GraphBindings:
+    root = declaration.root
+    customer: dict[str, Binding] = {}
+    for f in root.fields:
+        if f.path is not None:
+            customer[f.name] = parse_path(f.path)
+    for f in root.fields:
+        if f.derive is not None:
+            customer[f.name] = customer[f.derive.source]
+    filters = {a.name: parse_path(a.members) for a in declaration.page_filters if a.members}
+    facts: dict[str, Binding] = {}
+    if root.owner:
+        facts["owner"] = parse_path(root.owner)
+    consent_keys = ("channel", "granted")
+    if root.consents:
+        facts["consents"] = customer[root.consents]
+        consents = root.field(root.consents)
+        item = declaration.types[consents.type.name] if consents else None
+        if item is not None:
+            channel, granted = item.field("channel"), item.field("granted")
+            if channel is not None and granted is not None:
+                consent_keys = (channel.attribute, granted.attribute)
+    return GraphBindings(customer, filters, facts, consent_keys)
 
-    def check(path: str, binding: Binding, *, many: bool | None) -> Binding:
+
+def check_bindings(
+    declaration: Declaration, entities: Mapping[str, Mapping[str, EntitySpec]]
+) -> None:
+    """Every binding names a configured source and entity, of the right cardinality: a
+    list of records on a one-to-many entity (or an attribute holding a list), one value
+    on a one-to-one entity. Raises BindingError as `FILE:LINE: Customer.field: ...`."""
+    root = declaration.root
+
+    def check(where: str, line: int | None, path: str, *, many: bool | None) -> None:
+        binding = parse_path(path)
+        prefix = (
+            f"{declaration.source}:{line}: {where}" if line else f"{declaration.source}: {where}"
+        )
         if binding.source not in entities:
-            raise BindingError(f"{path}: no source named '{binding.source}'")
+            known = ", ".join(sorted(entities)) or "none"
+            raise BindingError(
+                f"{prefix}: no source named '{binding.source}' (configured: {known})"
+            )
         spec = entities[binding.source].get(binding.entity)
         if spec is None:
             raise BindingError(
-                f"{path}: source '{binding.source}' has no entity '{binding.entity}'"
+                f"{prefix}: source '{binding.source}' has no entity '{binding.entity}'"
             )
         if many is not None and spec.many != many:
             kind = "a one-to-many" if many else "a one-to-one"
-            raise BindingError(f"{path}: '{binding.entity}' must be {kind} entity")
-        return binding
+            raise BindingError(f"{prefix}: '{binding.entity}' must be {kind} entity")
 
-    known = {"Customer", "filters", "facts", *NESTED_TYPES}
-    for key in graph:
-        if key not in known:
-            raise BindingError(f"graph.{key}: unknown table (known: {', '.join(sorted(known))})")
-    customer_table = graph.get("Customer", {})
-    customer: dict[str, Binding] = {}
-    for name, value in customer_table.items():
-        path = f"graph.Customer.{name}"
-        if name not in CUSTOMER_FIELDS:
-            raise BindingError(f"{path}: Customer has no such field")
-        binding = _parse_binding(path, value)
-        many = True if name in LIST_FIELDS else (False if binding.attribute else None)
-        customer[name] = check(path, binding, many=many)
-    renames: dict[str, dict[str, str]] = {}
-    for type_name, fields in NESTED_TYPES.items():
-        table = graph.get(type_name, {})
-        for name, value in table.items():
-            if name not in fields:
-                raise BindingError(f"graph.{type_name}.{name}: {type_name} has no such field")
-            if not isinstance(value, str):
-                raise BindingError(f"graph.{type_name}.{name}: expected an attribute name")
-        renames[type_name] = dict(table)
-    filters: dict[str, Binding] = {}
-    for name, value in graph.get("filters", {}).items():
-        path = f"graph.filters.{name}"
-        if name not in FILTERS:
-            raise BindingError(f"{path}: unknown filter (known: {', '.join(FILTERS)})")
-        filters[name] = check(path, _parse_binding(path, value), many=False)
-    facts: dict[str, Binding] = {}
-    for name, value in graph.get("facts", {}).items():
-        path = f"graph.facts.{name}"
-        if name not in FACTS:
-            raise BindingError(f"{path}: unknown fact (known: {', '.join(FACTS)})")
-        facts[name] = check(path, _parse_binding(path, value), many=False)
-    return GraphBindings(customer, renames, filters, facts)
+    for f in root.fields:
+        if f.path is None:
+            continue
+        whole_list = f.type.is_list and f.path.count(".") == 1
+        many = True if whole_list else (False if f.path.count(".") == 2 else None)
+        if not f.type.is_list and f.path.count(".") == 1:
+            many = False  # a single record
+        check(f"{root.name}.{f.name}", f.line, f.path, many=many)
+    for argument in declaration.page_filters:
+        if argument.members:
+            check(f"Query.customers({argument.name}:)", argument.line, argument.members, many=False)
+    if root.owner:
+        if root.owner.count(".") != 2:
+            raise BindingError(
+                f"{declaration.source}:{root.line}: @facts(owner:) reads 'source.entity.attribute'"
+            )
+        check(f"{root.name} @facts(owner:)", root.line, root.owner, many=False)

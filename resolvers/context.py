@@ -65,6 +65,7 @@ class GraphContext:
     bindings: GraphBindings
     guard: FieldGuard
     max_page_size: int = 100
+    graph: Any = None  # the built graph (resolvers/types.py `Graph`): its types and tables
     request: Any = None
     failures: dict[str, SourceFailure] = field(default_factory=dict)
     stale_ages: dict[tuple[str, str], float] = field(default_factory=dict)  # oldest served

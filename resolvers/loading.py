@@ -15,22 +15,20 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 
+from connectors.base import SourceUnavailable
 from policies.engine import Conditional, Decision, RecordFacts
 from resolvers.bindings import GraphBindings
 from resolvers.context import GraphContext
-from resolvers.guard import forbidden, policies_of
+from resolvers.guard import forbidden
 from resolvers.selection import Selection
-from resolvers.types import ARGUMENT_FIELDS, PLAIN_FIELDS, Customer, Wanted, shape_value
-
-CUSTOMER_POLICIES = policies_of(Customer)
-
+from resolvers.types import CustomerBase, Wanted, shape_value
 
 Slot = tuple[str, str]  # (source, entity)
 
 
 def denied_outright(ctx: GraphContext, name: str) -> bool:
     """Whether the field is denied to this request whatever the record (role, purpose)."""
-    decision = ctx.guard.static(CUSTOMER_POLICIES.get(name))
+    decision = ctx.guard.static(ctx.graph.policies.get(name))
     return isinstance(decision, Decision) and decision.effect == "deny"
 
 
@@ -38,7 +36,7 @@ def slots_of(ctx: GraphContext, name: str) -> set[Slot]:
     """The (source, entity) pairs one field needs: none for a denied field, and the fact
     sources (consents, owner) for a field whose policy depends on the record."""
     binding = ctx.bindings.customer.get(name)
-    decision = ctx.guard.static(CUSTOMER_POLICIES.get(name))
+    decision = ctx.guard.static(ctx.graph.policies.get(name))
     if binding is None or (isinstance(decision, Decision) and decision.effect == "deny"):
         return set()
     slots = {binding.slot}
@@ -59,9 +57,15 @@ def slowest_first(ctx: GraphContext, needs: Iterable[set[Slot]]) -> list[Slot]:
     return sorted(slots, key=lambda slot: (-ctx.sources.expected_latency_s(slot[0]), slot))
 
 
+def not_linked(source: str) -> SourceUnavailable:
+    """A system no customer is linked to: its identity sync never completed (it was down
+    when the gateway synced), so its fields are unavailable rather than silently null."""
+    return SourceUnavailable(source, "no record of this system is linked: sync incomplete")
+
+
 def record_facts(bindings: GraphBindings, customer: Any) -> RecordFacts:
     """What policy conditions may read of a customer: only what was fetched for it."""
-    if not isinstance(customer, Customer):
+    if not isinstance(customer, CustomerBase):
         return RecordFacts()
     owner_binding = bindings.facts.get("owner")
     consents_binding = bindings.facts.get("consents")
@@ -74,8 +78,7 @@ def record_facts(bindings: GraphBindings, customer: Any) -> RecordFacts:
     if consents_binding is not None:
         record = customer.records.get(consents_binding.slot)
         rows = consents_binding.pick(record) if isinstance(record, dict) else None
-        channel = bindings.attribute("Consent", "channel")
-        granted = bindings.attribute("Consent", "granted")
+        channel, granted = bindings.consent_keys
         for row in rows if isinstance(rows, list) else []:
             if isinstance(row, dict) and isinstance(row.get(channel), str):
                 consents[row[channel]] = row.get(granted) is True
@@ -87,7 +90,7 @@ async def load_customers(
     cuids: Sequence[str],
     fields: Selection,
     path_of: Callable[[int, str], list[str | int]],
-) -> list[Customer]:
+) -> list[CustomerBase]:
     """Customers with every selected field ready: all needed systems asked at once, one
     batched call each; each plain field decided, shaped and masked in bulk as soon as
     the systems it needs have answered (while slower ones are still being waited for),
@@ -113,18 +116,20 @@ class CustomerLoad:
         self.ctx = ctx
         self.cuids = list(cuids)
         self.fields = fields
+        make = ctx.graph.customer
         self.customers = [
-            Customer(id=strawberry.ID(cuid), links=ctx.identity.links(cuid) or {})
+            make(id=strawberry.ID(cuid), links=ctx.identity.links(cuid) or {})
             for cuid in self.cuids
         ]
         ctx.touched.update(self.cuids)
         self.batch = CustomerBatch(self.customers, path_of)
         needs = {name: slots_of(ctx, name) for name in fields}
+        plain, arguments = ctx.graph.plain, ctx.graph.arguments
         self.waiting = {
             name: slots
             for name, slots in needs.items()
-            if name in PLAIN_FIELDS
-            or (name in ARGUMENT_FIELDS and (name in fields.bare or denied_outright(ctx, name)))
+            if name in plain
+            or (name in arguments and (name in fields.bare or denied_outright(ctx, name)))
         }
         self.answered: set[Slot] = set()
         self._settle_ready()  # denied fields need no system
@@ -137,25 +142,30 @@ class CustomerLoad:
         for name in [name for name, slots in self.waiting.items() if slots <= self.answered]:
             del self.waiting[name]
             wanted = fields.below.get(name)
-            if name in PLAIN_FIELDS:
+            if name in ctx.graph.plain:
                 self.batch.settle_plain(ctx, name, fields[name], wanted)
             else:  # the defaults' shape; a refusal never shapes anything
-                shape = ARGUMENT_FIELDS[name](ctx, wanted=wanted)
+                shape = ctx.graph.arguments[name](ctx, {}, wanted)
                 self.batch.prepare(ctx, name, fields[name], shape, None)
 
     async def _fill(self, slot: Slot) -> None:
         source, entity = slot
         customers = self.customers
-        keys = [key for customer in customers if (key := customer.links.get(source))]
-        # Per key: a failing system may still have served some keys stale from the cache.
-        found = await self.ctx.fetch_many(source, entity, keys)
-        for customer in customers:
-            key = customer.links.get(source)
-            customer.records[slot] = found.get(key) if key is not None else None
+        if source not in self.ctx.identity.linked_systems:
+            unlinked = not_linked(source)
+            for customer in customers:
+                customer.records[slot] = unlinked
+        else:
+            keys = [key for customer in customers if (key := customer.links.get(source))]
+            # Per key: a failing system may still have served some keys stale from the cache.
+            found = await self.ctx.fetch_many(source, entity, keys)
+            for customer in customers:
+                key = customer.links.get(source)
+                customer.records[slot] = found.get(key) if key is not None else None
         self.answered.add(slot)
         self._settle_ready()
 
-    async def done(self) -> list[Customer]:
+    async def done(self) -> list[CustomerBase]:
         await asyncio.gather(*self.calls)
         if len(self.customers) > 1:
             # Held by the context, not by the customers: a customer <-> batch cycle left
@@ -183,13 +193,13 @@ class CustomerBatch:
     reads it instead of calling the resolver again. A denied customer's value is the
     refusal, which the executor reports at the field's path as the guard would have."""
 
-    customers: Sequence[Customer]
+    customers: Sequence[CustomerBase]
     path_of: Callable[[int, str], list[str | int]]
     settled: set[str] = field(default_factory=set)  # response keys of fields with arguments
     refusals: dict[Decision, GraphQLError] = field(default_factory=dict)
 
     def settle_plain(self, ctx: GraphContext, name: str, key: str, wanted: Wanted = None) -> None:
-        attribute, shape = PLAIN_FIELDS[name]
+        attribute, shape = ctx.graph.plain[name]
         for customer, value in self._settle(ctx, name, key, shape(ctx, wanted)):
             setattr(customer, attribute, value)
 
@@ -199,7 +209,7 @@ class CustomerBatch:
         name: str,
         key: str,
         shape: Callable[[Any], Any],
-        resolving: Customer | None,
+        resolving: CustomerBase | None,
     ) -> None:
         if key in self.settled:
             return
@@ -213,20 +223,20 @@ class CustomerBatch:
         name: str,
         key: str,
         shape: Callable[[Any], Any],
-        skip: Customer | None = None,
-    ) -> list[tuple[Customer, Any]]:
+        skip: CustomerBase | None = None,
+    ) -> list[tuple[CustomerBase, Any]]:
         """Each customer's field, noted in the log: its value, masked if so, or for a
         denial the FORBIDDEN error, returned rather than raised (graphql-core, or the
         executor, reports it at the field's path) and one per decision for the batch.
         One loop per field with what is the same for every customer looked up once: a
         page settles some 800 values."""
         guard = ctx.guard
-        static = guard.static(CUSTOMER_POLICIES.get(name))
+        static = guard.static(ctx.graph.policies.get(name))
         binding = ctx.bindings.customer.get(name)
         slot = binding.slot if binding is not None else None
         if isinstance(static, Decision):  # the same for every customer: noted at once
             guard.note_all([c.id for c in self.customers if c is not skip], name, static)
-        settled: list[tuple[Customer, Any]] = []
+        settled: list[tuple[CustomerBase, Any]] = []
         for index, customer in enumerate(self.customers):
             if customer is skip:
                 continue

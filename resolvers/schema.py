@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Sequence
-from typing import Any
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import strawberry
 from graphql import GraphQLError
@@ -17,23 +18,18 @@ from strawberry.types import Info
 from connectors.base import SourceUnavailable
 from connectors.identity.index import page_after
 from connectors.identity.keys import is_cuid
+from policies.engine import Decision
 from resolvers.audit import AuditQueries
 from resolvers.audit_actions import ConsoleMutations
 from resolvers.audit_views import ConsoleQueries
 from resolvers.context import GraphContext
+from resolvers.declaration import Lookup
 from resolvers.execution import PlainFieldExecutor
-from resolvers.guard import default_policy_field, policies_of
-from resolvers.loading import CUSTOMER_POLICIES, CustomerLoad, load_customers
+from resolvers.guard import PolicyGuard, policies_of
+from resolvers.loading import CustomerLoad, load_customers
 from resolvers.planning import PlanAhead, take
 from resolvers.selection import selected_fields
-from resolvers.types import (
-    Customer,
-    CustomerConnection,
-    CustomerEdge,
-    PageInfo,
-    bad_input,
-    page_size,
-)
+from resolvers.types import Graph, bad_input, page_size
 
 CURSOR_PREFIX = "c360:"
 
@@ -53,7 +49,7 @@ def decode_cursor(cursor: str) -> str:
     return cuid
 
 
-async def _one(info: Info[GraphContext, None], cuid: str | None) -> Customer | None:
+async def _one(info: Info[GraphContext, None], cuid: str | None) -> Any:
     if cuid is None or info.context.identity.links(cuid) is None:
         return None
     fields = selected_fields(info)
@@ -65,12 +61,11 @@ async def _one(info: Info[GraphContext, None], cuid: str | None) -> Customer | N
     return customer
 
 
-async def _segment_members(ctx: GraphContext, segment: str) -> list[str] | None:
-    """CUIDs of a marketing segment, in CUID order; None when the source failed."""
-    binding = ctx.bindings.filters.get("segment")
-    if binding is None:
-        raise bad_input("segment", "filtering by segment is not configured")
-    record = (await ctx.fetch_many(binding.source, binding.entity, [segment])).get(segment)
+async def _members(ctx: GraphContext, name: str, value: str) -> list[str] | None:
+    """CUIDs of a page filter's members (a marketing segment's, say), in CUID order;
+    None when the source failed."""
+    binding = ctx.bindings.filters[name]
+    record = (await ctx.fetch_many(binding.source, binding.entity, [value])).get(value)
     if isinstance(record, SourceUnavailable):
         ctx.fail(record, ["customers"])
         return None
@@ -83,52 +78,173 @@ async def _segment_members(ctx: GraphContext, segment: str) -> list[str] | None:
     return sorted(cuids)
 
 
-@strawberry.type
-class Query(AuditQueries, ConsoleQueries):
-    @default_policy_field(description="One customer by CUID; null when unknown.")
-    async def customer(self, info: Info[GraphContext, None], id: strawberry.ID) -> Customer | None:
-        if not is_cuid(id):
-            raise bad_input("id", "'id' is not a customer id (expected cus_ and 16 characters)")
-        return await _one(info, id)
-
-    @default_policy_field(
-        description="One customer by email, matched through the identity crosswalk."
+async def _customers(
+    info: Info[GraphContext, None],
+    first: int | None,
+    after: str | None,
+    filters: dict[str, Any],
+) -> Any:
+    ctx = info.context
+    graph = ctx.graph
+    limit = page_size(first, "first", ctx.max_page_size, 20)
+    start = decode_cursor(after) if after is not None else None
+    chosen = {name: value for name, value in filters.items() if value is not None}
+    if not chosen:
+        cuids, has_next = ctx.identity.page(start, limit)
+    else:
+        members: set[str] | None = None
+        for name, value in sorted(chosen.items()):
+            found = await _members(ctx, name, str(value))
+            found_set = set(found or [])
+            members = found_set if members is None else members & found_set
+        cuids, has_next = page_after(sorted(members or ()), start, limit)
+    fields = selected_fields(info, ("edges", "node"))
+    here = info.path.as_list()
+    customers = await load_customers(
+        ctx, cuids, fields, lambda index, key: [*here, "edges", index, "node", key]
     )
-    async def customer_by_email(
-        self, info: Info[GraphContext, None], email: str
-    ) -> Customer | None:
-        if len(email) > 320 or "@" not in email:
-            raise bad_input("email", "'email' is not an email address")
-        return await _one(info, info.context.identity.find_email(email))
+    edges = [graph.edge(cursor=encode_cursor(c.id), node=c) for c in customers]
+    return graph.connection(
+        edges=edges,
+        page_info=graph.page_info(
+            has_next_page=has_next, end_cursor=edges[-1].cursor if edges else None
+        ),
+    )
 
-    @default_policy_field(description="Customers in CUID order, optionally one marketing segment.")
+
+def _signature(
+    resolve: Callable[..., Any], parameters: list[tuple[str, Any, Any]], returns: Any
+) -> Any:
+    """Gives `resolve(self, info, **arguments)` the declared arguments (name, annotation,
+    default), which strawberry reads as the field's arguments."""
+    params = [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("info", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Info),
+    ]
+    annotations: dict[str, Any] = {"info": Info, "return": returns}
+    for name, annotation, default in parameters:
+        kind = inspect.Parameter.KEYWORD_ONLY
+        if default is inspect.Parameter.empty:
+            params.append(inspect.Parameter(name, kind, annotation=annotation))
+        else:
+            params.append(inspect.Parameter(name, kind, default=default, annotation=annotation))
+        annotations[name] = annotation
+    resolve.__signature__ = inspect.Signature(params, return_annotation=returns)  # type: ignore[attr-defined]
+    resolve.__annotations__ = annotations
+    return resolve
+
+
+def _customers_field(graph: Graph) -> Any:
+    filters = graph.declaration.page_filters
+
     async def customers(
-        self,
+        self: Any,
         info: Info[GraphContext, None],
         first: int | None = 20,
         after: str | None = None,
-        segment: str | None = None,
-    ) -> CustomerConnection:
+        **given: Any,
+    ) -> Any:
+        return await _customers(info, first, after, given)
+
+    python = {name: reader.type for name, reader in graph.enums.items()}
+    parameters: list[tuple[str, Any, Any]] = [
+        ("first", Optional[int], 20),  # noqa: UP045
+        ("after", Optional[str], None),  # noqa: UP045
+    ]
+    for argument in filters:
+        kind = python.get(argument.type.name, str)
+        parameters.append((argument.name, Optional[kind], None))  # noqa: UP045
+    description = graph.declaration.customers_description or (
+        "Customers in CUID order"
+        + (", optionally filtered by " + ", ".join(a.name for a in filters) if filters else "")
+        + "."
+    )
+    return strawberry.field(
+        resolver=_signature(customers, parameters, graph.connection),
+        name="customers",
+        description=description,
+        extensions=[PolicyGuard(None)],
+    )
+
+
+def _lookup_field(graph: Graph, lookup: Lookup) -> Any:
+    """A root field finding one customer by a key. A caller who may not read the key's
+    field (denied, masked, or only for some records) is refused whether or not the key
+    exists, so a lookup never tells who is a customer (an enumeration oracle)."""
+    argument = lookup.argument.name
+    policy = graph.policies.get(lookup.guard_field) if lookup.guard_field else None
+    guarded = lookup.guard_field is not None
+    by = lookup.by
+
+    async def resolve(self: Any, info: Info[GraphContext, None], **given: Any) -> Any:
         ctx = info.context
-        limit = page_size(first, "first", ctx.max_page_size, 20)
-        start = decode_cursor(after) if after is not None else None
-        if segment is None:
-            cuids, has_next = ctx.identity.page(start, limit)
+        value = given[argument]
+        if guarded:
+            decision = ctx.guard.static(policy)
+            if not isinstance(decision, Decision) or decision.effect != "allow":
+                refusal = decision if isinstance(decision, Decision) else None
+                raise forbidden_lookup(refusal, policy, lookup.guard_field)
+        if not isinstance(value, str) or len(value) > 320:
+            raise bad_input(argument, f"'{argument}' is not a {by} key")
+        if by == "email":
+            if "@" not in value:
+                raise bad_input(argument, f"'{argument}' is not an email address")
+            cuid = ctx.identity.find_email(value)
+        elif by == "phone":
+            cuid = ctx.identity.find_phone(value)
         else:
-            members = await _segment_members(ctx, segment)
-            cuids, has_next = page_after(members or [], start, limit)
-        fields = selected_fields(info, ("edges", "node"))
-        here = info.path.as_list()
-        customers = await load_customers(
-            ctx, cuids, fields, lambda index, key: [*here, "edges", index, "node", key]
+            cuid = ctx.identity.by_record.get((by, value.strip()))
+        return await _one(info, cuid)
+
+    return strawberry.field(
+        resolver=_signature(
+            resolve,
+            [(argument, str, inspect.Parameter.empty)],
+            Optional[graph.customer],  # noqa: UP045
+        ),
+        name=lookup.name,
+        description=lookup.description,
+        extensions=[PolicyGuard(None)],
+    )
+
+
+def forbidden_lookup(
+    decision: Decision | None, policy: str | None, field: str | None
+) -> GraphQLError:
+    name = decision.policy if decision is not None else policy
+    return GraphQLError(
+        f"Looking up by {field} needs read access to it (policy '{name}').",
+        extensions={"code": "FORBIDDEN", "policy": name},
+    )
+
+
+def build_query(graph: Graph) -> Any:
+    """The Query type of a graph: the core's `customer` and `customers`, the declared
+    lookups and page filters, and the security console's queries."""
+    by_id = _signature(
+        _customer_by_id,
+        [("id", strawberry.ID, inspect.Parameter.empty)],
+        Optional[graph.customer],  # noqa: UP045
+    )
+    namespace: dict[str, Any] = {
+        "customer": strawberry.field(
+            resolver=by_id,
+            name="customer",
+            description="One customer by CUID; null when unknown.",
+            extensions=[PolicyGuard(None)],
         )
-        edges = [CustomerEdge(cursor=encode_cursor(c.id), node=c) for c in customers]
-        return CustomerConnection(
-            edges=edges,
-            page_info=PageInfo(
-                has_next_page=has_next, end_cursor=edges[-1].cursor if edges else None
-            ),
-        )
+    }
+    for lookup in graph.declaration.lookups:
+        namespace[lookup.name] = _lookup_field(graph, lookup)
+    namespace["customers"] = _customers_field(graph)
+    return strawberry.type(type("Query", (AuditQueries, ConsoleQueries), namespace))
+
+
+async def _customer_by_id(self: Any, info: Info[GraphContext, None], **given: Any) -> Any:
+    cuid = given["id"]
+    if not is_cuid(cuid):
+        raise bad_input("id", "'id' is not a customer id (expected cus_ and 16 characters)")
+    return await _one(info, cuid)
 
 
 class GraphReport(SchemaExtension):
@@ -206,22 +322,26 @@ class Mutation(ConsoleMutations):
     """Only the security console's actions so far; writes to department systems come later."""
 
 
-def schema_policies() -> set[str]:
+def schema_policies(graph: Graph) -> set[str]:
     """Every policy a field of the schema names: the policy file must define them all."""
     return (
-        set(CUSTOMER_POLICIES.values())
-        | set(policies_of(Query).values())
+        set(graph.policies.values())
+        | set(policies_of(AuditQueries).values())
+        | set(policies_of(ConsoleQueries).values())
         | set(policies_of(Mutation).values())
     )
 
 
-def build_schema(extensions: Sequence[Any] = (), max_batch: int = 0) -> strawberry.Schema:
-    """`max_batch`: operations allowed in one array-batched request (0: no batching)."""
+def build_schema(
+    graph: Graph, extensions: Sequence[Any] = (), max_batch: int = 0
+) -> strawberry.Schema:
+    """The schema of a built graph. `max_batch`: operations allowed in one array-batched
+    request (0: no batching)."""
     config = StrawberryConfig(
         batching_config={"max_operations": max_batch} if max_batch > 0 else None
     )
     return GatewaySchema(
-        query=Query,
+        query=build_query(graph),
         mutation=Mutation,
         # PlanAhead last: it starts loads only for what the limits let execute.
         extensions=[GraphReport, *extensions, PlanAhead],

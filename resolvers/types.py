@@ -1,8 +1,13 @@
-"""The unified types: Customer and the records nested in it.
+"""The graph's types, built at start from its declaration (resolvers/declaration.py).
 
-A Customer holds its CUID, the system keys the crosswalk gave for it, and the source
-records its parent resolver fetched in advance. Each field reads its binding's record;
-a field whose source failed is null, and the failure is reported once per source.
+`build_graph(declaration)` makes the strawberry types (Customer, its nested record types,
+enums, the connection) and the tables the loader settles fields from: for each Customer
+field without arguments, how a system's value becomes the field's value (`plain`); for
+each list field with arguments, how its arguments shape the list (`arguments`). A
+customer holds its CUID, the system keys the crosswalk gave for it, and the source
+records its parent fetched in advance; a field reads its binding's record, and one whose
+source failed is null, the failure reported once per source. Nothing here names a field
+of any department: all of it comes from the declaration.
 """
 
 from __future__ import annotations
@@ -10,11 +15,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import inspect
 import math
 import operator
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import strawberry
 from graphql import GraphQLError
@@ -22,10 +29,11 @@ from strawberry.types import Info
 
 from connectors.base import SourceUnavailable
 from policies.directive import Policy
-from resolvers.bindings import Binding
+from resolvers.bindings import Binding, GraphBindings, bindings_of
 from resolvers.context import GraphContext
+from resolvers.declaration import ROOT, Declaration, FieldDecl, TypeDecl, TypeRef
 from resolvers.execution import PREPARED_FIELD
-from resolvers.guard import policy_field
+from resolvers.guard import PolicyGuard
 from resolvers.selection import names_below
 
 
@@ -43,11 +51,19 @@ def page_size(value: int | None, argument: str, maximum: int, default: int) -> i
     return value
 
 
-@strawberry.enum
-class TicketStatus(enum.Enum):
-    OPEN = "OPEN"
-    PENDING = "PENDING"
-    CLOSED = "CLOSED"
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+Wanted = AbstractSet[str] | None  # the graph fields a request may read of a type (None: all)
+Shape = Callable[[Any], Any]  # a bound value -> the field's value
+# Fetched records (or the failure) per (source, entity), filled by the parent resolver.
+Records = dict[tuple[str, str], Any]
+
+
+# --- values: a system's value -> the declared type's, or ValueError/TypeError ----------
 
 
 def _timestamp(value: Any) -> dt.datetime:
@@ -59,147 +75,74 @@ def _timestamp(value: Any) -> dt.datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
-def _optional_timestamp(value: Any) -> dt.datetime | None:
-    return None if value is None else _timestamp(value)
-
-
-def _unread(value: Any) -> Any:
-    """For a field the request does not select (nor sorts by): left unparsed, as None."""
-    return None
-
-
-Wanted = AbstractSet[str] | None  # the graph fields a request may read of a type (None: all)
-
-
-def _if_wanted(wanted: Wanted, field: str, parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """`parse` for a field the request may read, `_unread` for one it does not."""
-    return parse if wanted is None or field in wanted else _unread
+def _date(value: Any) -> dt.date:
+    if isinstance(value, dt.date):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("not a date")
+    return dt.date.fromisoformat(value[:10])
 
 
 def _number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("not a number")
     number = float(value)
     if not math.isfinite(number):
         raise ValueError("not a finite number")
     return number
 
 
-@strawberry.type
-class Order:
-    id: strawberry.ID
-    placed_at: dt.datetime
-    total: float
-    status: str
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise TypeError("not an integer")
+    number = int(value)
+    if not -(2**31) <= number < 2**31:
+        raise ValueError("outside a GraphQL Int")
+    return number
 
 
-@strawberry.type
-class Ticket:
-    id: strawberry.ID
-    subject: str
-    status: TicketStatus
-    satisfaction: int | None
-    opened_at: dt.datetime
-    closed_at: dt.datetime | None
-
-
-@strawberry.type
-class Opportunity:
-    id: strawberry.ID
-    stage: str
-    amount: float
-    owner: str = strawberry.field(description="The owning sales rep.")
-    updated_at: dt.datetime
-
-
-@strawberry.type
-class Consent:
-    channel: str
-    granted: bool
-    updated_at: dt.datetime
-
-
-def record_keys(ctx: GraphContext, type_name: str, fields: tuple[str, ...]) -> tuple[str, ...]:
-    """The record keys that hold these graph fields, through the configured renames:
-    looked up once per request and field (each `*_of` below is made once), not per
-    customer, record and field."""
-    return ctx.bindings.record_keys(type_name, fields)
-
-
-# Spellings of ticket statuses seen (a helpdesk writes "open" or " Closed "), each read
-# through the enum's constructor once; bounded, since the spellings come from a system.
-_TICKET_STATUSES = {status.value: status for status in TicketStatus}
-
-
-def _ticket_status(value: Any) -> TicketStatus:
-    found = _TICKET_STATUSES.get(value) if value.__class__ is str else None
-    if found is None:
-        found = TicketStatus(str(value).strip().upper())
-        if value.__class__ is str and len(_TICKET_STATUSES) < 64:
-            _TICKET_STATUSES[value] = found
-    return found
-
-
-# Each `*_of(ctx)` reads a customer's list of records into graph objects; made once per
-# request and field, it is called once per customer. `wanted`, where given: the graph
-# fields the request may read of them (None: all); a timestamp nothing reads or sorts by
-# is not parsed (nor checked), and left None.
-
-
-def orders_of(ctx: GraphContext) -> Callable[[Any], list[Order]]:
-    id_, placed_at, total, status = record_keys(ctx, "Order", ("id", "placedAt", "total", "status"))
-    return lambda records: [
-        Order(
-            id=strawberry.ID(str(r.get(id_))),
-            placed_at=_timestamp(r.get(placed_at)),
-            total=_number(r.get(total)),
-            status=str(r.get(status)),
-        )
-        for r in _records_of(records)
-    ]
-
-
-def tickets_of(ctx: GraphContext, wanted: Wanted = None) -> Callable[[Any], list[Ticket]]:
-    id_, subject, status, csat, opened_at, closed_at = record_keys(
-        ctx, "Ticket", ("id", "subject", "status", "satisfaction", "openedAt", "closedAt")
-    )
-    closed = _if_wanted(wanted, "closedAt", _optional_timestamp)
-    return lambda records: [
-        Ticket(
-            id=strawberry.ID(str(r.get(id_))),
-            subject=str(r.get(subject)),
-            status=_ticket_status(r.get(status)),
-            satisfaction=None if (score := r.get(csat)) is None else int(score),
-            opened_at=_timestamp(r.get(opened_at)),
-            closed_at=closed(r.get(closed_at)),
-        )
-        for r in _records_of(records)
-    ]
-
-
-def opportunities_of(
-    ctx: GraphContext, wanted: Wanted = None
-) -> Callable[[Any], list[Opportunity]]:
-    id_, stage, amount, owner, updated_at = record_keys(
-        ctx, "Opportunity", ("id", "stage", "amount", "owner", "updatedAt")
-    )
-    parse = _if_wanted(wanted, "updatedAt", _timestamp)
-    return lambda records: [
-        Opportunity(
-            id=strawberry.ID(str(r.get(id_))),
-            stage=str(r.get(stage)),
-            amount=_number(r.get(amount)),
-            owner=str(r.get(owner)),
-            updated_at=parse(r.get(updated_at)),
-        )
-        for r in _records_of(records)
-    ]
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool | int):
+        raise TypeError("not a boolean")
+    return bool(value)
 
 
 def _text(value: Any) -> str | None:
+    """A top-level text value: trimmed, and empty read as absent."""
     return None if value is None else str(value).strip() or None
 
 
-# Fetched records (or the failure) per (source, entity), filled by the parent resolver.
-Records = dict[tuple[str, str], Any]
+_SCALARS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
+    "String": (str, str),
+    "ID": (strawberry.ID, str),
+    "Int": (int, _integer),
+    "Float": (float, _number),
+    "Boolean": (bool, _boolean),
+    "DateTime": (dt.datetime, _timestamp),
+    "Date": (dt.date, _date),
+}
+_PARSED_LATE = frozenset({"DateTime", "Date"})  # parsed only where a request reads them
+
+
+def _required(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse_required(value: Any) -> Any:
+        if value is None:
+            raise ValueError("missing a required value")
+        return parse(value)
+
+    return parse_required
+
+
+def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse_optional(value: Any) -> Any:
+        return None if value is None else parse(value)
+
+    return parse_optional
+
+
+def _unread(value: Any) -> Any:
+    """For a field the request does not select (nor sorts or filters by): left None."""
+    return None
 
 
 def _records_of(value: Any) -> list[Mapping[str, Any]]:
@@ -208,144 +151,122 @@ def _records_of(value: Any) -> list[Mapping[str, Any]]:
     return value
 
 
-def satisfaction_of(ctx: GraphContext, wanted: Wanted = None) -> Callable[[Any], float | None]:
-    """Mean satisfaction score of the customer's closed tickets (read off the records:
-    only two of a ticket's fields matter here)."""
-    status, csat = record_keys(ctx, "Ticket", ("status", "satisfaction"))
-
-    def mean(records: Any) -> float | None:
-        scores = [
-            int(score)
-            for r in _records_of(records)
-            if (score := r.get(csat)) is not None
-            and _ticket_status(r.get(status)) is TicketStatus.CLOSED
-        ]
-        return round(sum(scores) / len(scores), 2) if scores else None
-
-    return mean
+def _record_of(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError("expected a record")
+    return value
 
 
-def consents_of(ctx: GraphContext, wanted: Wanted = None) -> Callable[[Any], list[Consent]]:
-    channel, granted, updated_at = record_keys(ctx, "Consent", ("channel", "granted", "updatedAt"))
-    parse = _if_wanted(wanted, "updatedAt", _timestamp)
-    return lambda records: [
-        Consent(
-            channel=str(r.get(channel)),
-            granted=bool(r.get(granted)),
-            updated_at=parse(r.get(updated_at)),
-        )
-        for r in _records_of(records)
-    ]
+class EnumReader:
+    """A declared enum: its strawberry type, and a system's codes read as its values (the
+    value's name in any case and spacing, or a code `@code` maps to it)."""
+
+    def __init__(
+        self, name: str, values: tuple[str, ...], codes: Mapping[str, str], doc: str | None
+    ):
+        members: Any = enum.Enum(name, {v: v for v in values})  # type: ignore[misc]
+        self.type: Any = strawberry.enum(members, description=doc)
+        self._known: dict[Any, Any] = {v: self.type[v] for v in values}
+        self._known.update({code: self.type[value] for code, value in codes.items()})
+        self._codes = len(self._known)
+
+    def __call__(self, value: Any) -> Any:
+        found = self._known.get(value) if value.__class__ is str else None
+        if found is None:
+            found = self.type(str(value).strip().upper())  # ValueError for anything else
+            if value.__class__ is str and len(self._known) < self._codes + 64:
+                self._known[value] = found  # spellings come from a system: bounded
+        return found
 
 
-Shape = Callable[[Any], Any]  # a bound value -> the field's value
+@dataclass
+class RecordType:
+    """A declared record type: its strawberry class and how a system's record becomes one
+    (generated per set of wanted fields: one expression per field, no loop over them)."""
+
+    decl: TypeDecl
+    cls: Any
+    parsers: dict[str, Callable[[Any], Any]]  # field -> its value's parser (nullability included)
+    late: frozenset[str]  # fields parsed only when wanted
+    always: frozenset[str] = frozenset()  # fields a list's order or filter reads
+    _readers: dict[frozenset[str] | None, Callable[[Any], Any]] = field(default_factory=dict)
+
+    def reader(self, wanted: Wanted) -> Callable[[Any], Any]:
+        """record -> object, parsing a late field only when `wanted` may read it."""
+        key = None if wanted is None else frozenset(wanted) & self.late
+        found = self._readers.get(key)
+        if found is None:
+            names = {"cls": self.cls, "_unread": _unread, "_record_of": _record_of}
+            arguments = []
+            for index, f in enumerate(self.decl.fields):
+                read = f.name in self.always or f.name not in self.late or key is None
+                parse = self.parsers[f.name] if read or f.name in (key or ()) else _unread
+                names[f"p{index}"] = parse
+                arguments.append(f"{f.name}=p{index}(r.get({f.attribute!r}))")
+            code = (
+                f"def read(record):\n r = _record_of(record)\n return cls({', '.join(arguments)})\n"
+            )
+            exec(compile(code, f"<record {self.decl.name}>", "exec"), names)
+            found = self._readers[key] = names["read"]
+            if len(self._readers) > 64:  # bounded: wanted sets come from documents
+                self._readers.clear()
+                self._readers[key] = found
+        return found
+
+    def many(self, wanted: Wanted) -> Callable[[Any], list[Any]]:
+        read = self.reader(wanted)
+        return lambda records: [read(r) for r in _records_of(records)]
 
 
-def _as_is(shape: Shape) -> Callable[[GraphContext, Wanted], Shape]:
-    return lambda ctx, wanted: shape
+def _annotation(ref: TypeRef, python: Mapping[str, Any], optional_top: bool = True) -> Any:
+    inner = python[ref.name]
+    if ref.is_list:
+        item = inner if ref.item_non_null else Optional[inner]  # noqa: UP045
+        inner = list[item]  # type: ignore[valid-type]
+    return inner if ref.non_null and not optional_top else Optional[inner]  # noqa: UP045
 
 
-# Customer fields without arguments, computed for all customers at once by the parent
-# (resolvers/loading.py): graph field -> (python attribute, the request's shape of the
-# bound value, given what it selects below the field). They are plain attributes, so an
-# allowed value costs the executor nothing extra.
-PLAIN_FIELDS: dict[str, tuple[str, Callable[[GraphContext, Wanted], Shape]]] = {
-    "name": ("name", _as_is(_text)),
-    "email": ("email", _as_is(_text)),
-    "phone": ("phone", _as_is(_text)),
-    "nationalId": ("national_id", _as_is(_text)),
-    "address": ("address", _as_is(_text)),
-    "lifetimeValue": ("lifetime_value", _as_is(_number)),
-    "segment": ("segment", _as_is(_text)),
-    "satisfaction": ("satisfaction", satisfaction_of),
-    "consents": ("consents", consents_of),
-}
+@dataclass
+class Graph:
+    """A declaration, built: the types, the fields' tables, the bindings."""
+
+    declaration: Declaration
+    customer: Any  # the Customer class
+    connection: Any
+    edge: Any
+    page_info: Any
+    bindings: GraphBindings
+    # Customer fields without arguments, settled in bulk by the parent:
+    # field -> (attribute, the request's shape of the bound value given what it selects)
+    plain: dict[str, tuple[str, Callable[[GraphContext, Wanted], Shape]]]
+    # Customer fields with arguments: field -> shape for (ctx, arguments, wanted)
+    arguments: dict[str, Callable[[GraphContext, Mapping[str, Any], Wanted], Shape]]
+    policies: dict[str, str]  # Customer field -> policy name
+    enums: dict[str, EnumReader]
+    records: dict[str, RecordType]
+
+    @property
+    def field_names(self) -> frozenset[str]:
+        """Customer's field names: what a console filter may name."""
+        return frozenset(f.name for f in self.declaration.root.fields) | {"id"}
+
+    def argument_defaults(self, name: str) -> dict[str, Any]:
+        decl = self.declaration.root.field(name)
+        return {a.name: a.default for a in decl.arguments} if decl else {}
 
 
-_PLACED_AT = operator.attrgetter("placed_at")
-_OPENED_AT = operator.attrgetter("opened_at")
+class CustomerBase:
+    """What every built Customer class has besides its declared fields."""
 
-
-def orders_shape(
-    ctx: GraphContext, first: int | None = 10, *, wanted: Wanted = None
-) -> Callable[[Any], list[Order]]:
-    limit = page_size(first, "first", ctx.max_page_size, 10)
-    read = orders_of(ctx)
-
-    def shape(records: Any) -> list[Order]:
-        orders = read(records)
-        orders.sort(key=_PLACED_AT, reverse=True)
-        return orders[:limit]
-
-    return shape
-
-
-def tickets_shape(
-    ctx: GraphContext,
-    status: TicketStatus | None = None,
-    first: int | None = 10,
-    *,
-    wanted: Wanted = None,
-) -> Callable[[Any], list[Ticket]]:
-    limit = page_size(first, "first", ctx.max_page_size, 10)
-    read = tickets_of(ctx, wanted)
-
-    def shape(records: Any) -> list[Ticket]:
-        tickets = read(records)
-        if status is not None:
-            tickets = [ticket for ticket in tickets if ticket.status == status]
-        tickets.sort(key=_OPENED_AT, reverse=True)
-        return tickets[:limit]
-
-    return shape
-
-
-def opportunities_shape(
-    ctx: GraphContext, *, wanted: Wanted = None
-) -> Callable[[Any], list[Opportunity]]:
-    return opportunities_of(ctx, wanted)
-
-
-# Customer fields with arguments: graph field -> its shape for given arguments. The
-# resolvers pass theirs; a parent settles a field selected without arguments itself, with
-# these defaults (the resolvers' own, which a test holds equal), for all its customers.
-ARGUMENT_FIELDS: dict[str, Callable[..., Callable[[Any], Any]]] = {
-    "orders": orders_shape,
-    "tickets": tickets_shape,
-    "opportunities": opportunities_shape,
-}
-
-
-def guarded(policy: str, description: str | None = None) -> Any:
-    """A plain Customer field under a policy: the directive security reads, a value the
-    parent decided, fetched and masked in bulk (or the FORBIDDEN error it returned)."""
-    return strawberry.field(default=None, directives=[Policy(name=policy)], description=description)
-
-
-@strawberry.type
-class Customer:
     id: strawberry.ID
-    name: str | None = guarded("customer.name")
-    email: str | None = guarded("customer.email")
-    phone: str | None = guarded("customer.phone")
-    national_id: str | None = guarded(
-        "customer.nationalId", "18-character PRC resident identity number."
-    )
-    address: str | None = guarded("customer.address")
-    lifetime_value: float | None = guarded("customer.lifetimeValue")
-    satisfaction: float | None = guarded(
-        "customer.tickets", "Mean satisfaction score (1-5) of the customer's closed tickets."
-    )
-    segment: str | None = guarded("customer.segment")
-    consents: list[Consent] | None = guarded("customer.segment")
-    links: strawberry.Private[Mapping[str, str]] = dataclasses.field(default_factory=dict)
-    records: strawberry.Private[Records] = dataclasses.field(default_factory=dict)
+    links: Mapping[str, str]
+    records: Records
     # Fields with arguments that a sibling settled for this customer, by response key,
     # read by the executor instead of calling the resolver (resolvers/execution.py).
-    prepared: strawberry.Private[dict[str, Any]] = dataclasses.field(default_factory=dict)
+    prepared: dict[str, Any]
 
     def _resolve(
-        self, info: Info[GraphContext, None], field: str, shape: Callable[[Any], Any]
+        self, info: Info[GraphContext, None], field: str, arguments: Mapping[str, Any]
     ) -> Any:
         """A field with arguments: its value, or an awaitable of it when the parent did
         not prefetch its records."""
@@ -353,6 +274,7 @@ class Customer:
         binding = ctx.bindings.customer.get(field)
         if binding is None:
             return None
+        shape = ctx.graph.arguments[field](ctx, arguments, names_below(info))
         if binding.slot in self.records:
             value = self._shape(ctx, info, binding, self.records[binding.slot], shape)
             siblings = ctx.siblings.get(id(self))
@@ -362,15 +284,13 @@ class Customer:
         return self._load(ctx, info, binding, shape)
 
     async def _load(
-        self,
-        ctx: GraphContext,
-        info: Info[GraphContext, None],
-        binding: Binding,
-        shape: Callable[[Any], Any],
+        self, ctx: GraphContext, info: Info[GraphContext, None], binding: Binding, shape: Shape
     ) -> Any:
         key = self.links.get(binding.source)
         fetched: Any = None
-        if key is not None:
+        if binding.source not in ctx.identity.linked_systems:
+            fetched = SourceUnavailable(binding.source, "no record of this system is linked")
+        elif key is not None:
             try:
                 fetched = await ctx.loader(*binding.slot).load(key)
             except SourceUnavailable as error:
@@ -384,39 +304,16 @@ class Customer:
         info: Info[GraphContext, None],
         binding: Binding,
         fetched: Any,
-        shape: Callable[[Any], Any],
+        shape: Shape,
     ) -> Any:
         value, failure = shape_value(binding, fetched, shape)
         if failure is not None:
             ctx.fail(failure, info.path.as_list())
         return value
 
-    @policy_field("customer.orders", description="Newest first.", metadata=PREPARED_FIELD)
-    def orders(self, info: Info[GraphContext, None], first: int | None = 10) -> list[Order] | None:
-        return self._resolve(info, "orders", orders_shape(info.context, first))
-
-    @policy_field("customer.tickets", description="Newest first.", metadata=PREPARED_FIELD)
-    def tickets(
-        self,
-        info: Info[GraphContext, None],
-        status: TicketStatus | None = None,
-        first: int | None = 10,
-    ) -> list[Ticket] | None:
-        shape = tickets_shape(info.context, status, first, wanted=names_below(info))
-        return self._resolve(info, "tickets", shape)
-
-    @policy_field(
-        "opportunity.owned",
-        description="Open and past deals; a sales rep sees those of the accounts they own.",
-        metadata=PREPARED_FIELD,
-    )
-    def opportunities(self, info: Info[GraphContext, None]) -> list[Opportunity] | None:
-        shape = opportunities_shape(info.context, wanted=names_below(info))
-        return self._resolve(info, "opportunities", shape)
-
 
 def shape_value(
-    binding: Binding, fetched: Any, shape: Callable[[Any], Any]
+    binding: Binding, fetched: Any, shape: Shape
 ) -> tuple[Any, SourceUnavailable | None]:
     """A field's value from its source's record, or the failure to report: the system
     failed, or answered something that does not fit the field."""
@@ -436,19 +333,307 @@ def shape_value(
         return None, SourceUnavailable(binding.source, reason)
 
 
-@strawberry.type
-class PageInfo:
-    has_next_page: bool
-    end_cursor: str | None
+def _as_is(shape: Shape) -> Callable[[GraphContext, Wanted], Shape]:
+    return lambda ctx, wanted: shape
 
 
-@strawberry.type
-class CustomerEdge:
-    cursor: str
-    node: Customer
+class _Builder:
+    def __init__(self, declaration: Declaration) -> None:
+        self.declaration = declaration
+        self.python: dict[str, Any] = {name: cls for name, (cls, _) in _SCALARS.items()}
+        self.enums: dict[str, EnumReader] = {}
+        self.records: dict[str, RecordType] = {}
+
+    def parser(self, ref: TypeRef, top: bool = False) -> Callable[[Any], Any]:
+        """How a system's value becomes a value of this type (nullability included)."""
+        if ref.name in self.records:
+            record = self.records[ref.name]
+            parse: Callable[[Any], Any] = _LazyList(record) if ref.is_list else _LazyOne(record)
+        else:
+            one = self.enums[ref.name] if ref.name in self.enums else _SCALARS[ref.name][1]
+            if top and ref.name == "String":
+                one = _text
+            if ref.is_list:
+                item = one if ref.item_non_null else _optional(one)
+                parse = _list_of(item)
+            else:
+                parse = one
+        if top:
+            return parse  # a Customer field: absent values never reach the parser
+        return _required(parse) if ref.non_null else _optional(parse)
+
+    def build(self) -> Graph:
+        declaration = self.declaration
+        for enum_decl in declaration.enums.values():
+            reader = EnumReader(
+                enum_decl.name, enum_decl.values, enum_decl.codes, enum_decl.description
+            )
+            self.enums[enum_decl.name] = reader
+            self.python[enum_decl.name] = reader.type
+        nested = [t for name, t in declaration.types.items() if name != ROOT]
+        # Classes first (fields may name each other), then their parsers.
+        for decl in nested:
+            self.records[decl.name] = RecordType(decl, None, {}, frozenset())
+        for decl in _dependency_order(nested):
+            annotations: dict[str, Any] = {}
+            namespace: dict[str, Any] = {"__annotations__": annotations}
+            for f in decl.fields:
+                annotations[f.name] = _annotation(f.type, self.python, optional_top=False)
+                namespace[f.name] = strawberry.field(name=f.name, description=f.description)
+            cls = strawberry.type(type(decl.name, (), namespace), description=decl.description)
+            self.python[decl.name] = cls
+            self.records[decl.name].cls = cls
+        for decl in nested:
+            record = self.records[decl.name]
+            record.parsers = {f.name: self.parser(f.type) for f in decl.fields}
+            record.late = frozenset(f.name for f in decl.fields if f.type.name in _PARSED_LATE)
+        root = declaration.root
+        for f in root.fields:  # what a list's order and filters read is always parsed
+            if f.list_rule is not None and f.type.name in self.records:
+                record = self.records[f.type.name]
+                extra = {f.list_rule.order_by, *f.list_rule.filters} - {None}
+                record.always = record.always | frozenset(extra)  # type: ignore[arg-type]
+        plain: dict[str, tuple[str, Callable[[GraphContext, Wanted], Shape]]] = {}
+        arguments: dict[str, Callable[[GraphContext, Mapping[str, Any], Wanted], Shape]] = {}
+        annotations = {"id": strawberry.ID}
+        namespace = {"__annotations__": annotations}
+        for name in ("links", "records", "prepared"):
+            annotations[name] = strawberry.Private[dict]  # type: ignore[type-arg]
+            namespace[name] = dataclasses.field(default_factory=dict)
+        policies: dict[str, str] = {}
+        for f in root.fields:
+            if f.name == "id":
+                continue
+            if f.policy:
+                policies[f.name] = f.policy
+            directives = [Policy(name=f.policy)] if f.policy else []
+            annotation = _annotation(f.type, self.python)
+            if f.arguments:
+                arguments[f.name] = self.list_shape(f)
+                namespace[f.name] = strawberry.field(
+                    resolver=_argument_resolver(f, annotation, self.python),
+                    name=f.name,
+                    description=f.description,
+                    directives=directives,
+                    extensions=[PolicyGuard(f.policy)],
+                    metadata=PREPARED_FIELD,
+                )
+                continue
+            annotations[f.name] = annotation
+            namespace[f.name] = strawberry.field(
+                default=None, name=f.name, description=f.description, directives=directives
+            )
+            plain[f.name] = (f.name, self.plain_shape(f))
+        customer = strawberry.type(
+            type(ROOT, (CustomerBase,), namespace), description=root.description
+        )
+        page_info = PageInfo
+        edge = strawberry.type(
+            type("CustomerEdge", (), {"__annotations__": {"cursor": str, "node": customer}})
+        )
+        connection = strawberry.type(
+            type(
+                "CustomerConnection",
+                (),
+                {"__annotations__": {"edges": list[edge], "page_info": page_info}},  # type: ignore[valid-type]
+            ),
+            description="A Relay cursor connection over customers, in CUID order.",
+        )
+        return Graph(
+            declaration=declaration,
+            customer=customer,
+            connection=connection,
+            edge=edge,
+            page_info=page_info,
+            bindings=bindings_of(declaration),
+            plain=plain,
+            arguments=arguments,
+            policies=policies,
+            enums=self.enums,
+            records=self.records,
+        )
+
+    def plain_shape(self, f: FieldDecl) -> Callable[[GraphContext, Wanted], Shape]:
+        if f.derive is not None:
+            return _as_is(self.derived(f))
+        if f.type.name in self.records:
+            record = self.records[f.type.name]
+            if f.type.is_list:
+                return lambda ctx, wanted: record.many(wanted)
+            return lambda ctx, wanted: record.reader(wanted)
+        return _as_is(self.parser(f.type, top=True))
+
+    def derived(self, f: FieldDecl) -> Shape:
+        derive = f.derive
+        assert derive is not None
+        root = self.declaration.root
+        bound = root.field(derive.source)
+        assert bound is not None
+        item = self.declaration.types[bound.type.name]
+        record = self.records[item.name]
+        of = item.field(derive.of) if derive.of else None
+        of_key = of.attribute if of else None
+        parse_of = record.parsers[of.name] if of else None
+        keep: Callable[[Mapping[str, Any]], bool] = lambda r: True  # noqa: E731
+        if derive.where is not None:
+            where_field = item.field(derive.where[0])
+            assert where_field is not None
+            parse_where = record.parsers[where_field.name]
+            wanted_value = parse_where(derive.where[1])
+            where_key = where_field.attribute
+
+            def keep(r: Mapping[str, Any]) -> bool:
+                return bool(parse_where(r.get(where_key)) == wanted_value)
+
+        op, digits, integer = derive.op, derive.round, f.type.name == "Int"
+
+        def compute(records: Any) -> Any:
+            rows = [r for r in _records_of(records) if keep(r)]
+            if op == "count":
+                return len(rows)
+            assert parse_of is not None
+            values = [v for r in rows if (v := parse_of(r.get(of_key or ""))) is not None]
+            if not values:
+                return None
+            if op == "sum":
+                result: Any = sum(values)
+            elif op == "mean":
+                result = sum(values) / len(values)
+            elif op == "min":
+                result = min(values)
+            elif op == "max":
+                result = max(values)
+            else:  # latest: the last in the system's order is not "latest"; the greatest is
+                result = max(values)
+            if integer and isinstance(result, float):
+                result = round(result)
+            elif digits is not None and isinstance(result, float):
+                result = round(result, digits)
+            return result
+
+        return compute
+
+    def list_shape(
+        self, f: FieldDecl
+    ) -> Callable[[GraphContext, Mapping[str, Any], Wanted], Shape]:
+        rule = f.list_rule
+        record = self.records[f.type.name]
+        defaults = {a.name: a.default for a in f.arguments}
+        limit_name = rule.limit if rule else None
+        limit_default = defaults.get(limit_name) if limit_name else None
+        order = operator.attrgetter(rule.order_by) if rule and rule.order_by else None
+        descending = bool(rule and rule.descending)
+        filters = rule.filters if rule else ()
+
+        def shape_for(ctx: GraphContext, given: Mapping[str, Any], wanted: Wanted) -> Shape:
+            arguments = {**defaults, **given}
+            limit = None
+            if limit_name is not None:
+                default = limit_default if isinstance(limit_default, int) else ctx.max_page_size
+                limit = page_size(arguments.get(limit_name), limit_name, ctx.max_page_size, default)
+            wanted_here = None if wanted is None else set(wanted)
+            read = record.many(wanted_here)
+            equal = [
+                (operator.attrgetter(n), arguments[n])
+                for n in filters
+                if arguments.get(n) is not None
+            ]
+
+            def shape(records: Any) -> list[Any]:
+                items = read(records)
+                for get, value in equal:
+                    items = [item for item in items if get(item) == value]
+                if order is not None:
+                    items.sort(key=order, reverse=descending)
+                return items if limit is None else items[:limit]
+
+            return shape
+
+        return shape_for
 
 
-@strawberry.type(description="A Relay cursor connection over customers, in CUID order.")
-class CustomerConnection:
-    edges: list[CustomerEdge]
-    page_info: PageInfo
+class _LazyList:
+    """A nested list of records inside a record, read with every field wanted."""
+
+    def __init__(self, record: RecordType) -> None:
+        self.record = record
+
+    def __call__(self, value: Any) -> Any:
+        return self.record.many(None)(value)
+
+
+class _LazyOne:
+    def __init__(self, record: RecordType) -> None:
+        self.record = record
+
+    def __call__(self, value: Any) -> Any:
+        return self.record.reader(None)(value)
+
+
+def _list_of(item: Callable[[Any], Any]) -> Callable[[Any], list[Any]]:
+    def parse(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise TypeError("expected a list")
+        return [item(v) for v in value]
+
+    return parse
+
+
+def _dependency_order(types: list[TypeDecl]) -> list[TypeDecl]:
+    """Record types, each after the record types its fields name (a cycle is refused
+    by the builder: nested records are trees)."""
+    by_name = {t.name: t for t in types}
+    ordered: list[TypeDecl] = []
+    visiting: set[str] = set()
+
+    def visit(t: TypeDecl) -> None:
+        if t in ordered:
+            return
+        if t.name in visiting:
+            raise ValueError(f"{t.name}: record types may not contain themselves")
+        visiting.add(t.name)
+        for f in t.fields:
+            if f.type.name in by_name:
+                visit(by_name[f.type.name])
+        visiting.discard(t.name)
+        ordered.append(t)
+
+    for t in types:
+        visit(t)
+    return ordered
+
+
+def _argument_resolver(f: FieldDecl, annotation: Any, python: Mapping[str, Any]) -> Any:
+    """A Customer field with arguments: a resolver whose signature is the declared one."""
+    name = f.name
+
+    def resolve(self: CustomerBase, info: Info[GraphContext, None], **arguments: Any) -> Any:
+        return self._resolve(info, name, arguments)
+
+    parameters = [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("info", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Info),
+    ]
+    annotations: dict[str, Any] = {"info": Info}
+    for argument in f.arguments:
+        kind = _annotation(argument.type, python, optional_top=False)
+        if not argument.type.non_null:
+            kind = Optional[kind]  # noqa: UP045
+        annotations[argument.name] = kind
+        parameters.append(
+            inspect.Parameter(
+                argument.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=argument.default,
+                annotation=kind,
+            )
+        )
+    annotations["return"] = annotation
+    resolve.__signature__ = inspect.Signature(parameters, return_annotation=annotation)  # type: ignore[attr-defined]
+    resolve.__annotations__ = annotations
+    resolve.__name__ = name
+    return resolve
+
+
+def build_graph(declaration: Declaration) -> Graph:
+    return _Builder(declaration).build()

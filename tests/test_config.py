@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from demo import GRAPH_FILE
 from gateway.app import Gateway
 from gateway.config import ConfigError, apply_env, load_config, parse_config
 from gateway.demo import DEMO_TEMPLATE, to_toml
@@ -67,10 +68,18 @@ def _broken(path: str, value: Any) -> dict[str, Any]:
         ("server.port", 70000, "server.port:"),
         ("server.colour", "red", "server.colour:"),
         ("identity.systems", ["sales", "billing"], "identity.systems:"),
-        ("graph.Customer.name", "crm.customer.full_name", "graph.Customer.name:"),
-        ("graph.Customer.email", "sales.people.email", "graph.Customer.email:"),
-        ("graph.Customer.shoeSize", "sales.customer.size", "graph.Customer.shoeSize:"),
-        ("graph.Customer.orders", "sales.customer", "graph.Customer.orders:"),
+        ("graph.Customer", {"name": "crm.customer.full_name"}, "graph.Customer: fields and"),
+        ("sources.sales.entities.customer", None, f"{GRAPH_FILE}:11: Customer.name: source"),
+        (
+            "sources.sales.entities.orders.many",
+            False,
+            f"{GRAPH_FILE}:26: Customer.orders: 'orders'",
+        ),
+        (
+            "sources.marketing.entities.contact",
+            None,
+            f"{GRAPH_FILE}:23: Customer.segment: source 'marketing' has no entity 'contact'",
+        ),
         ("sources.service.base_url", None, "sources.service.base_url:"),
         ("sources.sales.kind", "mainframe", "sources.sales.kind:"),
     ],
@@ -79,6 +88,19 @@ def test_a_broken_config_names_the_key(path: str, value: Any, message: str) -> N
     with pytest.raises(ConfigError) as raised:
         Gateway(parse_config(_broken(path, value)))
     assert str(raised.value).startswith(message), str(raised.value)
+
+
+def test_the_config_names_its_graph_declaration(tmp_path: Path) -> None:
+    declaration = tmp_path / "graph.graphql"
+    declaration.write_text(GRAPH_FILE.read_text().replace('@policy(name: "customer.phone")', ""))
+    data = template()
+    data["graph"]["file"] = str(declaration)
+    with pytest.raises(ConfigError) as raised:
+        Gateway(parse_config(data))
+    assert str(raised.value) == (
+        f"{declaration}:13: Customer.phone: carries personal data unless said otherwise: "
+        "add @policy(name:) or @public"
+    )
 
 
 def test_missing_and_invalid_files(tmp_path: Path) -> None:

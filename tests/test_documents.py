@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from demo import GRAPH_FILE
 from gateway.documents import (
     DocumentError,
     DocumentStore,
@@ -19,6 +20,7 @@ from gateway.documents import (
     resolve_document,
 )
 from gateway.errors import ConfigError
+from resolvers.graphs import load_graph
 from resolvers.schema import build_schema
 
 TRUSTED = "query Me { customers(first: 1) { edges { cursor } } }"
@@ -187,7 +189,9 @@ def test_documents_add_from_graphql_files_and_manifests(tmp_path: Path) -> None:
     codegen.write_bytes(orjson.dumps({sha(third): third}))
     store_path = tmp_path / "state" / "documents.json"
 
-    added = add_documents(store_path, [one, manifest, codegen], build_schema()._schema)
+    added = add_documents(
+        store_path, [one, manifest, codegen], build_schema(load_graph(GRAPH_FILE))._schema
+    )
 
     assert added == [(sha(TRUSTED), one), (sha(OTHER), manifest), (sha(third), codegen)]
     store = DocumentStore.load(store_path)
@@ -214,7 +218,7 @@ def test_documents_add_refuses_bad_files_and_adds_nothing(
     bad.write_text(text)
     store_path = tmp_path / "documents.json"
     with pytest.raises(DocumentStoreError, match=message) as raised:
-        add_documents(store_path, [good, bad], build_schema()._schema)
+        add_documents(store_path, [good, bad], build_schema(load_graph(GRAPH_FILE))._schema)
     assert str(raised.value).startswith(str(bad))
     assert not store_path.exists()
 

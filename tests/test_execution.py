@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import inspect
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -22,7 +21,7 @@ import strawberry
 from graphql import GraphQLError
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-import resolvers.types
+from demo import GRAPH_FILE
 from gateway.audit.sinks import JsonlSink
 from harness import RunningGateway, SourceAdmin
 from resolvers.execution import (
@@ -37,8 +36,8 @@ from resolvers.execution import (
     basic_field,
     leaf_completion,
 )
+from resolvers.graphs import load_graph
 from resolvers.schema import build_schema
-from resolvers.types import ARGUMENT_FIELDS, Customer, TicketStatus
 
 
 @strawberry.interface
@@ -166,8 +165,9 @@ _LEAF_VALUES: list[Any] = [
 def test_leaves_complete_as_their_type_coerces(type_name: str) -> None:
     # The fast paths (a value of the scalar's own Python type as itself, an enum member
     # by identity) answer what the coercion answers, or give up (graphql-core completes).
-    type_ = build_schema()._schema.type_map[type_name]
-    values = [*_LEAF_VALUES, *TicketStatus, "OPEN"]
+    graph = load_graph(GRAPH_FILE)
+    type_ = build_schema(graph)._schema.type_map[type_name]
+    values = [*_LEAF_VALUES, *graph.enums["TicketStatus"].type, "OPEN"]
     for non_null in (False, True):
         fast = leaf_completion(type_, non_null=non_null)
         for value in values:
@@ -394,13 +394,18 @@ async def test_timestamps_are_parsed_only_where_selected_or_sorted_by(
     """A ticket's openedAt orders the list, so it is always read; its closedAt and a
     consent's updatedAt only when the query selects them (under any alias or fragment)."""
     parsed: list[Any] = []
-    parse = resolvers.types._timestamp
 
-    def counting(value: Any) -> Any:
-        parsed.append(value)
-        return parse(value)
+    def counting(parse: Any) -> Any:
+        def count(value: Any) -> Any:
+            parsed.append(value)
+            return parse(value)
 
-    monkeypatch.setattr(resolvers.types, "_timestamp", counting)
+        return count
+
+    for record in gateway.gateway.graph.records.values():
+        for name in [f.name for f in record.decl.fields if f.type.name == "DateTime"]:
+            monkeypatch.setitem(record.parsers, name, counting(record.parsers[name]))
+        monkeypatch.setattr(record, "_readers", {})
     page = "{ customers(first: 30) { edges { node { id tickets" + arguments + " { id %s }"
     page += " consents { channel %s } } } } }"
     counts, replies = [], []
@@ -470,22 +475,6 @@ async def test_a_page_leaves_its_customers_to_reference_counting(gateway: Runnin
         gc.set_debug(0)
         gc.garbage.clear()
     assert not kinds & {"Customer", "Ticket", "CustomerBatch", "Request"}
-
-
-def test_fields_a_parent_settles_take_the_resolvers_defaults() -> None:
-    """A field with arguments selected without any is settled by its parent with the
-    shape factory's defaults: they must be the schema's."""
-    definition = Customer.__strawberry_definition__
-    for name, factory in ARGUMENT_FIELDS.items():
-        field = next(f for f in definition.fields if f.python_name == name)
-        parameters = {  # after the context; `wanted` is the selection below, not an argument
-            key: parameter
-            for key, parameter in inspect.signature(factory).parameters.items()
-            if parameter.kind is not parameter.KEYWORD_ONLY
-        }
-        assert [a.python_name for a in field.arguments] == list(parameters)[1:], name
-        for argument in field.arguments:
-            assert argument.default == parameters[argument.python_name].default, name
 
 
 BARE = "{ %s { id tickets { id status openedAt } orders { id placedAt } opportunities { id } } }"

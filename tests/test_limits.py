@@ -10,6 +10,7 @@ import strawberry
 from graphql import parse
 from starlette.requests import Request
 
+from demo import GRAPH_FILE
 from gateway import limits
 from gateway.app import Gateway
 from gateway.config import parse_config
@@ -27,6 +28,7 @@ from gateway.limits import (
     limit_extensions,
 )
 from policies.principal import Principal
+from resolvers.graphs import load_graph
 from resolvers.schema import build_schema
 
 # The shipped floor (depth 12, aliases 30, tokens 2000) with the cost pinned at 5000,
@@ -296,7 +298,10 @@ async def graph(tmp_path: Path) -> Any:
     gateway = Gateway(config)
     request = Request({"type": "http", "method": "POST", "path": "/graphql", "headers": []})
     request.state.principal = Principal("alice", frozenset({"sales"}), "sales", ("sales",))
-    schema = build_schema(extensions=limit_extensions(LIMITS, page_size_cap=config.max_page_size))
+    schema = build_schema(
+        load_graph(GRAPH_FILE),
+        extensions=limit_extensions(LIMITS, page_size_cap=config.max_page_size),
+    )
     try:
         yield lambda query, **variables: schema.execute(
             query, variable_values=variables, context_value=gateway.context(request)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from connectors.identity.keys import IdentityKeys
-from connectors.identity.normalize import normalize_email
+from connectors.identity.normalize import normalize_email, normalize_phone
 from connectors.identity.store import Link
 
 
@@ -25,12 +25,17 @@ class IdentityIndex:
     by_email: Mapping[str, str]  # email hash -> cuid
     by_record: Mapping[tuple[str, str], str]  # (system, system id) -> cuid
     keys: IdentityKeys
+    by_phone: Mapping[str, str] = field(default_factory=dict)  # phone hash -> cuid
+    # Systems with at least one linked record: a system missing here was never synced
+    # (down at the sync), so an absent key says nothing about its records.
+    linked_systems: frozenset[str] = frozenset()
 
     @classmethod
     def build(cls, links: Iterable[Link], keys: IdentityKeys) -> IdentityIndex:
         systems: dict[str, dict[str, str]] = {}
         by_email: dict[str, str] = {}
         by_record: dict[tuple[str, str], str] = {}
+        by_phone: dict[str, str] = {}
         for link in links:
             by_record[(link.system, link.system_id)] = link.cuid
             entry = systems.setdefault(link.cuid, {})
@@ -38,7 +43,10 @@ class IdentityIndex:
                 entry[link.system] = link.system_id
             if link.email_hash:
                 by_email.setdefault(link.email_hash, link.cuid)
-        return cls(systems, tuple(sorted(systems)), by_email, by_record, keys)
+            if link.phone_hash:
+                by_phone.setdefault(link.phone_hash, link.cuid)
+        linked = frozenset(system for system, _ in by_record)
+        return cls(systems, tuple(sorted(systems)), by_email, by_record, keys, by_phone, linked)
 
     def links(self, cuid: str) -> Mapping[str, str] | None:
         return self.systems.get(cuid)
@@ -48,6 +56,12 @@ class IdentityIndex:
         if normalized is None:
             return None
         return self.by_email.get(self.keys.match_hash("email", normalized))
+
+    def find_phone(self, phone: str) -> str | None:
+        normalized = normalize_phone(phone)
+        if normalized is None:
+            return None
+        return self.by_phone.get(self.keys.match_hash("phone", normalized))
 
     def page(self, after: str | None, first: int) -> tuple[list[str], bool]:
         return page_after(self.ordered, after, first)

@@ -39,7 +39,8 @@ cursors = Table(
     "c360_identity_cursors",
     metadata,
     Column("system", String(64), primary_key=True),
-    Column("after", String(128)),
+    # A system's own scan cursor (opaque for an API, often longer than an id).
+    Column("after", String(1024)),
 )
 
 issues = Table(

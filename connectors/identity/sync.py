@@ -1,9 +1,10 @@
 """`c360 identity sync`: page through every system's customer keys and link records.
 
-Deterministic (systems in configured order, each system's records in id order),
-incremental (resumes after the last id seen per system) and idempotent (a record
-already linked is never linked again). Email is the stronger key: a record whose email
-and phone point at different customers follows its email and is reported as a conflict.
+Deterministic (systems in configured order, each system's records in its scan order),
+incremental (resumes from the system's own scan cursor: the last id for SQL, the next
+page's opaque cursor for an API) and idempotent (a record already linked is never
+linked again). Email is the stronger key: a record whose email and phone point at
+different customers follows its email and is reported as a conflict.
 """
 
 from __future__ import annotations
@@ -123,9 +124,16 @@ async def sync_identity(
                 working.add(link)
                 new_links.append(link)
                 new_issues.extend(issues)
-            if page.rows:
-                after = page.rows[-1].system_id
-            await store.save_page(connector.name, new_links, new_issues, after)
+            # The system's own cursor, never a record id: an opaque cursor is all some
+            # systems accept back (a last id would be answered with HTTP 400).
+            resume: str | None
+            if page.next_cursor is not None:
+                resume = page.next_cursor
+            elif page.resume_cursor is not None:
+                resume = page.resume_cursor
+            else:
+                resume = after  # the last page is read again next time
+            await store.save_page(connector.name, new_links, new_issues, resume)
             stats.linked += len(new_links)
             stats.issues += len(new_issues)
             if page.next_cursor is None:

@@ -426,8 +426,8 @@
     const problem = h("p", { class: "error", role: "alert" });
     const lookup = async (email) => {
       try {
-        const data = await gql("query ConsoleFindCustomer($email: String!) { customerByEmail(email: $email) { id } }", { email });
-        return data.customerByEmail ? data.customerByEmail.id : null;
+        const data = await gql("query ConsoleFindCustomer($email: String!) { auditCustomerByEmail(email: $email) }", { email });
+        return data.auditCustomerByEmail || null;
       } catch (error) {
         fail(error);
         return null;

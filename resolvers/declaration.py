@@ -1,0 +1,546 @@
+"""The graph declaration: SDL with c360's directives, read into plain objects.
+
+A department's types and fields are declared once, in GraphQL's own schema language, each
+field beside where it comes from and who may read it (as Apollo Connectors put `@connect`
+beside a field). graphql-core parses and validates the SDL (unknown types, bad directive
+arguments), so every error carries a line; this module adds c360's own checks and returns
+a `Declaration` that the graph builder, the bindings check, `policy explain` and
+`c360 graph check` all read. Nothing here imports strawberry or knows a department.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from graphql import (
+    DirectiveNode,
+    DocumentNode,
+    EnumTypeDefinitionNode,
+    FieldDefinitionNode,
+    GraphQLError,
+    InputValueDefinitionNode,
+    ListTypeNode,
+    NamedTypeNode,
+    NonNullTypeNode,
+    ObjectTypeDefinitionNode,
+    TypeNode,
+    parse,
+    value_from_ast_untyped,
+)
+from graphql.language import Source
+from graphql.validation.validate import validate_sdl
+
+ROOT = "Customer"  # the type whose objects are the crosswalk's customers, keyed by CUID
+LOOKUP_ROOT = "Query"  # where lookups are declared
+
+# c360's directives, known to the validating parse; only @policy reaches the exported SDL.
+DIRECTIVES_SDL = """
+directive @policy(name: String!) on FIELD_DEFINITION
+directive @public on FIELD_DEFINITION
+directive @from(path: String!) on FIELD_DEFINITION
+directive @list(limit: String, orderBy: String, descending: Boolean, filters: [String!])
+  on FIELD_DEFINITION
+directive @derive(from: String!, op: String!, of: String, where: String, round: Int)
+  on FIELD_DEFINITION
+directive @code(values: [String!]!) on ENUM_VALUE
+directive @lookup(by: String!, field: String) on FIELD_DEFINITION
+directive @members(path: String!) on ARGUMENT_DEFINITION
+directive @facts(owner: String, consents: String) on OBJECT
+scalar DateTime
+scalar Date
+type CustomerConnection { edges: [Boolean] }
+"""
+
+SCALARS = frozenset({"String", "Int", "Float", "Boolean", "ID", "DateTime", "Date"})
+DERIVE_OPS = ("count", "sum", "mean", "min", "max", "latest")
+IDENTITY_KEYS = ("email", "phone")  # lookups through the crosswalk's normalised keys
+RESERVED = frozenset({"id", "links", "records", "prepared"})  # Customer's own attributes
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class DeclarationError(ValueError):
+    """A declaration that cannot be served: `FILE:LINE: message`."""
+
+    def __init__(self, source: str, line: int | None, message: str) -> None:
+        self.source, self.line, self.message = source, line, message
+        super().__init__(f"{source}:{line}: {message}" if line else f"{source}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class TypeRef:
+    """A field's or argument's GraphQL type: a named type, maybe in a list, maybe non-null."""
+
+    name: str
+    non_null: bool = False
+    is_list: bool = False
+    item_non_null: bool = False
+
+    def sdl(self) -> str:
+        inner = self.name + ("!" if self.is_list and self.item_non_null else "")
+        text = f"[{inner}]" if self.is_list else inner
+        return text + ("!" if self.non_null else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Argument:
+    name: str
+    type: TypeRef
+    default: Any = None
+    members: str | None = None  # @members(path:): a page filter's source of members
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListRule:
+    """`@list`: how a list field's arguments shape it."""
+
+    limit: str | None = None  # the argument that caps its length
+    order_by: str | None = None  # an item field to sort by
+    descending: bool = False
+    filters: tuple[str, ...] = ()  # arguments that keep items whose field equals them
+
+
+@dataclass(frozen=True, slots=True)
+class Derivation:
+    """`@derive`: a value computed from a bound list field of the same type."""
+
+    source: str  # the list field it reads
+    op: str
+    of: str | None = None  # the item field it aggregates (not for count)
+    where: tuple[str, str] | None = None  # (item field, value) the items must have
+    round: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDecl:
+    name: str
+    type: TypeRef
+    line: int | None
+    description: str | None = None
+    path: str | None = None  # @from: "source.entity[.attribute]" on Customer, else an attribute
+    policy: str | None = None
+    public: bool = False
+    arguments: tuple[Argument, ...] = ()
+    list_rule: ListRule | None = None
+    derive: Derivation | None = None
+
+    @property
+    def attribute(self) -> str:
+        """A nested record's attribute that holds this field."""
+        return self.path or self.name
+
+
+@dataclass(frozen=True, slots=True)
+class TypeDecl:
+    name: str
+    fields: tuple[FieldDecl, ...]
+    line: int | None
+    description: str | None = None
+    owner: str | None = None  # @facts(owner:) on the root: source.entity.attribute
+    consents: str | None = None  # @facts(consents:): a root field of consent records
+
+    def field(self, name: str) -> FieldDecl | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class EnumDecl:
+    name: str
+    values: tuple[str, ...]
+    codes: Mapping[str, str]  # a system's code -> the value's name (besides the names)
+    line: int | None
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """A root field finding one customer by a key: `email`/`phone` through the
+    crosswalk's normalised keys, or a system's own id (`by` names the system)."""
+
+    name: str
+    by: str
+    argument: Argument
+    guard_field: str | None  # the Customer field whose read the caller needs
+    line: int | None
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class Declaration:
+    source: str
+    types: Mapping[str, TypeDecl]  # ROOT first, then in file order
+    enums: Mapping[str, EnumDecl]
+    lookups: tuple[Lookup, ...] = ()
+    page_filters: tuple[Argument, ...] = ()  # extra arguments of `customers`
+    customers_description: str | None = None
+    text: str = field(default="", repr=False)
+
+    @property
+    def root(self) -> TypeDecl:
+        return self.types[ROOT]
+
+    def policies(self) -> dict[str, str]:
+        """`Type.field` -> policy name, for every field that names one."""
+        return {
+            f"{t.name}.{f.name}": f.policy
+            for t in self.types.values()
+            for f in t.fields
+            if f.policy
+        }
+
+
+def _type_ref(node: TypeNode) -> TypeRef:
+    non_null = isinstance(node, NonNullTypeNode)
+    inner = node.type if isinstance(node, NonNullTypeNode) else node
+    if isinstance(inner, ListTypeNode):
+        item = inner.type
+        item_non_null = isinstance(item, NonNullTypeNode)
+        named = item.type if isinstance(item, NonNullTypeNode) else item
+        if not isinstance(named, NamedTypeNode):
+            raise ValueError("lists of lists are not supported")
+        return TypeRef(named.name.value, non_null, True, item_non_null)
+    assert isinstance(inner, NamedTypeNode)
+    return TypeRef(inner.name.value, non_null)
+
+
+def _args(node: DirectiveNode) -> dict[str, Any]:
+    return {arg.name.value: value_from_ast_untyped(arg.value) for arg in node.arguments or ()}
+
+
+def _directives(node: Any) -> dict[str, dict[str, Any]]:
+    return {d.name.value: _args(d) for d in node.directives or ()}
+
+
+class _Reader:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def line(self, node: Any) -> int | None:
+        """The line a definition's name is on (not its description's)."""
+        name = getattr(node, "name", None)
+        loc = getattr(name, "loc", None) or getattr(node, "loc", None)
+        if loc is None:
+            return None
+        return int(loc.source.get_location(loc.start).line)
+
+    def error(self, node: Any, message: str) -> DeclarationError:
+        return DeclarationError(self.source, self.line(node), message)
+
+    def argument(self, node: InputValueDefinitionNode) -> Argument:
+        default = value_from_ast_untyped(node.default_value) if node.default_value else None
+        members = _directives(node).get("members", {}).get("path")
+        return Argument(node.name.value, _type_ref(node.type), default, members, self.line(node))
+
+    def field(self, node: FieldDefinitionNode) -> FieldDecl:
+        found = _directives(node)
+        rule = found.get("list")
+        derive = found.get("derive")
+        derivation = None
+        if derive is not None:
+            where = None
+            if derive.get("where"):
+                left, sep, right = str(derive["where"]).partition("=")
+                if not sep or not left.strip() or not right.strip():
+                    raise self.error(node, "@derive(where:) reads 'field = VALUE'")
+                where = (left.strip(), right.strip())
+            op = str(derive["op"]).lower()
+            if op not in DERIVE_OPS:
+                raise self.error(node, f"@derive(op:) is one of {', '.join(DERIVE_OPS)}")
+            derivation = Derivation(
+                derive["from"], op, derive.get("of"), where, derive.get("round")
+            )
+        try:
+            type_ref = _type_ref(node.type)
+        except ValueError as error:
+            raise self.error(node, str(error)) from None
+        return FieldDecl(
+            name=node.name.value,
+            type=type_ref,
+            line=self.line(node),
+            description=node.description.value if node.description else None,
+            path=found.get("from", {}).get("path"),
+            policy=found.get("policy", {}).get("name"),
+            public="public" in found,
+            arguments=tuple(self.argument(a) for a in node.arguments or ()),
+            list_rule=None
+            if rule is None
+            else ListRule(
+                limit=rule.get("limit"),
+                order_by=rule.get("orderBy"),
+                descending=bool(rule.get("descending")),
+                filters=tuple(rule.get("filters") or ()),
+            ),
+            derive=derivation,
+        )
+
+
+def parse_declaration(text: str, source: str = "graph.graphql") -> Declaration:
+    """Read and check a declaration. Raises DeclarationError naming the file and line."""
+    reader = _Reader(source)
+    try:
+        document = parse(Source(text, source))
+    except GraphQLError as error:
+        line = error.locations[0].line if error.locations else None
+        raise DeclarationError(source, line, error.message) from None
+    _validate_sdl(document, text, source)
+    types: dict[str, TypeDecl] = {}
+    enums: dict[str, EnumDecl] = {}
+    lookups: list[Lookup] = []
+    page_filters: list[Argument] = []
+    customers_description = None
+    for definition in document.definitions:
+        if isinstance(definition, ObjectTypeDefinitionNode):
+            name = definition.name.value
+            if name == LOOKUP_ROOT:
+                for node in definition.fields or ():
+                    lookups_or_filters = _query_field(reader, node)
+                    if isinstance(lookups_or_filters, Lookup):
+                        lookups.append(lookups_or_filters)
+                    else:
+                        page_filters.extend(lookups_or_filters)
+                        if node.description:
+                            customers_description = node.description.value
+                continue
+            facts = _directives(definition).get("facts", {})
+            types[name] = TypeDecl(
+                name=name,
+                fields=tuple(reader.field(node) for node in definition.fields or ()),
+                line=reader.line(definition),
+                description=definition.description.value if definition.description else None,
+                owner=facts.get("owner"),
+                consents=facts.get("consents"),
+            )
+        elif isinstance(definition, EnumTypeDefinitionNode):
+            codes: dict[str, str] = {}
+            for value in definition.values or ():
+                for code in _directives(value).get("code", {}).get("values", ()):
+                    if code in codes and codes[code] != value.name.value:
+                        raise reader.error(value, f"code '{code}' maps to two values")
+                    codes[str(code)] = value.name.value
+            enums[definition.name.value] = EnumDecl(
+                name=definition.name.value,
+                values=tuple(v.name.value for v in definition.values or ()),
+                codes=codes,
+                line=reader.line(definition),
+                description=definition.description.value if definition.description else None,
+            )
+        else:
+            raise reader.error(definition, "only object types, enums and Query are declared")
+    if ROOT not in types:
+        raise DeclarationError(source, None, f"no 'type {ROOT}' declared")
+    ordered = {ROOT: types[ROOT], **{k: v for k, v in types.items() if k != ROOT}}
+    declaration = Declaration(
+        source,
+        ordered,
+        enums,
+        tuple(lookups),
+        tuple(page_filters),
+        customers_description,
+        text=text,
+    )
+    _check(declaration)
+    return declaration
+
+
+def _query_field(reader: _Reader, node: FieldDefinitionNode) -> Lookup | list[Argument]:
+    """A declared Query field: a lookup (`@lookup`), or `customers` with page filters."""
+    found = _directives(node)
+    name = node.name.value
+    if name == "customers":
+        filters = [reader.argument(a) for a in node.arguments or ()]
+        for argument in filters:
+            if argument.members is None:
+                raise reader.error(node, f"customers({argument.name}:) needs @members(path:)")
+            if argument.name in ("first", "after"):
+                raise reader.error(node, f"customers({argument.name}:) is the core's own")
+        return filters
+    lookup = found.get("lookup")
+    if lookup is None:
+        raise reader.error(node, f"Query.{name}: declare a lookup with @lookup(by:)")
+    arguments = [reader.argument(a) for a in node.arguments or ()]
+    if len(arguments) != 1 or not arguments[0].type.non_null or arguments[0].type.is_list:
+        raise reader.error(node, f"Query.{name}: a lookup takes exactly one non-null key")
+    if arguments[0].type.name not in ("String", "ID"):
+        raise reader.error(node, f"Query.{name}: a lookup's key is a String or an ID")
+    result = _type_ref(node.type)
+    if result.name != ROOT or result.is_list or result.non_null:
+        raise reader.error(node, f"Query.{name}: a lookup answers a nullable {ROOT}")
+    return Lookup(
+        name=name,
+        by=str(lookup["by"]),
+        argument=arguments[0],
+        guard_field=lookup.get("field"),
+        line=reader.line(node),
+        description=node.description.value if node.description else None,
+    )
+
+
+def _validate_sdl(document: DocumentNode, text: str, source: str) -> None:
+    """graphql-core's own SDL validation (known types, directive arguments, duplicates),
+    with the directive definitions and a stand-in root prepended."""
+    prelude = DIRECTIVES_SDL
+    has_query = any(
+        isinstance(d, ObjectTypeDefinitionNode) and d.name.value == LOOKUP_ROOT
+        for d in document.definitions
+    )
+    if not has_query:
+        prelude += "type Query { _c360: Boolean }\n"
+    prelude_lines = prelude.count("\n")
+    errors = validate_sdl(parse(prelude + text))
+    if errors:
+        error = errors[0]
+        line = error.locations[0].line - prelude_lines if error.locations else None
+        raise DeclarationError(source, line if line and line > 0 else None, error.message)
+
+
+def _check(declaration: Declaration) -> None:
+    """c360's own rules, beyond what graphql-core validates."""
+    source = declaration.source
+    known = SCALARS | set(declaration.types) | set(declaration.enums)
+    for type_decl in declaration.types.values():
+        is_root = type_decl.name == ROOT
+        for f in type_decl.fields:
+            where = f"{type_decl.name}.{f.name}"
+
+            def fail(message: str, f: FieldDecl = f, where: str = where) -> DeclarationError:
+                return DeclarationError(source, f.line, f"{where}: {message}")
+
+            if f.type.name not in known:
+                raise fail(f"unknown type {f.type.name}")
+            if is_root and f.name == "id":
+                if f.type.sdl() != "ID!" or f.path or f.policy:
+                    raise fail("the customer's id is the CUID: declare it as 'id: ID!' or not")
+                continue
+            if not _NAME.match(f.name) or (is_root and f.name in RESERVED):
+                raise fail("this name is reserved")
+            if f.type.name == ROOT:
+                raise fail(f"a field of type {ROOT} is not supported")
+            if is_root:
+                if f.derive is None and f.path is None:
+                    raise fail(
+                        'declare where it comes from: @from(path: "source.entity[.attribute]")'
+                    )
+                if f.derive is not None and f.path is not None:
+                    raise fail("@derive and @from exclude each other")
+                if f.path is not None and f.path.count(".") not in (1, 2):
+                    raise fail("@from(path:) on Customer reads 'source.entity[.attribute]'")
+                if f.policy is None and not f.public:
+                    raise fail(
+                        "carries personal data unless said otherwise: add @policy(name:) or @public"
+                    )
+            elif f.path is not None and "." in f.path:
+                raise fail("@from(path:) inside a nested type names the record's attribute")
+            elif f.policy is not None or f.arguments or f.derive is not None:
+                raise fail(
+                    "nested fields are covered by their parent's policy; no arguments or @derive"
+                )
+            if f.list_rule is not None or f.arguments:
+                _check_list(declaration, type_decl, f, fail)
+            if f.derive is not None:
+                _check_derive(declaration, type_decl, f, fail)
+    if declaration.root.consents is not None:
+        consents = declaration.root.field(declaration.root.consents)
+        item = declaration.types.get(consents.type.name) if consents else None
+        if consents is None or not consents.type.is_list or item is None:
+            raise DeclarationError(
+                source, declaration.root.line, "@facts(consents:) names a list field of records"
+            )
+        for needed in ("channel", "granted"):
+            if item.field(needed) is None:
+                raise DeclarationError(
+                    source, item.line, f"{item.name}: consent records need a '{needed}' field"
+                )
+    names = {f.name for f in declaration.root.fields}
+    for lookup in declaration.lookups:
+        if lookup.guard_field is not None and lookup.guard_field not in names:
+            raise DeclarationError(
+                source,
+                lookup.line,
+                f"Query.{lookup.name}: no Customer field '{lookup.guard_field}'",
+            )
+        if lookup.by in IDENTITY_KEYS and lookup.guard_field is None:
+            raise DeclarationError(
+                source,
+                lookup.line,
+                f"Query.{lookup.name}: name the Customer field holding the {lookup.by} "
+                "(@lookup(field:)): only a caller who may read it may look it up",
+            )
+
+
+def _check_list(declaration: Declaration, owner: TypeDecl, f: FieldDecl, fail: Any) -> None:
+    if owner.name != ROOT:
+        raise fail("only Customer's fields take arguments")
+    if not f.type.is_list or f.type.name not in declaration.types:
+        raise fail("arguments and @list belong on a list of records")
+    item = declaration.types[f.type.name]
+    rule = f.list_rule or ListRule()
+    arguments = {a.name: a for a in f.arguments}
+    if rule.limit is not None:
+        limit = arguments.get(rule.limit)
+        if limit is None or limit.type.name != "Int":
+            raise fail(f"@list(limit:) names an Int argument, not '{rule.limit}'")
+    if rule.order_by is not None and item.field(rule.order_by) is None:
+        raise fail(f"@list(orderBy:) names a field of {item.name}, not '{rule.order_by}'")
+    for name in rule.filters:
+        if name not in arguments or item.field(name) is None:
+            raise fail(f"@list(filters:) '{name}' must be an argument and a field of {item.name}")
+    used = {rule.limit, *rule.filters}
+    for name in arguments:
+        if name not in used:
+            raise fail(f"argument '{name}' is not used by @list(limit:, filters:)")
+
+
+def _check_derive(declaration: Declaration, owner: TypeDecl, f: FieldDecl, fail: Any) -> None:
+    derive = f.derive
+    assert derive is not None
+    bound = owner.field(derive.source)
+    if owner.name != ROOT or bound is None or bound.path is None or not bound.type.is_list:
+        raise fail(f"@derive(from:) names a bound list field of {ROOT}, not '{derive.source}'")
+    item = declaration.types.get(bound.type.name)
+    if item is None:
+        raise fail(f"@derive(from:) '{derive.source}' is not a list of records")
+    if derive.op != "count":
+        of = item.field(derive.of or "")
+        if of is None:
+            raise fail(f"@derive(of:) names a field of {item.name}")
+        numeric = of.type.name in ("Int", "Float")
+        if derive.op in ("sum", "mean") and not numeric:
+            raise fail(f"@derive(op: {derive.op}) needs a number, {item.name}.{of.name} is not")
+        if derive.op in ("sum", "mean") and f.type.name not in ("Int", "Float"):
+            raise fail("a sum or mean is an Int or a Float")
+    elif f.type.name != "Int":
+        raise fail("a count is an Int")
+    if derive.where is not None and item.field(derive.where[0]) is None:
+        raise fail(f"@derive(where:) names a field of {item.name}")
+    if f.type.is_list:
+        raise fail("a derived value is one value")
+
+
+def load_declaration(path: str | Path) -> Declaration:
+    """Read a declaration file; DeclarationError names the file (and line) at fault."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DeclarationError(str(path), None, f"cannot read ({error})") from None
+    return parse_declaration(text, str(path))
+
+
+def used_types(declaration: Declaration) -> Sequence[str]:
+    """Types and enums a field of the graph reaches (the rest would be dead schema)."""
+    seen: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in seen or name in SCALARS:
+            return
+        seen.append(name)
+        for f in declaration.types[name].fields if name in declaration.types else ():
+            visit(f.type.name)
+            for argument in f.arguments:
+                visit(argument.type.name)
+
+    visit(ROOT)
+    return seen
