@@ -91,7 +91,7 @@ def graph_of(config: Config) -> Graph:
     """The built graph the config declares (the demo's when it names none)."""
     from demo import GRAPH_FILE
 
-    return load_graph(config.graph_file or GRAPH_FILE)
+    return load_graph(*(config.graph_files or (GRAPH_FILE,)))
 
 
 class AuditReaderAdapter(ConsoleReader):
@@ -228,7 +228,7 @@ class Gateway:
         current = self.config
         needs_restart = [
             name
-            for name in ("server", "identity", "sources", "graph_file", "max_page_size", "audit")
+            for name in ("server", "identity", "sources", "graph_files", "max_page_size", "audit")
             if getattr(new, name) != getattr(current, name)
         ]
         cache = current.cache

@@ -35,11 +35,11 @@ def _graph(args: argparse.Namespace) -> Any:
     from resolvers.graphs import load_graph
 
     config_path = getattr(args, "config", None)
-    path = GRAPH_FILE
+    paths: tuple[Path, ...] = (GRAPH_FILE,)
     if config_path and Path(config_path).exists():
-        path = _load(args).graph_file or GRAPH_FILE
+        paths = _load(args).graph_files or paths
     try:
-        return load_graph(path)
+        return load_graph(*paths)
     except DeclarationError as error:
         raise CliError(str(error)) from error
 
@@ -321,14 +321,14 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
     config = _load(args) if Path(args.config).exists() else None
     if args.file:
-        path = Path(args.file)
+        paths = tuple(Path(name) for name in args.file)
     else:
         from demo import GRAPH_FILE
 
-        path = (config.graph_file if config else None) or GRAPH_FILE
+        paths = (config.graph_files if config else ()) or (GRAPH_FILE,)
     try:
-        declaration = load_declaration(path)
-        load_graph(path)
+        declaration = load_declaration(*paths)
+        load_graph(*paths)
         if config is not None:
             connectors = {
                 name: build_connector(name, connector_settings(table))
@@ -338,8 +338,9 @@ def cmd_graph(args: argparse.Namespace) -> int:
     except (DeclarationError, BindingError, ConnectorConfigError, ValueError) as error:
         raise CliError(str(error)) from error
     fields = sum(len(t.fields) for t in declaration.types.values())
+    names = ", ".join(map(str, paths))
     print(
-        f"{path}: {len(declaration.types)} types, {len(declaration.enums)} enums, "
+        f"{names}: {len(declaration.types)} types, {len(declaration.enums)} enums, "
         f"{fields} fields, {len(declaration.lookups)} lookups, valid"
         + (" (bindings checked against the config's sources)" if config else "")
     )
@@ -590,7 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
     graph_check = graph_actions.add_parser(
         "check", help="validate a declaration; exit 1 with FILE:LINE: message"
     )
-    graph_check.add_argument("file", nargs="?", help="default: the config's, or the demo's")
+    graph_check.add_argument(
+        "file", nargs="*", help="declaration file(s); default: the config's, or the demo's"
+    )
     graph_check.add_argument("--config", default=str(DEFAULT_CONFIG))
     graph.set_defaults(handler=cmd_graph)
 

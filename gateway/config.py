@@ -76,7 +76,8 @@ class Config:
     resilience: ResilienceSettings
     documents: TrustedDocuments
     sources: Mapping[str, Mapping[str, Any]]
-    graph_file: Path | None = None  # the graph declaration; None: the demo's
+    # The graph declaration's files (a department may keep its own); empty: the demo's.
+    graph_files: tuple[Path, ...] = ()
     max_page_size: int = 100
     raw: Mapping[str, Any] = field(default_factory=dict)
 
@@ -220,7 +221,10 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
                 f"graph.{graph_key}: fields and their systems are declared in the graph "
                 'declaration (`[graph] file`, README "The graph declaration"), not in c360.toml'
             )
-    graph_file = graph.get("file", str, "")
+    graph_file = graph.data.get("file", [])
+    names = [graph_file] if isinstance(graph_file, str) else graph_file
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError("graph.file: a file name, or a list of them")
     max_page_size = graph.get("max_page_size", int, 100)
     if max_page_size < 1:
         raise ConfigError("graph.max_page_size: must be at least 1")
@@ -258,9 +262,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
             hash_key_id=policies.get("hash_key_id", str, "k1"),
         ),
         sources=dict(sources.data),
-        graph_file=(base_dir / graph_file if base_dir else Path(graph_file))
-        if graph_file
-        else None,
+        graph_files=tuple(base_dir / name if base_dir else Path(name) for name in names),
         max_page_size=max_page_size,
         raw=data,
     )

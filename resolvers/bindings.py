@@ -86,11 +86,12 @@ def check_bindings(
     on a one-to-one entity. Raises BindingError as `FILE:LINE: Customer.field: ...`."""
     root = declaration.root
 
-    def check(where: str, line: int | None, path: str, *, many: bool | None) -> None:
+    def check(
+        where: str, line: int | None, path: str, *, many: bool | None, file: str = ""
+    ) -> None:
         binding = parse_path(path)
-        prefix = (
-            f"{declaration.source}:{line}: {where}" if line else f"{declaration.source}: {where}"
-        )
+        file = file or declaration.source
+        prefix = f"{file}:{line}: {where}" if line else f"{file}: {where}"
         if binding.source not in entities:
             known = ", ".join(sorted(entities)) or "none"
             raise BindingError(
@@ -112,13 +113,25 @@ def check_bindings(
         many = True if whole_list else (False if f.path.count(".") == 2 else None)
         if not f.type.is_list and f.path.count(".") == 1:
             many = False  # a single record
-        check(f"{root.name}.{f.name}", f.line, f.path, many=many)
+        check(f"{root.name}.{f.name}", f.line, f.path, many=many, file=f.file)
     for argument in declaration.page_filters:
         if argument.members:
-            check(f"Query.customers({argument.name}:)", argument.line, argument.members, many=False)
+            check(
+                f"Query.customers({argument.name}:)",
+                argument.line,
+                argument.members,
+                many=False,
+                file=argument.file,
+            )
+    for lookup in declaration.lookups:
+        if lookup.by not in ("email", "phone") and lookup.by not in entities:
+            raise BindingError(
+                f"{lookup.file}:{lookup.line}: Query.{lookup.name}: @lookup(by:) is email, "
+                f"phone or a configured system, not '{lookup.by}'"
+            )
     if root.owner:
         if root.owner.count(".") != 2:
             raise BindingError(
-                f"{declaration.source}:{root.line}: @facts(owner:) reads 'source.entity.attribute'"
+                f"{root.file}:{root.line}: @facts(owner:) reads 'source.entity.attribute'"
             )
-        check(f"{root.name} @facts(owner:)", root.line, root.owner, many=False)
+        check(f"{root.name} @facts(owner:)", root.line, root.owner, many=False, file=root.file)

@@ -10,6 +10,7 @@ a `Declaration` that the graph builder, the bindings check, `policy explain` and
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from graphql import (
     NamedTypeNode,
     NonNullTypeNode,
     ObjectTypeDefinitionNode,
+    ObjectTypeExtensionNode,
     TypeNode,
     parse,
     value_from_ast_untyped,
@@ -92,6 +94,7 @@ class Argument:
     default: Any = None
     members: str | None = None  # @members(path:): a page filter's source of members
     line: int | None = None
+    file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,7 @@ class FieldDecl:
     arguments: tuple[Argument, ...] = ()
     list_rule: ListRule | None = None
     derive: Derivation | None = None
+    file: str = ""  # the declaration file it is in (a graph may span several)
 
     @property
     def attribute(self) -> str:
@@ -142,6 +146,7 @@ class TypeDecl:
     description: str | None = None
     owner: str | None = None  # @facts(owner:) on the root: source.entity.attribute
     consents: str | None = None  # @facts(consents:): a root field of consent records
+    file: str = ""
 
     def field(self, name: str) -> FieldDecl | None:
         return next((f for f in self.fields if f.name == name), None)
@@ -167,6 +172,7 @@ class Lookup:
     guard_field: str | None  # the Customer field whose read the caller needs
     line: int | None
     description: str | None = None
+    file: str = ""
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,7 @@ class Declaration:
     page_filters: tuple[Argument, ...] = ()  # extra arguments of `customers`
     customers_description: str | None = None
     text: str = field(default="", repr=False)
+    files: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (text, name)
 
     @property
     def root(self) -> TypeDecl:
@@ -217,7 +224,11 @@ def _directives(node: Any) -> dict[str, dict[str, Any]]:
 
 class _Reader:
     def __init__(self, source: str) -> None:
-        self.source = source
+        self.source = source  # where nodes without a location come from
+
+    def file(self, node: Any) -> str:
+        loc = getattr(node, "loc", None)
+        return str(loc.source.name) if loc is not None else self.source
 
     def line(self, node: Any) -> int | None:
         """The line a definition's name is on (not its description's)."""
@@ -228,12 +239,19 @@ class _Reader:
         return int(loc.source.get_location(loc.start).line)
 
     def error(self, node: Any, message: str) -> DeclarationError:
-        return DeclarationError(self.source, self.line(node), message)
+        return DeclarationError(self.file(node), self.line(node), message)
 
     def argument(self, node: InputValueDefinitionNode) -> Argument:
         default = value_from_ast_untyped(node.default_value) if node.default_value else None
         members = _directives(node).get("members", {}).get("path")
-        return Argument(node.name.value, _type_ref(node.type), default, members, self.line(node))
+        return Argument(
+            node.name.value,
+            _type_ref(node.type),
+            default,
+            members,
+            self.line(node),
+            self.file(node),
+        )
 
     def field(self, node: FieldDefinitionNode) -> FieldDecl:
         found = _directives(node)
@@ -275,25 +293,38 @@ class _Reader:
                 filters=tuple(rule.get("filters") or ()),
             ),
             derive=derivation,
+            file=self.file(node),
         )
 
 
 def parse_declaration(text: str, source: str = "graph.graphql") -> Declaration:
     """Read and check a declaration. Raises DeclarationError naming the file and line."""
+    return parse_declarations([(text, source)])
+
+
+def parse_declarations(files: Sequence[tuple[str, str]]) -> Declaration:
+    """Read and check a graph declared over several files (text, name): a department may
+    keep its own, adding its fields with `extend type Customer { ... }` and its lookups
+    with `extend type Query { ... }`. Errors name the file and line at fault."""
+    documents = []
+    for text, source in files:
+        try:
+            documents.append(parse(Source(text, source)))
+        except GraphQLError as error:
+            line = error.locations[0].line if error.locations else None
+            raise DeclarationError(source, line, error.message) from None
+    source = ", ".join(name for _, name in files)
     reader = _Reader(source)
-    try:
-        document = parse(Source(text, source))
-    except GraphQLError as error:
-        line = error.locations[0].line if error.locations else None
-        raise DeclarationError(source, line, error.message) from None
-    _validate_sdl(document, text, source)
+    definitions = [d for document in documents for d in document.definitions]
+    _validate_sdl(definitions, reader)
     types: dict[str, TypeDecl] = {}
     enums: dict[str, EnumDecl] = {}
     lookups: list[Lookup] = []
     page_filters: list[Argument] = []
     customers_description = None
-    for definition in document.definitions:
-        if isinstance(definition, ObjectTypeDefinitionNode):
+    extensions: list[ObjectTypeExtensionNode] = []
+    for definition in definitions:
+        if isinstance(definition, ObjectTypeDefinitionNode | ObjectTypeExtensionNode):
             name = definition.name.value
             if name == LOOKUP_ROOT:
                 for node in definition.fields or ():
@@ -305,6 +336,9 @@ def parse_declaration(text: str, source: str = "graph.graphql") -> Declaration:
                         if node.description:
                             customers_description = node.description.value
                 continue
+            if isinstance(definition, ObjectTypeExtensionNode):
+                extensions.append(definition)
+                continue
             facts = _directives(definition).get("facts", {})
             types[name] = TypeDecl(
                 name=name,
@@ -313,6 +347,7 @@ def parse_declaration(text: str, source: str = "graph.graphql") -> Declaration:
                 description=definition.description.value if definition.description else None,
                 owner=facts.get("owner"),
                 consents=facts.get("consents"),
+                file=reader.file(definition),
             )
         elif isinstance(definition, EnumTypeDefinitionNode):
             codes: dict[str, str] = {}
@@ -330,6 +365,12 @@ def parse_declaration(text: str, source: str = "graph.graphql") -> Declaration:
             )
         else:
             raise reader.error(definition, "only object types, enums and Query are declared")
+    for extension in extensions:  # validation saw the extended type declared
+        base = types[extension.name.value]
+        if _directives(extension).get("facts"):
+            raise reader.error(extension, "@facts belongs on the type's own declaration")
+        added = tuple(reader.field(node) for node in extension.fields or ())
+        types[base.name] = dataclasses.replace(base, fields=base.fields + added)
     if ROOT not in types:
         raise DeclarationError(source, None, f"no 'type {ROOT}' declared")
     ordered = {ROOT: types[ROOT], **{k: v for k, v in types.items() if k != ROOT}}
@@ -340,7 +381,8 @@ def parse_declaration(text: str, source: str = "graph.graphql") -> Declaration:
         tuple(lookups),
         tuple(page_filters),
         customers_description,
-        text=text,
+        text="\n".join(text for text, _ in files),
+        files=tuple(files),
     )
     _check(declaration)
     return declaration
@@ -376,25 +418,31 @@ def _query_field(reader: _Reader, node: FieldDefinitionNode) -> Lookup | list[Ar
         guard_field=lookup.get("field"),
         line=reader.line(node),
         description=node.description.value if node.description else None,
+        file=reader.file(node),
     )
 
 
-def _validate_sdl(document: DocumentNode, text: str, source: str) -> None:
-    """graphql-core's own SDL validation (known types, directive arguments, duplicates),
-    with the directive definitions and a stand-in root prepended."""
+def _validate_sdl(definitions: list[Any], reader: _Reader) -> None:
+    """graphql-core's own SDL validation (known types, directive arguments, duplicates,
+    extensions of declared types), with the directive definitions and a stand-in root
+    prepended; each error names its own file and line."""
     prelude = DIRECTIVES_SDL
     has_query = any(
-        isinstance(d, ObjectTypeDefinitionNode) and d.name.value == LOOKUP_ROOT
-        for d in document.definitions
+        isinstance(d, ObjectTypeDefinitionNode) and d.name.value == LOOKUP_ROOT for d in definitions
     )
     if not has_query:
         prelude += "type Query { _c360: Boolean }\n"
-    prelude_lines = prelude.count("\n")
-    errors = validate_sdl(parse(prelude + text))
+    document = DocumentNode(
+        definitions=(*parse(Source(prelude, "<c360>")).definitions, *definitions)
+    )
+    errors = validate_sdl(document)
     if errors:
         error = errors[0]
-        line = error.locations[0].line - prelude_lines if error.locations else None
-        raise DeclarationError(source, line if line and line > 0 else None, error.message)
+        loc = next((n.loc for n in error.nodes or () if n.loc is not None), None)
+        if loc is None or loc.source.name == "<c360>":
+            raise DeclarationError(reader.source, None, error.message)
+        location = loc.source.get_location(loc.start)
+        raise DeclarationError(loc.source.name, location.line, error.message)
 
 
 def _check(declaration: Declaration) -> None:
@@ -407,7 +455,7 @@ def _check(declaration: Declaration) -> None:
             where = f"{type_decl.name}.{f.name}"
 
             def fail(message: str, f: FieldDecl = f, where: str = where) -> DeclarationError:
-                return DeclarationError(source, f.line, f"{where}: {message}")
+                return DeclarationError(f.file or source, f.line, f"{where}: {message}")
 
             if f.type.name not in known:
                 raise fail(f"unknown type {f.type.name}")
@@ -447,24 +495,28 @@ def _check(declaration: Declaration) -> None:
         item = declaration.types.get(consents.type.name) if consents else None
         if consents is None or not consents.type.is_list or item is None:
             raise DeclarationError(
-                source, declaration.root.line, "@facts(consents:) names a list field of records"
+                declaration.root.file or source,
+                declaration.root.line,
+                "@facts(consents:) names a list field of records",
             )
         for needed in ("channel", "granted"):
             if item.field(needed) is None:
                 raise DeclarationError(
-                    source, item.line, f"{item.name}: consent records need a '{needed}' field"
+                    item.file or source,
+                    item.line,
+                    f"{item.name}: consent records need a '{needed}' field",
                 )
     names = {f.name for f in declaration.root.fields}
     for lookup in declaration.lookups:
         if lookup.guard_field is not None and lookup.guard_field not in names:
             raise DeclarationError(
-                source,
+                lookup.file or source,
                 lookup.line,
                 f"Query.{lookup.name}: no Customer field '{lookup.guard_field}'",
             )
         if lookup.by in IDENTITY_KEYS and lookup.guard_field is None:
             raise DeclarationError(
-                source,
+                lookup.file or source,
                 lookup.line,
                 f"Query.{lookup.name}: name the Customer field holding the {lookup.by} "
                 "(@lookup(field:)): only a caller who may read it may look it up",
@@ -520,13 +572,16 @@ def _check_derive(declaration: Declaration, owner: TypeDecl, f: FieldDecl, fail:
         raise fail("a derived value is one value")
 
 
-def load_declaration(path: str | Path) -> Declaration:
-    """Read a declaration file; DeclarationError names the file (and line) at fault."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise DeclarationError(str(path), None, f"cannot read ({error})") from None
-    return parse_declaration(text, str(path))
+def load_declaration(*paths: str | Path) -> Declaration:
+    """Read a declaration from one or more files; DeclarationError names the file (and
+    line) at fault."""
+    files = []
+    for path in paths:
+        try:
+            files.append((Path(path).read_text(encoding="utf-8"), str(path)))
+        except (OSError, UnicodeDecodeError) as error:
+            raise DeclarationError(str(path), None, f"cannot read ({error})") from None
+    return parse_declarations(files)
 
 
 def used_types(declaration: Declaration) -> Sequence[str]:

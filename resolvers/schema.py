@@ -175,6 +175,7 @@ def _lookup_field(graph: Graph, lookup: Lookup) -> Any:
     policy = graph.policies.get(lookup.guard_field) if lookup.guard_field else None
     guarded = lookup.guard_field is not None
     by = lookup.by
+    key_type: Any = strawberry.ID if lookup.argument.type.name == "ID" else str
 
     async def resolve(self: Any, info: Info[GraphContext, None], **given: Any) -> Any:
         ctx = info.context
@@ -199,7 +200,7 @@ def _lookup_field(graph: Graph, lookup: Lookup) -> Any:
     return strawberry.field(
         resolver=_signature(
             resolve,
-            [(argument, str, inspect.Parameter.empty)],
+            [(argument, key_type, inspect.Parameter.empty)],
             Optional[graph.customer],  # noqa: UP045
         ),
         name=lookup.name,
