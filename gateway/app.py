@@ -466,7 +466,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
             Route("/readyz", readyz),
             Route("/metrics", metrics),
             Route("/cache/invalidate", invalidate, methods=["POST"]),
-            *console_routes(),
+            *console_routes([f.name for f in gw.graph.declaration.root.fields if f.name != "id"]),
         ],
         lifespan=lifespan,
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from demo import GRAPH_FILE
@@ -188,3 +189,11 @@ async def test_a_partial_answer_when_the_stores_are_down(department: Department)
     unavailable = [e for e in reply.errors if e["extensions"]["code"] == "SOURCE_UNAVAILABLE"]
     assert [e["extensions"]["source"] for e in unavailable] == ["stores"]
     assert not [e for e in reply.errors if e["extensions"]["code"] != "SOURCE_UNAVAILABLE"]
+
+
+async def test_the_consoles_field_filter_lists_the_declared_fields(department: Department) -> None:
+    status, page = await department.gateway.get("/console")
+    assert status == 200
+    start = page.index('id="c360-fields">') + len('id="c360-fields">')
+    fields = orjson.loads(page[start : page.index("</script>", start)])
+    assert {"nationalId", "tier", "points", "storeVisits", "storeVisitCount"} <= set(fields)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,20 +59,24 @@ def language(accept_language: str | None) -> str:
     return "en"
 
 
-async def console_page(request: Request) -> HTMLResponse:
+async def console_page(request: Request, fields: Sequence[str] = ()) -> HTMLResponse:
     lang = language(request.headers.get("accept-language"))
     context: dict[str, Any] = {
         "lang": lang,
         "t": labels()[lang],
         "languages": [(code, labels()[code]["lang.name"]) for code in LANGUAGES],
         "all_labels": labels(),
+        "fields": list(fields),
     }
     html = _environment().get_template("console.html").render(context)
     return HTMLResponse(html, headers=SECURITY_HEADERS)
 
 
-def console_routes() -> list[BaseRoute]:
+def console_routes(fields: Sequence[str] = ()) -> list[BaseRoute]:
+    """`fields`: the graph's Customer fields, the timeline's field filter (the declaration's,
+    so a department's fields are filterable as soon as they are declared)."""
+    page = functools.partial(console_page, fields=tuple(fields))
     return [
-        Route("/console", console_page, methods=["GET"]),
+        Route("/console", page, methods=["GET"]),
         Mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static"),
     ]

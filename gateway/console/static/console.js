@@ -11,10 +11,8 @@
   const PAGE = 25;
   const EXPORT_PAGE = 50; // a page of records stays within the gateway's query cost limit
   const EXPORT_CAP = 10000;
-  const FIELDS = [
-    "name", "email", "phone", "nationalId", "address", "lifetimeValue", "orders",
-    "tickets", "satisfaction", "segment", "consents", "opportunities",
-  ];
+  // The graph's Customer fields, from its declaration (the page carries them).
+  const FIELDS = JSON.parse(document.getElementById("c360-fields").textContent);
   const DECISIONS = ["allow", "mask", "deny"];
   const RESOLUTIONS = ["REVIEWED", "EXPECTED", "ESCALATED", "FALSE_POSITIVE"];
   const COLORS = {
