@@ -87,6 +87,15 @@ def connector_settings(table: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in table.items() if key not in GATEWAY_SOURCE_KEYS}
 
 
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """A graph and the schema it is served through: swapped together on reload, and taken
+    together by each request when its context is made."""
+
+    graph: Graph
+    schema: Any
+
+
 def graph_of(config: Config) -> Graph:
     """The built graph the config declares (the demo's when it names none)."""
     from demo import GRAPH_FILE
@@ -123,11 +132,8 @@ class Gateway:
                 name: build_connector(name, connector_settings(table))
                 for name, table in config.sources.items()
             }
-            self.graph = graph_of(config)
-            check_bindings(
-                self.graph.declaration, {name: c.entities() for name, c in connectors.items()}
-            )
-            self.bindings = self.graph.bindings
+            graph = graph_of(config)
+            check_bindings(graph.declaration, {n: c.entities() for n, c in connectors.items()})
         except (ConnectorConfigError, BindingError, DeclarationError) as error:
             raise ConfigError(str(error)) from error
         self.required = {
@@ -168,15 +174,7 @@ class Gateway:
         self.keys = IdentityKeys(config.identity.key)
         self.store = CrosswalkStore(config.identity.dsn)
         self.identity = IdentityIndex.build([], self.keys)
-        self.schema = build_schema(
-            self.graph,
-            extensions=[
-                *limit_extensions(config.limits, page_size_cap=config.max_page_size),
-                *([GraphQLSpanAttributes] if self.telemetry.tracer_provider is not None else []),
-                *([] if config.server.introspection else [DisableIntrospection]),
-            ],
-            max_batch=config.limits.max_batch,
-        )
+        self.served = self.serve(graph)
         self.authenticator = Authenticator(config.auth)
         try:
             self.masks = masks_with_hash(config.policies.hash_key, config.policies.hash_key_id)
@@ -186,14 +184,40 @@ class Gateway:
         self.decisions = StaticDecisions(self.policies)
         self.access_log = AccessLog(config.audit, config.audit_sink)
 
-    def load_policies(self, config: Config | None = None) -> PolicySet:
+    def serve(self, graph: Graph) -> Served:
+        """A graph with the schema the gateway serves it through."""
+        config = self.config
+        schema = build_schema(
+            graph,
+            extensions=[
+                *limit_extensions(config.limits, page_size_cap=config.max_page_size),
+                *([GraphQLSpanAttributes] if self.telemetry.tracer_provider is not None else []),
+                *([] if config.server.introspection else [DisableIntrospection]),
+            ],
+            max_batch=config.limits.max_batch,
+        )
+        return Served(graph, schema)
+
+    @property
+    def graph(self) -> Graph:
+        return self.served.graph
+
+    @property
+    def schema(self) -> Any:
+        return self.served.schema
+
+    @property
+    def bindings(self) -> Any:
+        return self.served.graph.bindings
+
+    def load_policies(self, config: Config | None = None, graph: Graph | None = None) -> PolicySet:
         """Read and check the policy file: every policy a field names must exist."""
         path = (config or self.config).policies.file
         try:
             policy_set = load_policy_file(path) if path else load_default_policy()
         except (PolicyFileError, OSError) as error:
             raise ConfigError(f"policies.file: {error}") from error
-        coverage = validate_against(policy_set, schema_policies(self.graph))
+        coverage = validate_against(policy_set, schema_policies(graph or self.graph))
         if not coverage.ok:
             missing = ", ".join(coverage.missing)
             raise ConfigError(f"policies.file: policies used by the schema are missing: {missing}")
@@ -213,22 +237,28 @@ class Gateway:
         return True
 
     def reload(self) -> bool:
-        """SIGHUP: the policy file and every key of the config file, swapped at once. A
-        request in flight keeps the keys and rules it started with; a broken file is
-        refused and everything stays as it was. Other changes need a restart (logged)."""
+        """SIGHUP: the graph declaration, the policy file and every key of the config file,
+        swapped at once. A request in flight keeps the graph, keys and rules it started
+        with; a broken file (a declaration that does not check, a policy missing for a
+        declared field) is refused and everything stays as it was. Other changes need a
+        restart (logged)."""
         if self.config_path is None:
             return self.reload_policies()
         try:
             new = load_config(self.config_path)
             masks = masks_with_hash(new.policies.hash_key, new.policies.hash_key_id)
-            policies = self.load_policies(new)
-        except (ConfigError, ValueError) as error:
+            graph = graph_of(new)
+            check_bindings(
+                graph.declaration, {n: c.entities() for n, c in self.hub.connectors.items()}
+            )
+            policies = self.load_policies(new, graph)
+        except (ConfigError, ValueError) as error:  # DeclarationError, BindingError too
             log.error("reload refused, keeping the running config", extra={"reason": str(error)})
             return False
         current = self.config
         needs_restart = [
             name
-            for name in ("server", "identity", "sources", "graph_files", "max_page_size", "audit")
+            for name in ("server", "identity", "sources", "max_page_size", "audit")
             if getattr(new, name) != getattr(current, name)
         ]
         cache = current.cache
@@ -248,8 +278,16 @@ class Gateway:
         self.masks = masks
         self.policies = policies
         self.config = dataclasses.replace(
-            current, auth=new.auth, cache=cache, policies=new.policies, keys=new.keys
+            current,
+            auth=new.auth,
+            cache=cache,
+            policies=new.policies,
+            keys=new.keys,
+            graph_files=new.graph_files,
         )
+        if graph is not self.graph:  # the same declaration builds the same graph
+            self.served = self.serve(graph)
+            log.warning("graph declaration reloaded", extra={"fields": len(graph.field_names)})
         log.warning("keys and policies reloaded")
         return True
 
@@ -290,18 +328,20 @@ class Gateway:
             return None  # only the GraphiQL page is served without a principal
         if self.decisions.policy_set is not self.policies:  # reloaded
             self.decisions = StaticDecisions(self.policies)
+        served = self.served  # this request's graph and schema, whatever a reload swaps in
         guard = FieldGuard(
             policies=self.policies,
             principal=principal,
             masks=self.masks,
-            facts_of=functools.partial(record_facts, self.bindings),
+            facts_of=functools.partial(record_facts, served.graph.bindings),
             decisions=self.decisions,
         )
         return GraphContext(
             sources=self.hub,
             identity=self.identity,
-            bindings=self.bindings,
-            graph=self.graph,
+            bindings=served.graph.bindings,
+            graph=served.graph,
+            schema=served.schema,
             guard=guard,
             max_page_size=self.config.max_page_size,
             request=request,

@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -124,7 +125,23 @@ def _safe_error(error: GraphQLError) -> GraphQLError:
 CLIENT_CLOSED_REQUEST = 499
 
 
+# The schema a request executes against, fixed when its context is made: a reload swaps
+# the gateway's graph and schema together, and a request in flight keeps its own pair.
+# Each request runs in a task of its own, so the variable is the request's.
+_REQUEST_SCHEMA: ContextVar[Any] = ContextVar("c360_request_schema", default=None)
+
+
 class GraphQLView(GraphQL[Any, None]):
+    @property
+    def schema(self) -> Any:
+        """strawberry reads `self.schema` to execute: the request's own, once it has a
+        context (strawberry makes it first); the one the view was made with otherwise."""
+        return _REQUEST_SCHEMA.get() or self._current_schema
+
+    @schema.setter
+    def schema(self, value: Any) -> None:
+        self._current_schema = value
+
     def __init__(
         self,
         *args: Any,
@@ -343,6 +360,9 @@ class GraphQLView(GraphQL[Any, None]):
     async def get_context(self, request: Any, response: Any) -> Any:
         context = self._context_factory(request)
         request.state.context = context
+        schema = getattr(context, "schema", None)
+        if schema is not None:
+            _REQUEST_SCHEMA.set(schema)
         return context
 
     async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:

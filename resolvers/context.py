@@ -66,6 +66,7 @@ class GraphContext:
     guard: FieldGuard
     max_page_size: int = 100
     graph: Any = None  # the built graph (resolvers/types.py `Graph`): its types and tables
+    schema: Any = None  # the schema serving that graph (the request executes against it)
     request: Any = None
     failures: dict[str, SourceFailure] = field(default_factory=dict)
     stale_ages: dict[tuple[str, str], float] = field(default_factory=dict)  # oldest served
