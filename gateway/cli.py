@@ -499,6 +499,7 @@ async def _audit(args: argparse.Namespace) -> int:
 def cmd_documents(args: argparse.Namespace) -> int:
     from gateway.documents import DocumentStoreError, add_documents
     from resolvers.schema import build_schema
+    from resolvers.upstream import core_schema
 
     config = _load(args)
     if config.documents.file is None:
@@ -507,7 +508,7 @@ def cmd_documents(args: argparse.Namespace) -> int:
         added = add_documents(
             config.documents.file,
             [Path(name) for name in args.files],
-            build_schema(_graph(args))._schema,
+            core_schema(build_schema(_graph(args))),
         )
     except DocumentStoreError as error:
         raise CliError(str(error)) from error

@@ -46,6 +46,7 @@ from strawberry.schema.schema import validate_document
 from strawberry.types.execution import PreExecutionError
 
 from gateway.errors import ConfigError
+from resolvers.upstream import core_schema
 
 CODE = "QUERY_TOO_COMPLEX"
 Fragments = Mapping[str, FragmentDefinitionNode]
@@ -515,7 +516,7 @@ class DocumentCache(SchemaExtension):
         ctx = self.execution_context
         if ctx.graphql_document is not None:
             ctx.pre_execution_errors = self.documents.validate(
-                ctx.schema._schema, ctx.graphql_document, ctx.validation_rules
+                core_schema(ctx.schema), ctx.graphql_document, ctx.validation_rules
             )
         yield
 
@@ -541,7 +542,7 @@ class ComplexityLimit(AddValidationRules):
         ctx = self.execution_context
         if ctx.graphql_document is not None and ctx.result is None:
             cost = self.costs.cost(
-                ctx.schema._schema,
+                core_schema(ctx.schema),
                 ctx.graphql_document,
                 ctx.operation_name,
                 ctx.variables,

@@ -51,9 +51,14 @@ from graphql import (
     located_error,
 )
 from graphql.pyutils import Path
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
-from strawberry.schema.schema_converter import CustomGraphQLEnumType
 from strawberry.types.field import StrawberryField
+
+from resolvers.upstream import (
+    CustomGraphQLEnumType,
+    ExecutionContextBase,
+    field_definition,
+    has_default_resolver,
+)
 
 # A compiled completion: the response value for a resolved value, or it raises.
 Complete = Callable[[Any], Any]
@@ -62,8 +67,6 @@ Complete = Callable[[Any], Any]
 class Irregular(Exception):
     """The value needs graphql-core's own completion (which reports what is wrong)."""
 
-
-_BACKREF = "strawberry-definition"
 
 PREPARED = "c360.prepared"
 """Metadata of a field whose value a parent may have prepared for its source: the
@@ -74,10 +77,10 @@ PREPARED_FIELD = {PREPARED: True}
 
 def basic_field(field_def: GraphQLField) -> StrawberryField | None:
     """The strawberry field behind a graphql field if reading it is an attribute read."""
-    definition = field_def.extensions.get(_BACKREF)
-    if not isinstance(definition, StrawberryField) or not definition.is_basic_field:
+    definition = field_definition(field_def)
+    if definition is None or not definition.is_basic_field:
         return None
-    return definition if getattr(field_def.resolve, "_is_default", False) else None
+    return definition if has_default_resolver(field_def) else None
 
 
 def _non_null(inner: Complete) -> Complete:
@@ -316,8 +319,8 @@ def _same(value: Any) -> Any:
 
 
 def prepared_field(field_def: GraphQLField) -> bool:
-    definition = field_def.extensions.get(_BACKREF)
-    return isinstance(definition, StrawberryField) and definition.metadata.get(PREPARED) is True
+    definition = field_definition(field_def)
+    return definition is not None and definition.metadata.get(PREPARED) is True
 
 
 def _prepared_getter(key: str) -> _Read:
@@ -388,7 +391,7 @@ def _conditional(node: Any) -> bool:
 _SHARED = _Shared()
 
 
-class PlainFieldExecutor(StrawberryGraphQLCoreExecutionContext):
+class PlainFieldExecutor(ExecutionContextBase):
     """graphql-core's executor, with plain selections completed by compiled functions."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

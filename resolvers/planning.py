@@ -39,6 +39,7 @@ from policies.engine import Decision
 from resolvers.context import GraphContext
 from resolvers.loading import CustomerLoad
 from resolvers.selection import Selection, field_names, included_fields, selection_below
+from resolvers.upstream import core_schema
 
 PLANNED = "customer"
 HARMLESS = frozenset({PLANNED, "__typename"})
@@ -122,7 +123,7 @@ class PlanAhead(SchemaExtension):
         if execution.result is None and document is not None:
             ctx.planned = plan_loads(
                 ctx,
-                execution.schema._schema,
+                core_schema(execution.schema),
                 document,
                 execution.operation_name,
                 execution.variables or {},

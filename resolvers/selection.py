@@ -22,6 +22,8 @@ from graphql import (
 )
 from strawberry.types import Info
 
+from resolvers.upstream import raw_info
+
 
 def _included(node: Any, variables: Mapping[str, Any]) -> bool:
     for directive in node.directives or ():
@@ -88,7 +90,7 @@ def selected_fields(info: Info[Any, Any], path: Sequence[str] = ()) -> Selection
     """Field names selected below the resolving field, under `path` (e.g. ("edges",
     "node") below `customers`), through fragments, each with the response key it appears
     under first (its alias, or its name)."""
-    raw = info._raw_info
+    raw = raw_info(info)
     variables: Mapping[str, Any] = info.variable_values or {}  # coerced, by strawberry
     return selection_below(raw.field_nodes, raw.fragments, variables, path)
 
@@ -96,7 +98,7 @@ def selected_fields(info: Info[Any, Any], path: Sequence[str] = ()) -> Selection
 def names_below(info: Info[Any, Any]) -> set[str]:
     """The names selected below the resolving field, under any of its nodes, through
     fragments, whatever `@skip`/`@include` say (`field_names`)."""
-    raw = info._raw_info
+    raw = raw_info(info)
     return {
         name for node in raw.field_nodes for name in field_names(node.selection_set, raw.fragments)
     }
