@@ -5,8 +5,8 @@ can change an answer (resolvers/upstream.py, gateway/serving.py)."""
 from __future__ import annotations
 
 import asyncio
-import enum
 import contextlib
+import enum
 import inspect
 
 import strawberry
