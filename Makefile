@@ -37,17 +37,24 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# Benchmarks (bench/README.md): needs wrk (apt-get install -y wrk); Node 20 + npm for the peers.
+# Benchmarks (bench/README.md): wrk (installed as root, else say how); Node 20 + npm for the peers.
 # `bench` is the quick mode (under three minutes; bench/results/latest.*), `bench-full` adds
 # concurrencies, longer runs, the py-spy profiles and a 10-minute soak (bench/results/full.*).
 .PHONY: bench-full
 
-bench: $(STAMP)
-	@command -v wrk >/dev/null || { echo "bench: needs wrk (apt-get install -y wrk)"; exit 1; }
+# wrk is a Debian package: installed here as `make test` installs Chromium (as root).
+.PHONY: wrk
+wrk:
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get install -y --no-install-recommends wrk \
+	      || { apt-get update -qq && apt-get install -y --no-install-recommends wrk; }; \
+	  else echo "bench: needs wrk (sudo apt-get install -y wrk)"; exit 1; fi; }
+
+bench: $(STAMP) wrk
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench --quick
 
-bench-full: $(STAMP)
-	@command -v wrk >/dev/null || { echo "bench: needs wrk (apt-get install -y wrk)"; exit 1; }
+bench-full: $(STAMP) wrk
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench --full
