@@ -77,8 +77,22 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+# Where `c360 demo` (run from the checkout, its default --data-dir) writes its config.
+DEMO_CONFIG = Path("data") / "c360.toml"
+
+
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(Path(args.config))
+    """The config `--config` names; left at its default and absent, the demo's when
+    `c360 demo` has written one, so `c360 token` works beside a running demo."""
+    path = Path(args.config)
+    if path == DEFAULT_CONFIG and not path.exists():
+        if DEMO_CONFIG.exists():
+            return load_config(DEMO_CONFIG)
+        raise CliError(
+            f"config: no file at {path} (nor {DEMO_CONFIG}, written by `c360 demo`): "
+            "pass --config FILE"
+        )
+    return load_config(path)
 
 
 async def _identity(args: argparse.Namespace) -> int:

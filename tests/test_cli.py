@@ -110,6 +110,22 @@ def test_token_mints_a_token_the_gateway_accepts(tmp_path: Path) -> None:
     assert principal.purpose == "service"
 
 
+def test_token_beside_a_demo_finds_its_config(tmp_path: Path) -> None:
+    """After `make demo` (its config in ./data/c360.toml), `c360 token` needs no --config;
+    with neither file, one line says where a config was looked for."""
+    missing = run("token", "--sub", "x", "--role", "sales", cwd=tmp_path)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        "c360: config: no file at c360.toml (nor data/c360.toml, written by `c360 demo`): "
+        "pass --config FILE"
+    )
+    (tmp_path / "data").mkdir()
+    demo_config_file(tmp_path / "data")
+    found = run("token", "--sub", "x", "--role", "sales", "--purpose", "sales", cwd=tmp_path)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.count(".") == 2  # a JWT
+
+
 def test_token_refuses_without_a_development_key(tmp_path: Path) -> None:
     config_path = demo_config_file(tmp_path)
     config_path.write_text(config_path.read_text().replace('dev_key = "dev"\n', ""))
