@@ -212,12 +212,16 @@ class Authenticator:
         if purpose is not None and purpose not in purposes:
             raise AuthError(f"The token does not allow the purpose '{purpose}'.", status=403)
         department = claims.get("department")
+        acr = claims.get("acr")
         return Principal(
             subject=claims["sub"],
             roles=roles,
             purpose=purpose if purpose is not None else (purposes[0] if purposes else None),
             purposes=purposes,
             department=department if isinstance(department, str) else None,
+            # RFC 8176 methods (pwd, otp, mfa, hwk…), as the identity provider stated them
+            amr=frozenset(_string_list(claims, "amr", "amr")),
+            acr=acr if isinstance(acr, str) else None,
         )
 
     async def _still_valid(self, verified: _Verified) -> bool:
@@ -265,6 +269,7 @@ def mint_token(
     purposes: list[str],
     ttl_s: int = 3600,
     department: str | None = None,
+    amr: list[str] | None = None,
 ) -> str:
     """A development token signed with the configured development key."""
     if config.dev_key is None:
@@ -282,6 +287,8 @@ def mint_token(
     }
     if department:
         claims["department"] = department
+    if amr:
+        claims["amr"] = amr
     return jwt.encode(
         claims, config.hs256[config.dev_key], algorithm="HS256", headers={"kid": config.dev_key}
     )

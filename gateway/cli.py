@@ -303,6 +303,7 @@ def cmd_token(args: argparse.Namespace) -> int:
             args.purpose or [],
             ttl_s=args.ttl,
             department=args.department,
+            amr=args.amr or None,
         )
     )
     return 0
@@ -628,6 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--role", action="append", required=True, help="repeatable")
     token.add_argument("--purpose", action="append", help="allowed purpose; repeatable")
     token.add_argument("--department")
+    token.add_argument(
+        "--amr", action="append", help="a sign-in method for step-up rules (e.g. mfa); repeatable"
+    )
     token.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
     token.set_defaults(handler=cmd_token)
 

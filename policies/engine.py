@@ -48,6 +48,9 @@ class Decision:
     rule: int | None
     reason: str
     shadow: Decision | None = None
+    # A denial that a stronger sign-in would have turned: what it needs (RFC 9470's
+    # `acr_values`, and `amr`), for an INSUFFICIENT_AUTH answer instead of FORBIDDEN.
+    step_up: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,11 @@ def static_decision(
         return Decision("deny", policy_name, None, None, f"unknown policy '{policy_name}': deny")
     candidates = _survivors(policy_name, policy.rules, principal, verb, shadow=False)
     otherwise = _no_match(policy_name, shadow=False)
+    stepped = _stepped_up(policy_name, policy.rules, principal, verb, candidates)
+    if stepped is not None:
+        otherwise = stepped
+        if candidates and candidates[0].decision.effect == "deny" and not candidates[0].rule.needs:
+            candidates = ()  # a stronger sign-in would have matched before this denial
     if not policy.shadow:
         if not candidates or not candidates[0].rule.needs:
             return _first(candidates, otherwise)
@@ -126,12 +134,12 @@ class StaticDecisions:
 
     def __init__(self, policy_set: PolicySet) -> None:
         self.policy_set = policy_set
-        self._memo: dict[tuple[str, str, frozenset[str], str | None], Decision | Conditional] = {}
+        self._memo: dict[tuple[object, ...], Decision | Conditional] = {}
 
     def __call__(
         self, principal: Principal, policy_name: str, verb: str = "read"
     ) -> Decision | Conditional:
-        key = (policy_name, verb, principal.roles, principal.purpose)
+        key = (policy_name, verb, principal.roles, principal.purpose, principal.amr, principal.acr)
         found = self._memo.get(key)
         if found is None:
             if len(self._memo) >= self.MAX_ENTRIES:
@@ -167,6 +175,37 @@ def decide(
     return decide_record(decision, facts if facts is not None else RecordFacts())
 
 
+def _signed_in_enough(rule: Rule, principal: Principal) -> bool:
+    if rule.amr and not set(rule.amr) <= principal.amr:
+        return False
+    return not rule.acr or principal.acr in rule.acr
+
+
+def _stepped_up(
+    policy_name: str,
+    rules: tuple[Rule, ...],
+    principal: Principal,
+    verb: str,
+    candidates: tuple[Candidate, ...],
+) -> Decision | None:
+    """The denial to answer when the first rule that would have matched but for the
+    sign-in (`amr`, `acr`) allows or masks, and comes before any surviving rule that
+    decides unconditionally: it says what sign-in is needed."""
+    decided_at = next((c.index for c in candidates if not c.rule.needs), len(rules))
+    for index, rule in enumerate(rules[:decided_at]):
+        if verb not in rule.verbs or rule.effect == "deny" or _signed_in_enough(rule, principal):
+            continue
+        if rule.role != ANY_ROLE and rule.role not in principal.roles:
+            continue
+        if rule.purpose is not None and principal.purpose not in rule.purpose:
+            continue
+        needed = tuple((key, tuple(values)) for key, values in rule.step_up.items())
+        text = ", ".join(f"{key}={'+'.join(values)}" for key, values in needed)
+        reason = f"{policy_name} rules[{index}] needs a stronger sign-in ({text}): deny"
+        return Decision("deny", policy_name, None, index, reason, step_up=needed)
+    return None
+
+
 def _survivors(
     policy_name: str, rules: tuple[Rule, ...], principal: Principal, verb: str, *, shadow: bool
 ) -> tuple[Candidate, ...]:
@@ -177,6 +216,8 @@ def _survivors(
         if rule.role != ANY_ROLE and rule.role not in principal.roles:
             continue
         if rule.purpose is not None and principal.purpose not in rule.purpose:
+            continue
+        if not _signed_in_enough(rule, principal):
             continue
         survivors.append(Candidate(index, rule, _rule_decision(policy_name, index, rule, shadow)))
         if not rule.needs:

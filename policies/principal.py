@@ -21,3 +21,5 @@ class Principal:
     purpose: str | None
     purposes: tuple[str, ...] = ()
     department: str | None = None
+    amr: frozenset[str] = frozenset()  # how the holder signed in (the token's `amr`)
+    acr: str | None = None  # the sign-in's authentication context class (`acr`)

@@ -31,7 +31,9 @@ _TOP_KEYS: Final = frozenset(
     {"version", "roles", "purposes", "consent_channels", "default_policy", "policy"}
 )
 _POLICY_KEYS: Final = frozenset({"description", "rules", "shadow", "shadow_rules"})
-_RULE_KEYS: Final = frozenset({"role", "effect", "purpose", "consent", "owner", "verb"})
+_RULE_KEYS: Final = frozenset(
+    {"role", "effect", "purpose", "consent", "owner", "verb", "amr", "acr"}
+)
 _NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*")
 _MASK_EFFECT: Final = re.compile(r"mask\((?P<name>[^()]*)\)")
 
@@ -40,8 +42,9 @@ _MASK_EFFECT: Final = re.compile(r"mask\((?P<name>[^()]*)\)")
 class Rule:
     """One line of a policy: for `role`, when its conditions hold, do `effect`.
 
-    `purpose`, `verbs` and `role` are known once per request (static conditions);
-    `consent` and `owner` need facts about the record (record conditions).
+    `purpose`, `verbs`, `role` and the sign-in (`amr`: every listed method, `acr`: one
+    of the listed levels) are known once per request (static conditions); `consent` and
+    `owner` need facts about the record (record conditions).
     """
 
     role: str
@@ -51,6 +54,18 @@ class Rule:
     consent: str | None = None
     owner: bool = False
     verbs: tuple[str, ...] = DEFAULT_VERBS
+    amr: tuple[str, ...] = ()  # authentication methods the sign-in must include
+    acr: tuple[str, ...] = ()  # acceptable authentication context classes
+
+    @property
+    def step_up(self) -> dict[str, list[str]]:
+        """What a sign-in needs for this rule, as RFC 9470 names it (empty: nothing)."""
+        needed: dict[str, list[str]] = {}
+        if self.amr:
+            needed["amr"] = list(self.amr)
+        if self.acr:
+            needed["acr_values"] = list(self.acr)
+        return needed
 
     @property
     def needs(self) -> frozenset[str]:
@@ -81,6 +96,10 @@ class Rule:
             parts.append(f"consent={self.consent}")
         if self.owner:
             parts.append("owner")
+        if self.amr:
+            parts.append(f"amr={'+'.join(self.amr)}")
+        if self.acr:
+            parts.append(f"acr in ({', '.join(self.acr)})")
         return " and ".join(parts)
 
 
@@ -427,7 +446,23 @@ class _Reader:
         for verb in verbs:
             if verb not in VERBS:
                 raise fail(f"unknown verb {verb!r} (verbs: {', '.join(sorted(VERBS))})")
-        return Rule(role, effect, mask, purpose, consent, owner, tuple(dict.fromkeys(verbs)))
+        sign_in: dict[str, tuple[str, ...]] = {}
+        for key in ("amr", "acr"):
+            value = raw.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise fail(f"'{key}' must be a list of names, e.g. {key} = [\"mfa\"]")
+            sign_in[key] = tuple(dict.fromkeys(value))
+        return Rule(
+            role,
+            effect,
+            mask,
+            purpose,
+            consent,
+            owner,
+            tuple(dict.fromkeys(verbs)),
+            sign_in["amr"],
+            sign_in["acr"],
+        )
 
     def condition_names(
         self,

@@ -141,7 +141,7 @@ def test_marketing_email_needs_purpose_and_consent(
     decision = decide(DEFAULT, principal("marketing", purpose=purpose), "customer.email", facts)
     assert decision.effect == expected
     if expected == "allow":
-        assert decision.rule == 3
+        assert decision.rule == 5
         assert "consent=email" in decision.reason
     else:
         assert decision.rule is None
@@ -162,7 +162,7 @@ def test_static_part_of_marketing_email_is_conditional_on_consent() -> None:
     result = static_decision(DEFAULT, principal("marketing", purpose="marketing"), "customer.email")
     assert isinstance(result, Conditional)
     assert result.needs == frozenset({"consent:email"})
-    assert [candidate.index for candidate in result.candidates] == [3]
+    assert [candidate.index for candidate in result.candidates] == [5]
     granted = decide_record(result, RecordFacts(consents={"email": True}))
     withdrawn = decide_record(result, RecordFacts(consents={"email": False}))
     assert (granted.effect, withdrawn.effect) == ("allow", "deny")
@@ -320,10 +320,27 @@ def test_rules_default_to_read_only(scratch: PolicySet) -> None:
     assert decide(scratch, principal("a"), "verbs", None, verb="edit").effect == "allow"
 
 
+# CONTRACT.md's edit rules: (policy, role) -> what allows the edit; every other is denied.
+EDITS = {
+    **{(f"customer.{f}", "sales"): "owner, mfa" for f in ("email", "phone", "address")},
+    **{(f"customer.{f}", "sales_manager"): "mfa" for f in ("email", "phone", "address")},
+    ("consent.edit", "marketing"): "purpose marketing",
+    **{("customer.followups", r): "any" for r in ("sales", "sales_manager", "service")},
+}
+
+
 @pytest.mark.parametrize("policy", sorted(DEFAULT.policies))
-def test_default_file_grants_no_edit(policy: str) -> None:
+def test_default_file_grants_only_the_contracts_edits(policy: str) -> None:
+    everything = RecordFacts(consents={"email": True, "sms": True, "phone": True}, owner="x")
     for role in DEFAULT.roles:
-        assert decide(DEFAULT, principal(role), policy, None, verb="edit").effect == "deny"
+        for purpose in (*DEFAULT.purposes, None):
+            who = Principal("x", frozenset({role}), purpose, amr=frozenset({"mfa"}))
+            effect = decide(DEFAULT, who, policy, everything, verb="edit").effect
+            granted = EDITS.get((policy, role))
+            if granted is None or (granted == "purpose marketing" and purpose != "marketing"):
+                assert effect == "deny", (policy, role, purpose)
+            else:
+                assert effect == "allow", (policy, role, purpose)
 
 
 def test_unknown_verb_is_denied(scratch: PolicySet) -> None:
@@ -383,8 +400,8 @@ def test_unknown_policy_is_denied_with_a_reason() -> None:
 
 def test_reasons_name_the_policy_and_rule() -> None:
     decision = decide(DEFAULT, principal("security"), "customer.phone", None)
-    assert decision.rule == 4
-    assert decision.reason == "customer.phone rules[4] (role security): mask(phone)"
+    assert decision.rule == 6
+    assert decision.reason == "customer.phone rules[6] (role security): mask(phone)"
     denied = decide(DEFAULT, principal("security"), "customer.orders", None)
     assert denied.reason == "customer.orders: no rules match: deny"
 
@@ -508,3 +525,65 @@ def test_remembered_static_decisions_are_the_engines_for_every_principal() -> No
     for policy in policies:
         assert bounded(principals[0], policy) == static_decision(DEFAULT, principals[0], policy)
         assert 1 <= len(bounded._memo) <= 3
+
+
+# -- the edit verb and step-up sign-in ------------------------------------------------
+
+
+def _editor(role: str, amr: frozenset[str] = frozenset(), subject: str = "rep-1") -> Principal:
+    return Principal(subject=subject, roles=frozenset({role}), purpose="sales", amr=amr)
+
+
+@pytest.mark.parametrize("field", ["email", "phone", "address"])
+def test_edits_need_mfa_and_a_rep_edits_only_their_own_customers(field: str) -> None:
+    policy = FIELD_POLICY[field]
+    mfa = frozenset({"pwd", "mfa"})
+    without = static_decision(DEFAULT, _editor("sales"), policy, "edit")
+    assert isinstance(without, Decision) and without.effect == "deny"
+    assert without.step_up == (("amr", ("mfa",)),)
+    manager = static_decision(DEFAULT, _editor("sales_manager", mfa), policy, "edit")
+    assert isinstance(manager, Decision) and manager.effect == "allow"
+    rep = static_decision(DEFAULT, _editor("sales", mfa), policy, "edit")
+    assert isinstance(rep, Conditional) and rep.needs == frozenset({"owner"})
+    assert decide_record(rep, RecordFacts(owner="rep-1")).effect == "allow"
+    refused = decide_record(rep, RecordFacts(owner="rep-2"))
+    assert refused.effect == "deny" and refused.step_up is None
+    # Reading is what it was: the edit rules never decide a read.
+    assert static_decision(DEFAULT, _editor("sales"), policy).effect == "allow"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("role", ["service", "marketing", "security"])
+def test_every_other_edit_of_customer_fields_is_denied_without_step_up(role: str) -> None:
+    for field in ("email", "phone", "address", "name", "nationalId"):
+        decision = static_decision(
+            DEFAULT, _editor(role, frozenset({"mfa"})), FIELD_POLICY[field], "edit"
+        )
+        assert isinstance(decision, Decision) and decision.effect == "deny"
+        assert decision.step_up is None
+
+
+def test_marketing_records_consents_only_for_marketing() -> None:
+    for purpose, effect in (("marketing", "allow"), ("sales", "deny")):
+        principal = Principal("m", frozenset({"marketing"}), purpose)
+        decision = static_decision(DEFAULT, principal, "consent.edit", "edit")
+        assert isinstance(decision, Decision) and decision.effect == effect
+
+
+def test_a_step_up_rule_after_an_unconditional_match_changes_nothing() -> None:
+    policies = parse_policy_text(
+        """
+version = 1
+roles = ["a"]
+default_policy = "p"
+[policy.p]
+rules = [
+  { role = "a", effect = "mask(redact)", verb = ["edit"] },
+  { role = "a", effect = "allow", verb = ["edit"], amr = ["mfa"] },
+]
+""",
+        "inline.toml",
+    )
+    decision = static_decision(policies, Principal("x", frozenset({"a"}), None), "p", "edit")
+    assert isinstance(decision, Decision) and decision.effect == "mask" and decision.step_up is None
+    explained = explain(policies, ["a"], "edit")[0].cells["a"]
+    assert explained == "mask(redact)"

@@ -96,6 +96,8 @@ def test_shipped_default_loads_and_is_clean() -> None:
         "opportunity.owned",
         "audit.read",
         "audit.ack",
+        "consent.edit",
+        "customer.followups",
     }
     assert policy_set.warnings == ()
     assert policy_set.masks_used() <= MASK_NAMES - {"hash"}
