@@ -378,7 +378,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
         print(f"{args.file or 'policy file'}: {len(policy_set.policies)} policies, valid")
         return 0
     try:
-        rows = {row.policy: row for row in explain(policy_set, args.role)}
+        rows = {row.policy: row for row in explain(policy_set, args.role, args.verb)}
     except ValueError as error:
         raise CliError(str(error)) from error
     fields = [
@@ -641,6 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain_cmd.add_argument("--config", default=str(DEFAULT_CONFIG))
     explain_cmd.add_argument("--role", action="append", help="only these roles")
     explain_cmd.add_argument("--json", action="store_true")
+    explain_cmd.add_argument(
+        "--verb", choices=("read", "edit"), default="read", help="read (default) or edit"
+    )
     check_cmd = policy_actions.add_parser("check", help="validate a policy file")
     check_cmd.add_argument("file", nargs="?", help="default: the configured or shipped file")
     check_cmd.add_argument("--config", default=str(DEFAULT_CONFIG))
