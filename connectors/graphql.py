@@ -1,11 +1,22 @@
 """GraphQL department systems: a query with a `$keys` list variable, or Apollo Federation
-`_entities` with one representation per key."""
+`_entities` with one representation per key.
+
+A write (`[sources.X.writes.<action>]`) is one `mutation` whose variables are the values
+by name (a variable declared non-null without a default is required; one not given is
+not sent), and `result`, the dotted path in `data` to the record the mutation returns.
+A result that is there is success, whatever else the answer says; without it, the
+answer's `errors` (or an answer of null) are a WriteRefused. HTTP statuses outside 2xx
+map as for REST writes (connectors/http.py's write_failure).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
+from graphql import GraphQLError, NonNullTypeNode, OperationDefinitionNode, OperationType, parse
 
 from connectors.base import (
     IDENTITY_FIELD_KEYS,
@@ -16,10 +27,14 @@ from connectors.base import (
     IdentityPage,
     Record,
     SourceUnavailable,
+    WriteRefused,
+    WriteResult,
+    WriteSpec,
     dig,
     group_records,
+    write_spec,
 )
-from connectors.http import HttpClient
+from connectors.http import HttpClient, answer_detail, write_failure
 from connectors.settings import Settings
 from connectors.tls import http_transport
 
@@ -41,6 +56,39 @@ class GraphQLScan:
     fields: IdentityFields
 
 
+@dataclass(frozen=True, slots=True)
+class GraphQLWrite:
+    spec: WriteSpec
+    mutation: str
+    result: str  # "data." + the configured path
+
+
+def _graphql_write(name: str, settings: Settings) -> GraphQLWrite:
+    settings.reject_unknown({"mutation", "result"})
+    mutation = settings.string("mutation")
+    try:
+        document = parse(mutation)
+    except GraphQLError as error:
+        raise settings.error("mutation", f"does not parse: {error.message}") from error
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if len(operations) != 1 or len(document.definitions) != 1:
+        raise settings.error("mutation", "must be exactly one operation (and no fragments)")
+    operation = operations[0]
+    if operation.operation is not OperationType.MUTATION:
+        raise settings.error("mutation", "must be a mutation")
+    params: set[str] = set()
+    required: set[str] = set()
+    for variable in operation.variable_definitions or ():
+        params.add(variable.variable.name.value)
+        if isinstance(variable.type, NonNullTypeNode) and variable.default_value is None:
+            required.add(variable.variable.name.value)
+    return GraphQLWrite(
+        WriteSpec(name, frozenset(params), frozenset(required)),
+        mutation,
+        "data." + settings.string("result"),
+    )
+
+
 def entities_query(type_name: str, selection: str) -> str:
     return (
         "query c360Entities($representations: [_Any!]!) { "
@@ -58,12 +106,14 @@ class GraphQLConnector:
         scan: GraphQLScan | None,
         *,
         health_query: str = "{ __typename }",
+        writes: Mapping[str, GraphQLWrite] | None = None,
     ) -> None:
         self.name = name
         self.client = client
         self._entities = entities
         self._scan = scan
         self._health_query = health_query
+        self._writes = dict(writes or {})
 
     @classmethod
     def from_settings(cls, name: str, settings: Settings) -> GraphQLConnector:
@@ -76,10 +126,12 @@ class GraphQLConnector:
                 "headers",
                 "entities",
                 "scan",
+                "writes",
                 "tls",
                 "allow_insecure",
             }
         )
+        writes = {name: _graphql_write(name, w) for name, w in settings.tables("writes").items()}
         entities: dict[str, GraphQLEntity] = {}
         for entity_name, entity in settings.tables("entities").items():
             entity.reject_unknown(
@@ -122,10 +174,42 @@ class GraphQLConnector:
             headers=headers,
             ssl_context=ssl_context,
         )
-        return cls(name, client, entities, scan)
+        return cls(name, client, entities, scan, writes=writes)
 
     def entities(self) -> Mapping[str, EntitySpec]:
         return {name: entity.spec for name, entity in self._entities.items()}
+
+    def actions(self) -> Mapping[str, WriteSpec]:
+        return {name: write.spec for name, write in self._writes.items()}
+
+    async def write(self, action: str, values: Mapping[str, Any]) -> WriteResult:
+        write = self._writes[write_spec(self.name, self.actions(), action).name]
+        write.spec.check(self.name, values)
+        status, raw = await self.client.send(
+            "POST", "", json={"query": write.mutation, "variables": dict(values)}
+        )
+        where = f"mutation {action}"
+        if not 200 <= status < 300:
+            raise write_failure(self.name, status, where, raw)
+        try:
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
+            raise SourceUnavailable(
+                self.name, f"answered {where} with invalid JSON (the write may have happened)"
+            ) from error
+        if not isinstance(payload, dict) or not ("data" in payload or "errors" in payload):
+            raise SourceUnavailable(
+                self.name, f"answered {where} with no GraphQL result (the write may have happened)"
+            )
+        found = dig(payload, write.result)
+        if found is not None:
+            # The mutation's field resolved: the system did the write, even if a field
+            # selected under it failed (those errors do not undo it).
+            return WriteResult(1, found if isinstance(found, dict) else None)
+        errors = dig(payload, "errors")
+        if isinstance(errors, list) and errors:
+            raise WriteRefused(self.name, f"{where}: {answer_detail(raw)}")
+        raise WriteRefused(self.name, f"{where}: null at '{write.result}' and no errors")
 
     async def _execute(self, query: str, variables: dict[str, Any], items: str) -> Any:
         payload = await self.client.request_json(

@@ -7,15 +7,27 @@ pages declares how it pages: `paging = { next_field = "next", cursor_param = "cu
 on the entity for its batch endpoint, or inside `single` for the single endpoint; the
 connector then asks for the following pages (same parameters plus the cursor) until the
 answer has no next cursor, at most `paging.max_pages` pages (default 100).
+
+A write (`[sources.X.writes.<action>]`) is one request: `method` (PATCH, PUT, POST or
+DELETE) to `path`, whose `{name}` placeholders are filled from the values (URL-quoted;
+all required), with a JSON body of the values `body` names (a value not given is left
+out; None is sent as null). `record`, a dotted path into the answer, is where the
+system's record after the write is (`WriteResult.record`; None when the answer has none
+there). A 2xx is success; 404 WriteRefused (status 404), 409 and 412 WriteConflict, 408
+and 429 (try later) SourceUnavailable, any other 4xx WriteRefused with its status; 5xx,
+3xx, timeouts and transport failures SourceUnavailable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
+
+import orjson
 
 from connectors.base import (
     IDENTITY_FIELD_KEYS,
@@ -26,10 +38,13 @@ from connectors.base import (
     IdentityPage,
     Record,
     SourceUnavailable,
+    WriteResult,
+    WriteSpec,
     dig,
     group_records,
+    write_spec,
 )
-from connectors.http import HttpClient
+from connectors.http import HttpClient, write_failure
 from connectors.settings import Settings
 from connectors.tls import http_transport
 
@@ -74,7 +89,41 @@ class RestScan:
     fields: IdentityFields
 
 
+@dataclass(frozen=True, slots=True)
+class RestWrite:
+    spec: WriteSpec
+    method: str
+    path: str
+    placeholders: tuple[str, ...]
+    body: tuple[str, ...]
+    record: str | None
+
+
 PAGING_KEYS = {"next_field", "cursor_param", "max_pages"}
+WRITE_METHODS = ("PATCH", "PUT", "POST", "DELETE")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _rest_write(name: str, settings: Settings) -> RestWrite:
+    settings.reject_unknown({"method", "path", "body", "record"})
+    method = settings.choice("method", WRITE_METHODS, settings.string("method"))
+    path = settings.string("path")
+    if not path.startswith("/"):
+        raise settings.error("path", "must start with /")
+    placeholders = tuple(dict.fromkeys(_PLACEHOLDER.findall(path)))
+    if "{" in _PLACEHOLDER.sub("", path) or "}" in _PLACEHOLDER.sub("", path):
+        raise settings.error("path", "placeholders are {name}: a letter or _, then [A-Za-z0-9_]")
+    body = tuple(settings.str_list("body"))
+    if len(set(body)) != len(body):
+        raise settings.error("body", "names a value twice")
+    return RestWrite(
+        spec=WriteSpec(name, frozenset(placeholders) | frozenset(body), frozenset(placeholders)),
+        method=method,
+        path=path,
+        placeholders=placeholders,
+        body=body,
+        record=settings.opt_string("record"),
+    )
 
 
 def _paging(settings: Settings | None) -> RestPaging | None:
@@ -110,6 +159,7 @@ class RestConnector:
         *,
         health_path: str = "/healthz",
         fanout: int = 8,
+        writes: Mapping[str, RestWrite] | None = None,
     ) -> None:
         self.name = name
         self.client = client
@@ -117,6 +167,7 @@ class RestConnector:
         self._scan = scan
         self._health_path = health_path
         self._fanout = fanout
+        self._writes = dict(writes or {})
 
     @classmethod
     def from_settings(cls, name: str, settings: Settings) -> RestConnector:
@@ -131,10 +182,12 @@ class RestConnector:
                 "fanout",
                 "entities",
                 "scan",
+                "writes",
                 "tls",
                 "allow_insecure",
             }
         )
+        writes = {name: _rest_write(name, w) for name, w in settings.tables("writes").items()}
         entities: dict[str, RestEntity] = {}
         for entity_name, entity in settings.tables("entities").items():
             entity.reject_unknown({"key_field", "many", "items", "batch", "single", "paging"})
@@ -212,10 +265,41 @@ class RestConnector:
             scan,
             health_path=settings.string("health_path", "/healthz"),
             fanout=settings.integer("fanout", 8, minimum=1),
+            writes=writes,
         )
 
     def entities(self) -> Mapping[str, EntitySpec]:
         return {name: entity.spec for name, entity in self._entities.items()}
+
+    def actions(self) -> Mapping[str, WriteSpec]:
+        return {name: write.spec for name, write in self._writes.items()}
+
+    async def write(self, action: str, values: Mapping[str, Any]) -> WriteResult:
+        write = self._writes[write_spec(self.name, self.actions(), action).name]
+        write.spec.check(self.name, values)
+        path = write.path
+        for name in write.placeholders:
+            path = path.replace("{" + name + "}", quote(str(values[name]), safe=""))
+        body = {name: values[name] for name in write.body if name in values}
+        status, raw = await self.client.send(write.method, path, json=body if write.body else None)
+        where = f"{write.method} {write.path}"
+        if 200 <= status < 300:
+            return WriteResult(1, self._written_record(write, raw, where))
+        raise write_failure(self.name, status, where, raw)
+
+    def _written_record(self, write: RestWrite, raw: bytes, where: str) -> Record | None:
+        if write.record is None:
+            return None  # the answer is not read: a 204 or any body will do
+        try:
+            payload = orjson.loads(raw) if raw.strip() else None
+        except orjson.JSONDecodeError as error:
+            # A 2xx that is not JSON may not come from the system at all (a proxy's page):
+            # whether the write happened is unknown, so it is not called a success.
+            raise SourceUnavailable(
+                self.name, f"answered {where} with invalid JSON (the write may have happened)"
+            ) from error
+        found = dig(payload, write.record)
+        return found if isinstance(found, dict) else None
 
     async def fetch(self, entity: str, keys: Sequence[str]) -> dict[str, Fetched]:
         spec = self._entities[entity]

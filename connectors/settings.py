@@ -75,6 +75,12 @@ class Settings:
             raise self.error(key, "expected a table of strings")
         return dict(raw)
 
+    def str_list(self, key: str) -> list[str]:
+        raw = self.data.get(key, [])
+        if not isinstance(raw, list) or not all(isinstance(v, str) and v for v in raw):
+            raise self.error(key, "expected a list of non-empty strings")
+        return list(raw)
+
     def entity_spec(self, name: str) -> EntitySpec:
         return EntitySpec(name, self.string("key_field"), self.flag("many", False))
 

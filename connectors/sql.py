@@ -3,6 +3,20 @@
 Each entity is one parameterised query with an expanding `:keys` parameter, so a whole
 batch of keys is one round trip. PostgreSQL over the network is verified TLS (`tls` table,
 handed to asyncpg as an SSLContext) unless the host is loopback or the source opts out.
+
+A write (`[sources.X.writes.<action>]`) is one `statement` (UPDATE, INSERT, DELETE) with
+named parameters, always bound, never formatted into the SQL. Each `:name` is a value of
+the write; one not given is bound as NULL (so `COALESCE(:email, email)` keeps the
+column's own). `:key` is required and converted by `key_type`; `types` converts others
+(str, int, float, bool, date, datetime: ISO strings parsed, datetimes stored as naive
+UTC). `:now` is bound by the connector to the time of the write (naive UTC, microseconds),
+so a statement can set an updated-at column the same way on SQLite and PostgreSQL.
+The record after the write is the statement's first row when it has `RETURNING`
+(PostgreSQL, SQLite 3.35+), else the first row of `read_back` (a SELECT over the same
+parameters), both in the write's one transaction. A statement that changes no row is
+WriteRefused (status 404) unless `on_no_row = "ok"`; when `read_back` still finds the
+record, it is a WriteConflict instead (the statement's condition, e.g. a version, no
+longer held). A constraint or data error of the database is a WriteRefused.
 """
 
 from __future__ import annotations
@@ -15,11 +29,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import Boolean, Date, DateTime, Float, Integer, String, bindparam, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.types import TypeEngine
 
 from connectors.base import (
     IDENTITY_FIELD_KEYS,
@@ -31,13 +46,31 @@ from connectors.base import (
     IdentityPage,
     Record,
     SourceUnavailable,
+    WriteConflict,
+    WriteRefused,
+    WriteResult,
+    WriteSpec,
+    WriteValueError,
     group_records,
+    write_spec,
 )
 from connectors.settings import Settings
 from connectors.tls import ClientTLS, insecure_flag, refuse_or_warn, tls_failure
 
 KEY_TYPES = ("str", "int")
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
+# What a write's `types` (and `key_type`) may name, as the SQL type its parameter is bound
+# with (so asyncpg is told, and SQLite stores dates and times as SQLAlchemy reads them).
+WRITE_TYPES: Mapping[str, TypeEngine[Any]] = {
+    "str": String(),
+    "int": Integer(),
+    "float": Float(),
+    "bool": Boolean(),
+    "date": Date(),
+    "datetime": DateTime(),
+}
+NOW = "now"  # the parameter the connector binds to the time of the write
+WRITE_KEYS = {"statement", "read_back", "key_type", "types", "on_no_row"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +86,111 @@ class SqlScan:
     start: Any
     key_type: str
     fields: IdentityFields
+
+
+@dataclass(frozen=True, slots=True)
+class SqlWrite:
+    spec: WriteSpec
+    statement: TextClause
+    statement_params: frozenset[str]
+    read_back: TextClause | None
+    read_back_params: frozenset[str]
+    types: Mapping[str, str]
+    must_change: bool  # on_no_row = "refuse"
+
+
+def _parameters(clause: TextClause) -> frozenset[str]:
+    return frozenset(clause.compile().params)
+
+
+def _typed(clause: TextClause, types: Mapping[str, str], params: frozenset[str]) -> TextClause:
+    binds = [bindparam(name, type_=WRITE_TYPES[types[name]]) for name in params if name in types]
+    return clause.bindparams(*binds) if binds else clause
+
+
+def _sql_write(name: str, settings: Settings) -> SqlWrite:
+    settings.reject_unknown(WRITE_KEYS)
+    statement = text(settings.string("statement"))
+    statement_params = _parameters(statement)
+    read_back = None
+    read_back_params: frozenset[str] = frozenset()
+    if (query := settings.opt_string("read_back")) is not None:
+        read_back = text(query)
+        read_back_params = _parameters(read_back)
+        if not read_back_params <= statement_params | {NOW}:
+            extra = sorted(read_back_params - statement_params - {NOW})[0]
+            raise settings.error("read_back", f":{extra} is not a parameter of the statement")
+    types = settings.str_map("types")
+    for value_name, type_name in types.items():
+        if type_name not in WRITE_TYPES:
+            raise settings.error(f"types.{value_name}", f"must be one of {', '.join(WRITE_TYPES)}")
+        if value_name not in statement_params:
+            raise settings.error(f"types.{value_name}", "is not a parameter of the statement")
+    if NOW in types:
+        raise settings.error(f"types.{NOW}", ":now is always the time of the write")
+    if "key_type" in settings.data:
+        if "key" in types:
+            raise settings.error("key_type", "and types.key both set; keep one")
+        if "key" not in statement_params:
+            raise settings.error("key_type", "the statement has no :key")
+        types["key"] = settings.choice("key_type", KEY_TYPES, "str")
+    if NOW in statement_params | read_back_params:
+        types[NOW] = "datetime"
+    params = statement_params - {NOW}
+    return SqlWrite(
+        spec=WriteSpec(name, params, frozenset({"key"}) & params),
+        statement=_typed(statement, types, statement_params),
+        statement_params=statement_params,
+        read_back=None if read_back is None else _typed(read_back, types, read_back_params),
+        read_back_params=read_back_params,
+        types=types,
+        must_change=settings.choice("on_no_row", ("refuse", "ok"), "refuse") == "refuse",
+    )
+
+
+def _converted(value: Any, type_name: str) -> Any:
+    """A write's value as its declared type; ValueError when it cannot be."""
+    if value is None or (type_name == "str" and isinstance(value, str)):
+        return value
+    if isinstance(value, bool) != (type_name == "bool"):
+        raise ValueError(type_name)
+    if type_name == "str" and isinstance(value, int | float):
+        return str(value)
+    if type_name == "int":
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+            return int(value)
+    elif type_name == "float" and isinstance(value, int | float | str):
+        return float(value)
+    elif type_name == "bool":
+        return value
+    elif type_name == "date":
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            return value
+        if isinstance(value, str):
+            return dt.date.fromisoformat(value)
+    elif type_name == "datetime":
+        moment = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+        if isinstance(moment, dt.datetime):
+            return moment if moment.tzinfo is None else _naive_utc(moment)
+    raise ValueError(type_name)
+
+
+def _naive_utc(moment: dt.datetime) -> dt.datetime:
+    return moment.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _write_failure(source: str, error: DBAPIError) -> Exception:
+    """A database error during a write: a conflict of transactions (SQLSTATE class 40), a
+    refusal (a constraint, class 23, or bad data, class 22), or the system failing."""
+    code = str(getattr(error.orig, "sqlstate", None) or "")
+    reason = tls_failure(error) or f"{type(error).__name__}: {error.orig}"
+    if code.startswith("40"):
+        return WriteConflict(source, reason)
+    if code[:2] in ("22", "23") or isinstance(error, IntegrityError | DataError):
+        return WriteRefused(source, reason)
+    return SourceUnavailable(source, reason)
 
 
 def json_value(value: Any) -> Any:
@@ -137,6 +275,7 @@ class SqlConnector:
         pool_size: int = 5,
         simulated_latency_s: float = 0.0,
         connect_args: Mapping[str, Any] | None = None,
+        writes: Mapping[str, SqlWrite] | None = None,
     ) -> None:
         self.name = name
         self.dsn = dsn
@@ -148,6 +287,11 @@ class SqlConnector:
         self._latency_s = simulated_latency_s
         self._connect_args = dict(connect_args or {})
         self._engine: AsyncEngine | None = None
+        self._writes = dict(writes or {})
+        # A write is a transaction on a connection of the same pool (the reads' autocommit
+        # is restored when it goes back): SQLite's only level, PostgreSQL's default one,
+        # under which a conditional UPDATE re-checks its WHERE on a row changed meanwhile.
+        self._write_isolation = "SERIALIZABLE" if dsn.startswith("sqlite") else "READ COMMITTED"
 
     @classmethod
     def from_settings(cls, name: str, settings: Settings) -> SqlConnector:
@@ -160,10 +304,12 @@ class SqlConnector:
                 "simulated_latency_ms",
                 "entities",
                 "scan",
+                "writes",
                 "tls",
                 "allow_insecure",
             }
         )
+        writes = {name: _sql_write(name, w) for name, w in settings.tables("writes").items()}
         entities: dict[str, SqlEntity] = {}
         for entity_name, entity in settings.tables("entities").items():
             entity.reject_unknown({"key_field", "many", "query", "key_type"})
@@ -202,6 +348,7 @@ class SqlConnector:
             pool_size=pool_size,
             simulated_latency_s=latency_s,
             connect_args=connect_args(settings, dsn),  # last: other mistakes first
+            writes=writes,
         )
 
     def entities(self) -> Mapping[str, EntitySpec]:
@@ -248,6 +395,80 @@ class SqlConnector:
             return group_records([], spec.spec, keys)
         rows = await self._rows(spec.query, {"keys": bound})
         return group_records(rows, spec.spec, keys)
+
+    def actions(self) -> Mapping[str, WriteSpec]:
+        return {name: write.spec for name, write in self._writes.items()}
+
+    def _bound(self, write: SqlWrite, values: Mapping[str, Any]) -> dict[str, Any]:
+        bound: dict[str, Any] = {}
+        for name in write.spec.params:
+            type_name = write.types.get(name)
+            value = values.get(name)
+            try:
+                bound[name] = value if type_name is None else _converted(value, type_name)
+            except ValueError:
+                raise WriteValueError(
+                    f"sources.{self.name}.writes.{write.spec.name}: '{name}' is not "
+                    f"{'an' if type_name == 'int' else 'a'} {type_name}"
+                ) from None
+        bound[NOW] = _naive_utc(dt.datetime.now(dt.UTC))
+        return bound
+
+    async def write(self, action: str, values: Mapping[str, Any]) -> WriteResult:
+        write = self._writes[write_spec(self.name, self.actions(), action).name]
+        write.spec.check(self.name, values)
+        bound = self._bound(write, values)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                if self._latency_s:
+                    await asyncio.sleep(self._latency_s)
+                async with self._get_engine().connect() as connection:
+                    await connection.execution_options(isolation_level=self._write_isolation)
+                    async with connection.begin():
+                        return await self._write_in(connection, write, bound)
+        except TimeoutError as error:
+            raise SourceUnavailable(
+                self.name,
+                f"write {action} timed out after {self._timeout_s:.1f}s "
+                "(the write may or may not have happened)",
+            ) from error
+        except DBAPIError as error:
+            raise _write_failure(self.name, error) from error
+        except (SQLAlchemyError, OSError, ValueError) as error:
+            reason = tls_failure(error) or f"{type(error).__name__}: {error}"
+            raise SourceUnavailable(self.name, reason) from error
+
+    async def _write_in(
+        self, connection: AsyncConnection, write: SqlWrite, bound: Mapping[str, Any]
+    ) -> WriteResult:
+        """The statement, then (when it returned no row) the read back, in one transaction:
+        an error or a refusal here rolls it back."""
+        result = await connection.execute(
+            write.statement, {name: bound[name] for name in write.statement_params}
+        )
+        record: Record | None = None
+        if result.returns_rows:
+            columns = list(result.keys())
+            rows = result.all()
+            affected = len(rows)
+            record = row_record(columns, rows[0]) if rows else None
+        else:
+            affected = max(result.rowcount, 0)
+        if record is None and write.read_back is not None:
+            back = await connection.execute(
+                write.read_back, {name: bound[name] for name in write.read_back_params}
+            )
+            row = back.first()
+            record = None if row is None else row_record(list(back.keys()), row)
+        if affected == 0 and write.must_change:
+            if record is not None:
+                raise WriteConflict(
+                    self.name,
+                    f"write {write.spec.name} changed no row, and the record exists "
+                    "(the statement's condition no longer holds)",
+                )
+            raise WriteRefused(self.name, f"write {write.spec.name} changed no row", 404)
+        return WriteResult(affected, record)
 
     async def scan(self, after: str | None, limit: int) -> IdentityPage:
         if self._scan is None:

@@ -1,4 +1,8 @@
-"""The service department's helpdesk: requesters and tickets over a small JSON REST API (v2)."""
+"""The service department's helpdesk: requesters and tickets over a small JSON REST API (v2).
+
+`PATCH /api/v2/requesters/{id}` with `{"phone": ...}` and/or `{"email": ...}` corrects a
+requester (in memory, for the life of the process).
+"""
 
 from __future__ import annotations
 
@@ -113,6 +117,38 @@ async def _lookup_requesters(request: web.Request) -> web.Response:
     return json_response({"requesters": list(found.values())})
 
 
+EDITABLE = ("email", "phone")
+
+
+async def _patch_requester(request: web.Request) -> web.Response:
+    desk = request.app[HELPDESK]
+    requester = desk.requesters.get(request.match_info["id"])
+    if requester is None:
+        return json_response({"error": "requester not found"}, status=404)
+    try:
+        body = await request.json()
+    except ValueError:
+        return _bad_request("body must be JSON")
+    if not isinstance(body, dict) or not body:
+        return _bad_request('body must be an object, e.g. {"phone": "13800138000"}')
+    unknown = sorted(set(body) - set(EDITABLE))
+    if unknown:
+        return _bad_request(f"{unknown[0]} cannot be changed (only {', '.join(EDITABLE)})")
+    for name, value in body.items():
+        if not isinstance(value, str) or not value.strip():
+            return _bad_request(f"{name} must be a non-empty string")
+    if "email" in body and _email_key(body["email"]) != _email_key(requester["email"]):
+        old_key = _email_key(requester["email"])
+        others = [r for r in desk.by_email[old_key] if r is not requester]
+        if others:
+            desk.by_email[old_key] = others
+        else:
+            del desk.by_email[old_key]
+        desk.by_email.setdefault(_email_key(body["email"]), []).append(requester)
+    requester.update(body)
+    return json_response({"requester": requester})
+
+
 async def _requester_tickets(request: web.Request) -> web.Response:
     desk = request.app[HELPDESK]
     requester_id = request.match_info["id"]
@@ -156,6 +192,7 @@ def helpdesk_app(world: DemoWorld, *, latency_ms: int = 0) -> web.Application:
     # "lookup" is registered before "{id}" so that it is never taken for a requester id.
     app.router.add_post("/api/v2/requesters/lookup", _lookup_requesters)
     app.router.add_get("/api/v2/requesters/{id}", _get_requester)
+    app.router.add_patch("/api/v2/requesters/{id}", _patch_requester)
     app.router.add_get("/api/v2/requesters/{id}/tickets", _requester_tickets)
     app.router.add_get("/api/v2/tickets", _batch_tickets)
     return app

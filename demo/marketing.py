@@ -1,12 +1,15 @@
 """The marketing department's system: contacts, consents and segments as a federated GraphQL API.
 
 A strawberry federation 2.3 subgraph, so `_entities` and `_service` work as a gateway expects.
+One mutation, `setConsent`, records a consent given or withdrawn (in memory, for the life
+of the process).
 """
 
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import strawberry
@@ -18,9 +21,10 @@ from strawberry.types import ExecutionContext
 from demo.faults import install_faults, json_response
 from demo.people import DemoWorld, MarketingContact
 
-__all__ = ["MAX_PAGE", "marketing_app", "schema"]
+__all__ = ["CHANNELS", "MAX_PAGE", "marketing_app", "schema"]
 
 MAX_PAGE = 500
+CHANNELS = ("email", "sms", "phone")  # in the order a contact's consents are listed
 
 
 class BadArgument(ValueError):
@@ -127,6 +131,31 @@ class Query:
         return [Segment(name=n, contact_ids=list(known.get(n, ()))) for n in names]
 
 
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(
+        description="Grant or withdraw a contact's consent for one channel (email, sms or "
+        "phone), adding the channel when the contact has none for it yet."
+    )
+    def set_consent(
+        self, info: strawberry.Info, contact_id: strawberry.ID, channel: str, granted: bool
+    ) -> Consent | None:
+        contact = _book(info).contacts.get(contact_id)
+        if contact is None:
+            raise BadArgument(f"no contact {contact_id}")
+        if channel not in CHANNELS:
+            raise BadArgument(f"channel must be one of {', '.join(CHANNELS)}")
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # as the seeded ones are
+        for consent in contact.consents:
+            if consent.channel == channel:
+                consent.granted, consent.updated_at = granted, now
+                return consent
+        consent = Consent(channel=channel, granted=granted, updated_at=now)
+        contact.consents.append(consent)
+        contact.consents.sort(key=lambda c: CHANNELS.index(c.channel))
+        return consent
+
+
 # Federation 2 is the only mode strawberry 0.341 has (`enable_federation_2` is gone); 2.3 is
 # the oldest version with everything used here, so every composer and gateway can read it.
 class _Schema(strawberry.federation.Schema):
@@ -138,7 +167,7 @@ class _Schema(strawberry.federation.Schema):
         super().process_errors(ours, execution_context)
 
 
-schema = _Schema(query=Query, federation_version="2.3")
+schema = _Schema(query=Query, mutation=Mutation, federation_version="2.3")
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -1,6 +1,9 @@
-"""The sales department's CRM database: four `crm_*` tables seeded from a `DemoWorld`.
+"""The sales department's CRM database: five `crm_*` tables seeded from a `DemoWorld`.
 
 Works on SQLite (aiosqlite) and PostgreSQL (asyncpg) through SQLAlchemy's async engine.
+`crm_customers.updated_at` starts as the record's creation time and is set by every
+write to it (the gateway's version of a customer); `crm_followups` starts empty and holds
+the follow-up notes written through the gateway.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from sqlalchemy import (
     TIMESTAMP,
     Boolean,
     Column,
+    Date,
     Index,
     Integer,
     MetaData,
@@ -26,6 +30,7 @@ from demo.people import DemoWorld
 
 __all__ = [
     "crm_customers",
+    "crm_followups",
     "crm_opportunities",
     "crm_orders",
     "crm_reps",
@@ -50,6 +55,7 @@ crm_customers = Table(
     Column("lifetime_value", Numeric(12, 2)),
     Column("owner_rep", Text),
     Column("created_at", TIMESTAMP),
+    Column("updated_at", TIMESTAMP, nullable=False),
 )
 
 crm_orders = Table(
@@ -75,6 +81,20 @@ crm_opportunities = Table(
     Index("ix_crm_opportunities_customer_id", "customer_id"),
 )
 
+# Notes a sales or service agent leaves on a customer ("call back after the 15th");
+# `id` is the database's own (SQLite's rowid, a PostgreSQL serial).
+crm_followups = Table(
+    "crm_followups",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("customer_id", Integer, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("due_on", Date, nullable=True),
+    Column("created_by", Text, nullable=False),
+    Column("created_at", TIMESTAMP, nullable=False),
+    Index("ix_crm_followups_customer_id", "customer_id"),
+)
+
 crm_reps = Table(
     "crm_reps",
     metadata,
@@ -95,7 +115,8 @@ def _naive_utc(moment: datetime) -> datetime:
 
 
 async def seed_sales_db(dsn: str, world: DemoWorld) -> None:
-    """Drop and recreate the four `crm_*` tables at `dsn`, then bulk-insert the world's rows."""
+    """Drop and recreate the five `crm_*` tables at `dsn`, then bulk-insert the world's rows
+    (no follow-ups: those are written through the gateway)."""
     sales = world.sales
     rows: list[tuple[Table, list[dict[str, Any]]]] = [
         (crm_reps, [{"id": r.id, "name": r.name, "is_manager": r.is_manager} for r in sales.reps]),
@@ -112,6 +133,7 @@ async def seed_sales_db(dsn: str, world: DemoWorld) -> None:
                     "lifetime_value": c.lifetime_value,
                     "owner_rep": c.owner_rep,
                     "created_at": _naive_utc(c.created_at),
+                    "updated_at": _naive_utc(c.created_at),
                 }
                 for c in sales.customers
             ],

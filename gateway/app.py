@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from strawberry.extensions import DisableIntrospection
 
-from connectors.base import Connector, ConnectorConfigError
+from connectors.base import Connector, ConnectorConfigError, Writable
 from connectors.http import HttpClient
 from connectors.identity.index import IdentityIndex
 from connectors.identity.keys import IdentityKeys
@@ -36,6 +36,7 @@ from gateway.audit.recorder import (
     current_trace_id,
     now_iso,
     record_with_alerts,
+    superseding,
 )
 from gateway.audit.sinks import AccessQuery, AccessSink
 from gateway.auth import Authenticator
@@ -75,6 +76,7 @@ from resolvers.guard import FieldGuard
 from resolvers.loading import record_facts
 from resolvers.schema import build_schema, schema_policies
 from resolvers.types import Graph
+from resolvers.writes import IdempotentWrites
 
 log = logging.getLogger("c360.app")
 
@@ -133,7 +135,11 @@ class Gateway:
                 for name, table in config.sources.items()
             }
             graph = graph_of(config)
-            check_bindings(graph.declaration, {n: c.entities() for n, c in connectors.items()})
+            check_bindings(
+                graph.declaration,
+                {n: c.entities() for n, c in connectors.items()},
+                {n: c.actions() if isinstance(c, Writable) else {} for n, c in connectors.items()},
+            )
         except (ConnectorConfigError, BindingError, DeclarationError) as error:
             raise ConfigError(str(error)) from error
         self.required = {
@@ -174,6 +180,7 @@ class Gateway:
         self.keys = IdentityKeys(config.identity.key)
         self.store = CrosswalkStore(config.identity.dsn)
         self.identity = IdentityIndex.build([], self.keys)
+        self.idempotent_writes = IdempotentWrites()
         self.served = self.serve(graph)
         self.authenticator = Authenticator(config.auth)
         try:
@@ -249,7 +256,9 @@ class Gateway:
             masks = masks_with_hash(new.policies.hash_key, new.policies.hash_key_id)
             graph = graph_of(new)
             check_bindings(
-                graph.declaration, {n: c.entities() for n, c in self.hub.connectors.items()}
+                graph.declaration,
+                {n: c.entities() for n, c in self.hub.connectors.items()},
+                {n: self.hub.actions(n) for n in self.hub.connectors},
             )
             policies = self.load_policies(new, graph)
         except (ConfigError, ValueError) as error:  # DeclarationError, BindingError too
@@ -309,6 +318,19 @@ class Gateway:
         await self.reload_identity()
         return report
 
+    async def rekey(self, system: str, system_id: str, keys: Mapping[str, str]) -> None:
+        """After a write changed a record's email or phone (normalised): the crosswalk's
+        match keys follow, as the next sync would see them (a conflict reported)."""
+        hashes = {kind: self.keys.match_hash(kind, value) for kind, value in keys.items()}
+        link = await self.store.rekey(
+            system,
+            system_id,
+            email_hash=hashes.get("email"),
+            phone_hash=hashes.get("phone"),
+        )
+        if link is not None:
+            await self.reload_identity()
+
     async def reload_identity(self) -> None:
         self.identity = IdentityIndex.build(await self.store.links(), self.keys)
         log.info("identity crosswalk loaded", extra={"customers": len(self.identity)})
@@ -342,6 +364,8 @@ class Gateway:
             bindings=served.graph.bindings,
             graph=served.graph,
             schema=served.schema,
+            idempotent_writes=self.idempotent_writes,
+            rekey=self.rekey,
             guard=guard,
             max_page_size=self.config.max_page_size,
             request=request,
@@ -374,6 +398,8 @@ class Gateway:
         try:
             await self.access_log.durable(record_with_alerts(self.access_log, record))
         except AuditUnavailable:
+            # The record above says what the answer would have been; this one what it is.
+            self.access_log.record(superseding(record, 503, "audit_unavailable"), awaited=False)
             return Response(
                 error_body(
                     "The access log cannot record this request; it was refused.",
@@ -420,6 +446,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
         limits=config.limits,
         documents=lambda: (gw.documents, gw.config.documents),
         max_body_bytes=config.server.max_body_bytes,
+        body_timeout_s=config.server.body_timeout_s,
         account_later=gw.account_later,
         observe=observe,
         durable_first=lambda: gw.access_log.settings.fail_closed,
@@ -501,7 +528,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
     app = Starlette(
         middleware=middleware,
         routes=[
-            Route("/graphql", view, methods=["GET", "POST"]),
+            Route("/graphql", view),  # every method: the view answers (and records) a 405
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),

@@ -6,6 +6,11 @@ Concurrent misses for the same key within an instance share one call (single fli
 with Redis, an instance first claims the keys it will fetch, and waits briefly for keys
 another instance is already fetching. When a system fails, entries past their TTL but
 within max-stale are served, and the request is told their age.
+
+Writes (`SourceHub.write`) go straight to the system that owns the data: counted, timed
+and traced like a fetch, through the source's circuit breaker, but asked once (never
+retried: a write that timed out may have happened) and never read from or put in the
+cache (what a write changed is the caller's to invalidate).
 """
 
 from __future__ import annotations
@@ -22,7 +27,19 @@ from typing import Any, Protocol
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, StatusCode
 
-from connectors.base import Connector, Fetched, Health, SourceUnavailable
+from connectors.base import (
+    Connector,
+    Fetched,
+    Health,
+    NoSuchWrite,
+    SourceUnavailable,
+    Writable,
+    WriteConflict,
+    WriteRefused,
+    WriteResult,
+    WriteSpec,
+    write_spec,
+)
 from gateway.cache import Entry, RecordStore
 from gateway.metrics import Metrics
 from gateway.resilience import (
@@ -383,6 +400,92 @@ class SourceHub:
             span.set_attribute("c360.attempts", attempts)
         span.set_attribute("c360.outcome", "ok")
         return found
+
+    def actions(self, source: str) -> Mapping[str, WriteSpec]:
+        """The writes a source configures (name -> what each takes); empty for
+        a source that cannot write. For checking a declaration's writes at start."""
+        connector = self.connectors.get(source)
+        if connector is None:
+            raise NoSuchWrite(f"sources.{source}: no such source")
+        return connector.actions() if isinstance(connector, Writable) else {}
+
+    async def write(self, source: str, action: str, values: Mapping[str, Any]) -> WriteResult:
+        """Ask the source to do one configured write, once.
+
+        Raises NoSuchWrite (no such source or action) or WriteValueError (the values do
+        not fit the action) before anything is sent; then WriteRefused or WriteConflict
+        (the system answered no: for its circuit breaker, an answer like any other), or
+        SourceUnavailable (down, timed out, 5xx, circuit open, out of request time)."""
+        spec = write_spec(source, self.actions(source), action)
+        connector = self.connectors[source]
+        assert isinstance(connector, Writable)
+        spec.check(source, values)
+        spans = (
+            tracer.start_as_current_span(
+                f"source {source} write {action}",
+                kind=SpanKind.CLIENT,
+                # The names of the values, never the values themselves.
+                attributes={
+                    "c360.source": source,
+                    "c360.write.action": action,
+                    "c360.write.fields": sorted(values),
+                },
+            )
+            if tracing_on()
+            else _NO_SPAN
+        )
+        with spans as span:
+            try:
+                outcome = await call_with_resilience(
+                    self.breakers[source],
+                    self.resilience[source],
+                    lambda: self._write_once(connector, source, action, values),
+                    idempotent=False,  # never retried
+                    source=source,
+                )
+            except SourceUnavailable:
+                span.set_attribute("c360.outcome", "error")
+                span.set_status(StatusCode.ERROR, "source unavailable")
+                raise
+            if isinstance(outcome, WriteResult):
+                span.set_attribute("c360.outcome", "ok")
+                span.set_attribute("c360.write.affected", outcome.affected)
+                return outcome
+            kind = "conflict" if isinstance(outcome, WriteConflict) else "refused"
+            span.set_attribute("c360.outcome", kind)
+            if isinstance(outcome, WriteRefused) and outcome.status is not None:
+                span.set_attribute("http.response.status_code", outcome.status)
+            raise outcome
+
+    async def _write_once(
+        self, connector: Writable, source: str, action: str, values: Mapping[str, Any]
+    ) -> WriteResult | WriteRefused | WriteConflict:
+        """One call to the system. A refusal is returned, not raised: the system
+        answered, so for its breaker the call succeeded."""
+        self.metrics.source_requests.labels(source).inc()
+        started = time.perf_counter()
+        try:
+            result = await connector.write(action, values)
+        except SourceUnavailable as error:
+            self.metrics.source_errors.labels(source).inc()
+            self.meters.source_call(source, "error", time.perf_counter() - started)
+            log.warning(
+                "source write failed",
+                extra={"source": source, "action": action, "reason": error.reason},
+            )
+            raise
+        except (WriteRefused, WriteConflict) as answer:
+            kind = "conflict" if isinstance(answer, WriteConflict) else "refused"
+            self.meters.source_call(source, kind, time.perf_counter() - started)
+            log.info(
+                f"source write {kind}",
+                extra={"source": source, "action": action, "reason": answer.reason},
+            )
+            return answer
+        finally:
+            self.metrics.source_duration.labels(source).observe(time.perf_counter() - started)
+        self.meters.source_call(source, "ok", time.perf_counter() - started)
+        return result
 
     async def invalidate(self, source: str, entity: str, keys: Sequence[str]) -> int:
         if self.store is None:

@@ -249,7 +249,8 @@ class GatewayMeters:
         self._request_duration.record(seconds, attributes)
 
     def source_call(self, source: str, outcome: str, seconds: float) -> None:
-        """One call to a department system: `outcome` ok | error."""
+        """One call to a department system: `outcome` ok | error, or for a write the
+        system refused, refused | conflict."""
         attributes = {"c360.source": source, "outcome": outcome}
         self._source_calls.add(1, attributes)
         self._source_duration.record(seconds, attributes)

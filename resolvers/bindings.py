@@ -79,7 +79,9 @@ def bindings_of(declaration: Declaration) -> GraphBindings:
 
 
 def check_bindings(
-    declaration: Declaration, entities: Mapping[str, Mapping[str, EntitySpec]]
+    declaration: Declaration,
+    entities: Mapping[str, Mapping[str, EntitySpec]],
+    actions: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     """Every binding names a configured source and entity, of the right cardinality: a
     list of records on a one-to-many entity (or an attribute holding a list), one value
@@ -123,6 +125,31 @@ def check_bindings(
                 many=False,
                 file=argument.file,
             )
+    for write in declaration.writes if actions is not None else ():
+        prefix = f"{write.file}:{write.line}: Mutation.{write.name}"
+        configured = actions.get(write.source) if actions is not None else None
+        if configured is None:
+            raise BindingError(f"{prefix}: no source named '{write.source}'")
+        spec = configured.get(write.action)
+        if spec is None:
+            known = ", ".join(sorted(configured)) or "none"
+            raise BindingError(
+                f"{prefix}: source '{write.source}' has no write '{write.action}' "
+                f"([sources.{write.source}.writes.*]: {known})"
+            )
+        sent = _write_values(declaration, write)
+        unknown = sorted(sent - spec.params)
+        if unknown:
+            raise BindingError(
+                f"{prefix}: sources.{write.source}.writes.{write.action} takes no value "
+                f"'{unknown[0]}'"
+            )
+        missing = sorted(spec.required - sent - {"key", "version", "actor"})
+        if missing:
+            raise BindingError(
+                f"{prefix}: sources.{write.source}.writes.{write.action} needs '{missing[0]}', "
+                "which the mutation does not take"
+            )
     for lookup in declaration.lookups:
         if lookup.by not in ("email", "phone") and lookup.by not in entities:
             raise BindingError(
@@ -135,3 +162,17 @@ def check_bindings(
                 f"{root.file}:{root.line}: @facts(owner:) reads 'source.entity.attribute'"
             )
         check(f"{root.name} @facts(owner:)", root.line, root.owner, many=False, file=root.file)
+
+
+def _write_values(declaration: Declaration, write: Any) -> set[str]:
+    """The names of the values a declared write may send (input fields flattened)."""
+    names: set[str] = set()
+    for argument in write.arguments:
+        if argument.name in (write.customer, write.version):
+            continue
+        item = declaration.inputs.get(argument.type.name)
+        if item is None:
+            names.add(argument.name)
+        else:
+            names.update(f.name for f in item.fields)
+    return names

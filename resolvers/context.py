@@ -27,6 +27,15 @@ class SourceFetcher(Protocol):
 
     def expected_latency_s(self, source: str) -> float: ...
 
+    async def invalidate(self, source: str, entity: str, keys: Sequence[str]) -> int: ...
+
+    async def write(self, source: str, action: str, values: Mapping[str, Any]) -> Any: ...
+
+    def actions(self, source: str) -> Mapping[str, Any]: ...
+
+    @property
+    def connectors(self) -> Mapping[str, Any]: ...
+
 
 class Siblings(Protocol):
     """The customers one parent resolved together (resolvers/loading.py)."""
@@ -67,6 +76,11 @@ class GraphContext:
     max_page_size: int = 100
     graph: Any = None  # the built graph (resolvers/types.py `Graph`): its types and tables
     schema: Any = None  # the schema serving that graph (the request executes against it)
+    # Writes this request made (resolvers/writes.py): what the access record says of them.
+    writes: list[dict[str, Any]] = field(default_factory=list)
+    idempotent_writes: Any = None  # the gateway's answers by Idempotency-Key
+    # After a write changed a record's email or phone: (system, key, {"email": …}) -> None
+    rekey: Any = None
     request: Any = None
     failures: dict[str, SourceFailure] = field(default_factory=dict)
     stale_ages: dict[tuple[str, str], float] = field(default_factory=dict)  # oldest served

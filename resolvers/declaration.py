@@ -23,6 +23,7 @@ from graphql import (
     EnumTypeDefinitionNode,
     FieldDefinitionNode,
     GraphQLError,
+    InputObjectTypeDefinitionNode,
     InputValueDefinitionNode,
     ListTypeNode,
     NamedTypeNode,
@@ -38,6 +39,8 @@ from graphql.validation.validate import validate_sdl
 
 ROOT = "Customer"  # the type whose objects are the crosswalk's customers, keyed by CUID
 LOOKUP_ROOT = "Query"  # where lookups are declared
+WRITE_ROOT = "Mutation"  # where writes are declared
+CHECKS = ("email", "phone", "nationalId", "date")  # @check(as:): input normalised and checked
 
 # c360's directives, known to the validating parse; only @policy reaches the exported SDL.
 DIRECTIVES_SDL = """
@@ -52,6 +55,11 @@ directive @code(values: [String!]!) on ENUM_VALUE
 directive @lookup(by: String!, field: String) on FIELD_DEFINITION
 directive @members(path: String!) on ARGUMENT_DEFINITION
 directive @facts(owner: String, consents: String) on OBJECT
+directive @version on FIELD_DEFINITION
+directive @write(action: String!, customer: String!, policy: String, version: String)
+  on FIELD_DEFINITION
+directive @edits(field: String!) on INPUT_FIELD_DEFINITION
+directive @check(as: String!) on INPUT_FIELD_DEFINITION | ARGUMENT_DEFINITION
 scalar DateTime
 scalar Date
 type CustomerConnection { edges: [Boolean] }
@@ -95,6 +103,8 @@ class Argument:
     members: str | None = None  # @members(path:): a page filter's source of members
     line: int | None = None
     file: str = ""
+    check: str | None = None  # @check(as:): how a written value is checked and normalised
+    edits: str | None = None  # @edits(field:), on an input field: the Customer field it writes
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +141,7 @@ class FieldDecl:
     list_rule: ListRule | None = None
     derive: Derivation | None = None
     file: str = ""  # the declaration file it is in (a graph may span several)
+    version: bool = False  # @version: an opaque token of the bound value, for `ifVersion`
 
     @property
     def attribute(self) -> str:
@@ -175,6 +186,35 @@ class Lookup:
     file: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class InputDecl:
+    """An input type of a write: its fields, each maybe tied to the Customer field it
+    changes (whose policy decides the edit) and checked as a kind of value."""
+
+    name: str
+    fields: tuple[Argument, ...]
+    line: int | None
+    description: str | None = None
+    file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteDecl:
+    """A mutation routed to the system that owns what it changes (`@write`)."""
+
+    name: str
+    type: TypeRef  # what it answers: Customer, or a record type built from the system's answer
+    arguments: tuple[Argument, ...]
+    source: str
+    action: str  # the source's configured write
+    customer: str  # the argument holding the customer's CUID
+    policy: str | None  # decided with verb edit for the mutation as a whole
+    version: str | None  # the argument holding the version the caller read (`ifVersion`)
+    line: int | None
+    description: str | None = None
+    file: str = ""
+
+
 @dataclass(frozen=True)
 class Declaration:
     source: str
@@ -183,6 +223,8 @@ class Declaration:
     lookups: tuple[Lookup, ...] = ()
     page_filters: tuple[Argument, ...] = ()  # extra arguments of `customers`
     customers_description: str | None = None
+    inputs: Mapping[str, InputDecl] = field(default_factory=dict)
+    writes: tuple[WriteDecl, ...] = ()
     text: str = field(default="", repr=False)
     files: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (text, name)
 
@@ -243,14 +285,19 @@ class _Reader:
 
     def argument(self, node: InputValueDefinitionNode) -> Argument:
         default = value_from_ast_untyped(node.default_value) if node.default_value else None
-        members = _directives(node).get("members", {}).get("path")
+        found = _directives(node)
+        check = found.get("check", {}).get("as")
+        if check is not None and check not in CHECKS:
+            raise self.error(node, f"@check(as:) is one of {', '.join(CHECKS)}")
         return Argument(
             node.name.value,
             _type_ref(node.type),
             default,
-            members,
+            found.get("members", {}).get("path"),
             self.line(node),
             self.file(node),
+            check,
+            found.get("edits", {}).get("field"),
         )
 
     def field(self, node: FieldDefinitionNode) -> FieldDecl:
@@ -294,6 +341,7 @@ class _Reader:
             ),
             derive=derivation,
             file=self.file(node),
+            version="version" in found,
         )
 
 
@@ -323,9 +371,23 @@ def parse_declarations(files: Sequence[tuple[str, str]]) -> Declaration:
     page_filters: list[Argument] = []
     customers_description = None
     extensions: list[ObjectTypeExtensionNode] = []
+    inputs: dict[str, InputDecl] = {}
+    writes: list[WriteDecl] = []
     for definition in definitions:
+        if isinstance(definition, InputObjectTypeDefinitionNode):
+            inputs[definition.name.value] = InputDecl(
+                name=definition.name.value,
+                fields=tuple(reader.argument(f) for f in definition.fields or ()),
+                line=reader.line(definition),
+                description=definition.description.value if definition.description else None,
+                file=reader.file(definition),
+            )
+            continue
         if isinstance(definition, ObjectTypeDefinitionNode | ObjectTypeExtensionNode):
             name = definition.name.value
+            if name == WRITE_ROOT:
+                writes.extend(_write(reader, node) for node in definition.fields or ())
+                continue
             if name == LOOKUP_ROOT:
                 for node in definition.fields or ():
                     lookups_or_filters = _query_field(reader, node)
@@ -364,7 +426,9 @@ def parse_declarations(files: Sequence[tuple[str, str]]) -> Declaration:
                 description=definition.description.value if definition.description else None,
             )
         else:
-            raise reader.error(definition, "only object types, enums and Query are declared")
+            raise reader.error(
+                definition, "only object, input and enum types, Query and Mutation are declared"
+            )
     for extension in extensions:  # validation saw the extended type declared
         base = types[extension.name.value]
         if _directives(extension).get("facts"):
@@ -381,11 +445,50 @@ def parse_declarations(files: Sequence[tuple[str, str]]) -> Declaration:
         tuple(lookups),
         tuple(page_filters),
         customers_description,
+        inputs,
+        tuple(writes),
         text="\n".join(text for text, _ in files),
         files=tuple(files),
     )
     _check(declaration)
     return declaration
+
+
+def _write(reader: _Reader, node: FieldDefinitionNode) -> WriteDecl:
+    """A declared Mutation field: which system's write it is, and for which customer."""
+    found = _directives(node).get("write")
+    name = node.name.value
+    if found is None:
+        raise reader.error(node, f"Mutation.{name}: declare its system with @write(action:)")
+    action = str(found["action"])
+    if action.count(".") != 1:
+        raise reader.error(node, f"Mutation.{name}: @write(action:) reads 'source.action'")
+    source, action_name = action.split(".")
+    arguments = tuple(reader.argument(a) for a in node.arguments or ())
+    names = {a.name: a for a in arguments}
+    customer = str(found["customer"])
+    if (
+        customer not in names
+        or names[customer].type.name != "ID"
+        or not names[customer].type.non_null
+    ):
+        raise reader.error(node, f"Mutation.{name}: @write(customer:) names an ID! argument")
+    version = found.get("version")
+    if version is not None and (version not in names or names[version].type.name != "String"):
+        raise reader.error(node, f"Mutation.{name}: @write(version:) names a String argument")
+    return WriteDecl(
+        name=name,
+        type=_type_ref(node.type),
+        arguments=arguments,
+        source=source,
+        action=action_name,
+        customer=customer,
+        policy=found.get("policy"),
+        version=version,
+        line=reader.line(node),
+        description=node.description.value if node.description else None,
+        file=reader.file(node),
+    )
 
 
 def _query_field(reader: _Reader, node: FieldDefinitionNode) -> Lookup | list[Argument]:
@@ -506,6 +609,7 @@ def _check(declaration: Declaration) -> None:
                     item.line,
                     f"{item.name}: consent records need a '{needed}' field",
                 )
+    _check_writes(declaration)
     names = {f.name for f in declaration.root.fields}
     for lookup in declaration.lookups:
         if lookup.guard_field is not None and lookup.guard_field not in names:
@@ -521,6 +625,51 @@ def _check(declaration: Declaration) -> None:
                 f"Query.{lookup.name}: name the Customer field holding the {lookup.by} "
                 "(@lookup(field:)): only a caller who may read it may look it up",
             )
+
+
+def _check_writes(declaration: Declaration) -> None:
+    root = declaration.root
+    for f in root.fields:
+        if f.version and (f.type.name != "String" or f.type.is_list or f.path is None):
+            raise DeclarationError(
+                f.file or declaration.source,
+                f.line,
+                f"{root.name}.{f.name}: @version belongs on a String bound with @from",
+            )
+    for write in declaration.writes:
+
+        def fail(message: str, write: WriteDecl = write) -> DeclarationError:
+            where = f"Mutation.{write.name}"
+            return DeclarationError(
+                write.file or declaration.source, write.line, f"{where}: {message}"
+            )
+
+        if write.type.is_list or write.type.non_null:
+            raise fail("a write answers one nullable object (null when it fails)")
+        if write.type.name != ROOT and write.type.name not in declaration.types:
+            raise fail(f"answers {write.type.name}: Customer or a declared record type")
+        for argument in write.arguments:
+            if argument.name in (write.customer, write.version):
+                continue
+            item = declaration.inputs.get(argument.type.name)
+            if item is None:
+                if write.policy is None:
+                    raise fail(f"argument '{argument.name}' needs @write(policy:) to decide it")
+                continue
+            for input_field in item.fields:
+                if input_field.edits is None:
+                    if write.policy is None:
+                        raise fail(
+                            f"{item.name}.{input_field.name} needs @edits(field:) or "
+                            "@write(policy:) to decide it"
+                        )
+                    continue
+                edited = root.field(input_field.edits)
+                if edited is None or edited.policy is None:
+                    raise fail(
+                        f"{item.name}.{input_field.name}: @edits(field:) names a Customer field "
+                        "with a @policy"
+                    )
 
 
 def _check_list(declaration: Declaration, owner: TypeDecl, f: FieldDecl, fail: Any) -> None:

@@ -30,6 +30,7 @@ from resolvers.loading import CustomerLoad, load_customers
 from resolvers.planning import PlanAhead, take
 from resolvers.selection import selected_fields
 from resolvers.types import Graph, bad_input, page_size
+from resolvers.writes import build_mutations
 
 CURSOR_PREFIX = "c360:"
 
@@ -318,9 +319,9 @@ class GatewaySchema(strawberry.Schema):
         return None
 
 
-@strawberry.type
-class Mutation(ConsoleMutations):
-    """Only the security console's actions so far; writes to department systems come later."""
+def build_mutation(graph: Graph) -> Any:
+    """The Mutation type: the graph's declared writes and the security console's actions."""
+    return strawberry.type(type("Mutation", (ConsoleMutations,), build_mutations(graph)))
 
 
 def schema_policies(graph: Graph) -> set[str]:
@@ -329,7 +330,8 @@ def schema_policies(graph: Graph) -> set[str]:
         set(graph.policies.values())
         | set(policies_of(AuditQueries).values())
         | set(policies_of(ConsoleQueries).values())
-        | set(policies_of(Mutation).values())
+        | set(policies_of(ConsoleMutations).values())
+        | {w.policy for w in graph.declaration.writes if w.policy}
     )
 
 
@@ -343,7 +345,7 @@ def build_schema(
     )
     return GatewaySchema(
         query=build_query(graph),
-        mutation=Mutation,
+        mutation=build_mutation(graph),
         # PlanAhead last: it starts loads only for what the limits let execute.
         extensions=[GraphReport, *extensions, PlanAhead],
         config=config,

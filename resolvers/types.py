@@ -169,6 +169,10 @@ class EnumReader:
         self._known: dict[Any, Any] = {v: self.type[v] for v in values}
         self._known.update({code: self.type[value] for code, value in codes.items()})
         self._codes = len(self._known)
+        # What a write sends for a value: the system's first code for it, else its name.
+        self.system_code: dict[Any, str] = {self.type[v]: v for v in values}
+        for code, value in reversed(list(codes.items())):
+            self.system_code[self.type[value]] = code
 
     def __call__(self, value: Any) -> Any:
         found = self._known.get(value) if value.__class__ is str else None
@@ -333,6 +337,15 @@ def shape_value(
         return None, SourceUnavailable(binding.source, reason)
 
 
+def version_token(masks: Mapping[str, Any], value: Any) -> str | None:
+    """A `@version` field: an opaque token of the system's version (updated-at, a row
+    version), keyed with the policy file's hash key so that it says nothing of the value;
+    a write's `ifVersion` is compared with it."""
+    if value is None:
+        return None
+    return "v1." + str(masks["hash"](str(value))).rsplit(":", 1)[-1]
+
+
 def _as_is(shape: Shape) -> Callable[[GraphContext, Wanted], Shape]:
     return lambda ctx, wanted: shape
 
@@ -454,6 +467,8 @@ class _Builder:
         )
 
     def plain_shape(self, f: FieldDecl) -> Callable[[GraphContext, Wanted], Shape]:
+        if f.version:
+            return lambda ctx, wanted: lambda value: version_token(ctx.guard.masks, value)
         if f.derive is not None:
             return _as_is(self.derived(f))
         if f.type.name in self.records:

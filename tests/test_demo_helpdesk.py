@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -173,3 +174,75 @@ async def test_unknown_paths_and_methods_answer_json(
     async with demo_http.delete(base + "/api/v2/tickets") as resp:
         assert resp.status == 405
         assert await resp.json() == {"error": "method not allowed"}
+
+
+# --- corrections: PATCH /api/v2/requesters/{id} (on systems of their own: they change) ---
+
+
+async def _patch(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[int, Any]:
+    async with http.patch(url, **kwargs) as resp:
+        assert resp.content_type == "application/json"
+        return resp.status, await resp.json()
+
+
+async def test_patch_corrects_phone_and_email(
+    tmp_path: Path, demo_http: aiohttp.ClientSession
+) -> None:
+    async with DemoSystems(tmp_path, customers=10) as systems:
+        api = systems.endpoints["service"]["url"] + "/api/v2"
+        requester = systems.world.service.requesters[0]
+        url = f"{api}/requesters/{requester.id}"
+        status, body = await _patch(demo_http, url, json={"phone": "13912345678"})
+        assert status == 200
+        assert body == {
+            "requester": {
+                "id": requester.id,
+                "email": requester.email,
+                "phone": "13912345678",
+                "name": requester.name,
+            }
+        }
+        status, body = await _patch(demo_http, url, json={"email": "New.Address@Example.cn"})
+        assert body["requester"]["email"] == "New.Address@Example.cn"
+        assert body["requester"]["phone"] == "13912345678"
+        assert await _get(demo_http, url) == (200, body)
+        # The email lookup follows the change (matched case-insensitively, as before).
+        async with demo_http.post(
+            api + "/requesters/lookup", json={"emails": ["new.address@example.cn", requester.email]}
+        ) as resp:
+            found = (await resp.json())["requesters"]
+        assert [r["id"] for r in found] == [requester.id]
+        assert found[0]["email"] == "New.Address@Example.cn"
+        async with demo_http.post(
+            api + "/requesters/lookup", json={"emails": [requester.email]}
+        ) as resp:
+            assert (await resp.json())["requesters"] == []
+
+
+async def test_patch_refusals_change_nothing(
+    tmp_path: Path, demo_http: aiohttp.ClientSession
+) -> None:
+    async with DemoSystems(tmp_path, customers=10) as systems:
+        api = systems.endpoints["service"]["url"] + "/api/v2"
+        requester = systems.world.service.requesters[1]
+        url = f"{api}/requesters/{requester.id}"
+        _, before = await _get(demo_http, url)
+        status, body = await _patch(
+            demo_http, f"{api}/requesters/req_nobody00", json={"phone": "1"}
+        )
+        assert (status, body) == (404, {"error": "requester not found"})
+        status, body = await _patch(
+            demo_http, url, data=b"{not json", headers={"content-type": "application/json"}
+        )
+        assert (status, body) == (400, {"error": "body must be JSON"})
+        for payload, needle in [
+            ([], "must be an object"),
+            ({}, "must be an object"),
+            ({"name": "Mallory"}, "name cannot be changed"),
+            ({"phone": 13912345678}, "phone must be a non-empty string"),
+            ({"email": "  "}, "email must be a non-empty string"),
+            ({"phone": "1", "id": "req_x"}, "id cannot be changed"),
+        ]:
+            status, body = await _patch(demo_http, url, json=payload)
+            assert status == 400 and needle in body["error"], (payload, body)
+        assert await _get(demo_http, url) == (200, before)

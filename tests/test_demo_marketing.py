@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from demo.marketing import CHANNELS
 from demo.people import DemoWorld, MarketingContact
 from demo.systems import DemoSystems
 
@@ -146,3 +149,71 @@ async def test_marketing_healthz(
     async with demo_http.get(url) as resp:
         assert resp.status == 200
         assert await resp.json() == {"status": "ok"}
+
+
+# --- setConsent (on systems of their own: it changes them) -----------------------------
+
+SET_CONSENT = (
+    "mutation($id: ID!, $channel: String!, $granted: Boolean!) "
+    "{ setConsent(contactId: $id, channel: $channel, granted: $granted) "
+    "{ channel granted updatedAt } }"
+)
+CONSENTS = "query($id: ID!) { contact(id: $id) { consents { channel granted updatedAt } } }"
+
+
+async def test_set_consent_updates_or_adds_the_channel(
+    tmp_path: Path, demo_http: aiohttp.ClientSession
+) -> None:
+    async with DemoSystems(tmp_path, customers=40) as systems:
+        url = systems.endpoints["marketing"]["url"]
+        contacts = systems.world.marketing.contacts
+        full = next(c for c in contacts if len(c.consents) == 3)
+        sms = next(k for k in full.consents if k.channel == "sms")
+        body = await _query(
+            demo_http, url, SET_CONSENT, id=full.id, channel="sms", granted=not sms.granted
+        )
+        assert "errors" not in body
+        changed = body["data"]["setConsent"]
+        assert changed["channel"] == "sms" and changed["granted"] is (not sms.granted)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", changed["updatedAt"])
+        assert changed["updatedAt"] > sms.updated_at
+        after = (await _query(demo_http, url, CONSENTS, id=full.id))["data"]["contact"]
+        assert after["consents"][1] == changed
+        assert [k["channel"] for k in after["consents"]] == ["email", "sms", "phone"]
+
+        partial = next(c for c in contacts if len(c.consents) < 3)
+        had = [k.channel for k in partial.consents]
+        missing = next(ch for ch in CHANNELS if ch not in had)
+        body = await _query(
+            demo_http, url, SET_CONSENT, id=partial.id, channel=missing, granted=True
+        )
+        assert body["data"]["setConsent"]["granted"] is True
+        after = (await _query(demo_http, url, CONSENTS, id=partial.id))["data"]["contact"]
+        channels = [k["channel"] for k in after["consents"]]
+        assert channels == [ch for ch in CHANNELS if ch in {*had, missing}]  # listed in order
+
+
+async def test_set_consent_refuses_bad_channels_and_unknown_contacts(
+    graphql_url: str, demo_http: aiohttp.ClientSession, demo_world: DemoWorld
+) -> None:
+    contact = demo_world.marketing.contacts[3]
+    before = await _query(demo_http, graphql_url, CONSENTS, id=contact.id)
+    body = await _query(
+        demo_http, graphql_url, SET_CONSENT, id=contact.id, channel="fax", granted=True
+    )
+    assert body["data"] == {"setConsent": None}
+    assert body["errors"][0]["message"] == "channel must be one of email, sms, phone"
+    body = await _query(
+        demo_http, graphql_url, SET_CONSENT, id="MC-000000", channel="sms", granted=True
+    )
+    assert body["data"] == {"setConsent": None}
+    assert body["errors"][0]["message"] == "no contact MC-000000"
+    assert await _query(demo_http, graphql_url, CONSENTS, id=contact.id) == before
+
+
+async def test_service_sdl_declares_the_mutation(
+    graphql_url: str, demo_http: aiohttp.ClientSession
+) -> None:
+    body = await _query(demo_http, graphql_url, "{ _service { sdl } }")
+    sdl = body["data"]["_service"]["sdl"]
+    assert "setConsent(contactId: ID!, channel: String!, granted: Boolean!): Consent" in sdl

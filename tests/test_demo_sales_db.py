@@ -24,7 +24,9 @@ COLUMNS = {
         "lifetime_value",
         "owner_rep",
         "created_at",
+        "updated_at",
     ],
+    "crm_followups": ["id", "customer_id", "note", "due_on", "created_by", "created_at"],
     "crm_orders": ["id", "customer_id", "placed_at", "total", "status"],
     "crm_opportunities": ["id", "customer_id", "owner_rep", "stage", "amount", "updated_at"],
     "crm_reps": ["id", "name", "is_manager"],
@@ -56,6 +58,7 @@ async def _check_database(dsn: str, world: DemoWorld) -> None:
                 "crm_orders": len(world.sales.orders),
                 "crm_opportunities": len(world.sales.opportunities),
                 "crm_reps": len(world.sales.reps),
+                "crm_followups": 0,  # written through the gateway, none seeded
             }
 
             def describe(sync_conn: object) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -63,13 +66,17 @@ async def _check_database(dsn: str, world: DemoWorld) -> None:
                 columns = {t: [c["name"] for c in insp.get_columns(t)] for t in COLUMNS}
                 indexed = {
                     t: [c for ix in insp.get_indexes(t) for c in ix["column_names"]]
-                    for t in ("crm_orders", "crm_opportunities")
+                    for t in ("crm_orders", "crm_opportunities", "crm_followups")
                 }
                 return columns, indexed
 
             columns, indexed = await conn.run_sync(describe)
             assert columns == COLUMNS
-            assert indexed == {"crm_orders": ["customer_id"], "crm_opportunities": ["customer_id"]}
+            assert indexed == {
+                "crm_orders": ["customer_id"],
+                "crm_opportunities": ["customer_id"],
+                "crm_followups": ["customer_id"],
+            }
 
             customer = world.sales.customers[0]
             row = (
@@ -84,6 +91,7 @@ async def _check_database(dsn: str, world: DemoWorld) -> None:
             )
             assert Decimal(str(row.lifetime_value)) == customer.lifetime_value
             assert _as_datetime(row.created_at) == customer.created_at.replace(tzinfo=None)
+            assert _as_datetime(row.updated_at) == _as_datetime(row.created_at)  # seeded so
 
             order = world.sales.orders[-1]
             total = (

@@ -166,6 +166,75 @@ class CrosswalkStore:
                 self._insert_new(cursors), [{"system": system, "after": after}]
             )
 
+    async def rekey(
+        self, system: str, system_id: str, *, email_hash: str | None, phone_hash: str | None
+    ) -> Link | None:
+        """A record's match keys after a write changed them (only the ones given change;
+        the record stays linked to its customer). Reports a conflict, as the sync would,
+        when a new key already belongs to another customer. None: no such link."""
+        async with self.engine.begin() as connection:
+            row = (
+                await connection.execute(
+                    select(links).where(links.c.system == system, links.c.system_id == system_id)
+                )
+            ).first()
+            if row is None:
+                return None
+            link = Link(**row._mapping)
+            values = {}
+            if email_hash is not None:
+                values["email_hash"] = email_hash
+            if phone_hash is not None:
+                values["phone_hash"] = phone_hash
+            if values:
+                await connection.execute(
+                    links.update()
+                    .where(links.c.system == system, links.c.system_id == system_id)
+                    .values(**values)
+                )
+            for column, value in (
+                (links.c.email_hash, email_hash),
+                (links.c.phone_hash, phone_hash),
+            ):
+                if value is None:
+                    continue
+                other = (
+                    await connection.execute(
+                        select(links.c.cuid)
+                        .where(column == value, links.c.cuid != link.cuid)
+                        .limit(1)
+                    )
+                ).first()
+                if other is not None:
+                    await connection.execute(
+                        delete(issues).where(
+                            issues.c.system == system,
+                            issues.c.system_id == system_id,
+                            issues.c.kind == "conflict",
+                        )
+                    )
+                    await connection.execute(
+                        issues.insert(),
+                        [
+                            {
+                                "system": system,
+                                "system_id": system_id,
+                                "kind": "conflict",
+                                "cuid": link.cuid,
+                                "detail": f"a write gave it the {column.name.removesuffix('_hash')}"
+                                " of another customer",
+                            }
+                        ],
+                    )
+            return Link(
+                link.system,
+                link.system_id,
+                link.cuid,
+                link.is_primary,
+                values.get("email_hash", link.email_hash),
+                values.get("phone_hash", link.phone_hash),
+            )
+
     def _insert_new(self, table: Table) -> Any:
         """INSERT that skips rows whose key is stored already (SQLite or PostgreSQL)."""
         if self.engine.dialect.name == "postgresql":

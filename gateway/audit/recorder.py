@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import trace
@@ -21,13 +22,19 @@ log = logging.getLogger("c360.audit")
 PERSONAL = ("allow", "mask")
 
 
+# What X-Client-Name may be to be recorded as sent: a program's name, not free text.
+CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+INVALID_CLIENT = "invalid"
+
+
 def client_name(header: str | None) -> str | None:
-    """X-Client-Name as given, if it is a plausible name: it is client-supplied, so it is
-    recorded, never trusted, and never allowed to carry control characters into logs."""
-    if not header:
+    """X-Client-Name, recorded only when it is a plain name (`CLIENT_NAME`): it is
+    client-supplied, so it is never trusted, and free text there (an email, a person's
+    name) must not reach the log. Anything else is recorded as "invalid" (the request is
+    not refused for it); no header, as None."""
+    if header is None or header == "":
         return None
-    name = header.strip()[:64]
-    return name if name.isprintable() else None
+    return header if CLIENT_NAME.fullmatch(header) else INVALID_CLIENT
 
 
 def now_iso() -> str:
@@ -51,6 +58,9 @@ class GraphFacts:
     touched: set[str]
     sources_used: Mapping[str, Any]  # source -> SourceUse
     audit_query: Mapping[str, Any] | None
+    # The request's writes (resolvers/writes.py): system, fields, decisions, outcome and
+    # keyed hashes of the values before and after, never a value.
+    writes: list[Mapping[str, Any]] = field(default_factory=list)
 
     @classmethod
     def of(cls, graph: Any) -> GraphFacts | None:
@@ -62,6 +72,7 @@ class GraphFacts:
             touched=graph.touched,
             sources_used=graph.sources_used,
             audit_query=getattr(graph, "audit_query", None),
+            writes=list(getattr(graph, "writes", None) or []),
         )
 
 
@@ -122,7 +133,36 @@ def access_record(
     }
     if graph.audit_query:
         record["audit_query"] = graph.audit_query
+    if graph.writes:
+        record["kind"] = "write"
+        record["writes"] = graph.writes
+        record["customers"] = sorted(
+            set(record["customers"]) | {w["customer"] for w in graph.writes if w.get("customer")}
+        )
     return record
+
+
+def superseding(record: Mapping[str, Any], status: int, reason: str) -> dict[str, Any]:
+    """The record of an answer given in place of the one `record` (sealed) describes: with
+    fail_closed, a request whose record was not durable in time is refused instead (503),
+    and that record, should it still land, says what the answer would have been. This one
+    says what it was: the same request, rejected, nothing of any customer delivered, and
+    which record it supersedes."""
+    kept = ("ts", "request_id", "trace_id", "subject", "roles", "purpose", "client")
+    return {
+        "kind": "access",
+        **{key: record.get(key) for key in kept},
+        **{key: record.get(key) for key in ("operation", "operation_type", "document_hash")},
+        "outcome": "rejected",
+        "status": status,
+        "reason": reason,
+        "duration_ms": record.get("duration_ms"),
+        "customers": [],
+        "fields": {},
+        "policies": {},
+        "sources": record.get("sources") or {},
+        "supersedes": f"{record['chain']}:{record['seq']}",
+    }
 
 
 def record_with_alerts(access_log: AccessLog, record: dict[str, Any]) -> Any:
