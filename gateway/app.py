@@ -102,7 +102,9 @@ def graph_of(config: Config) -> Graph:
     """The built graph the config declares (the demo's when it names none)."""
     from demo import GRAPH_FILE
 
-    return load_graph(*(config.graph_files or (GRAPH_FILE,)))
+    return load_graph(
+        *(config.graph_files or (GRAPH_FILE,)), federation=config.federation_subgraph
+    )
 
 
 class AuditReaderAdapter(ConsoleReader):

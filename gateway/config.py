@@ -34,6 +34,11 @@ __all__ = ["Config", "ConfigError", "load_config", "parse_config"]
 ENV_PREFIX = "C360_"
 
 
+# The longest a request's body may take to arrive (`server.body_timeout_s`; 408 after it):
+# it is read before the request takes an admission place, so a slow sender holds none.
+BODY_TIMEOUT_S = 10.0
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -41,6 +46,7 @@ class ServerConfig:
     graphiql: bool = False
     introspection: bool = False  # off unless an environment wants it (the demo does)
     max_body_bytes: int = 1_000_000
+    body_timeout_s: float = BODY_TIMEOUT_S
     cors_origins: tuple[str, ...] = ()  # browsers on these origins may call /graphql
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
@@ -78,6 +84,8 @@ class Config:
     sources: Mapping[str, Mapping[str, Any]]
     # The graph declaration's files (a department may keep its own); empty: the demo's.
     graph_files: tuple[Path, ...] = ()
+    # `[federation] subgraph = true`: also a Federation 2 subgraph (_service, _entities)
+    federation_subgraph: bool = False
     max_page_size: int = 100
     raw: Mapping[str, Any] = field(default_factory=dict)
 
@@ -148,6 +156,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
             "identity",
             "sources",
             "graph",
+            "federation",
             "auth",
             "policies",
             "cache",
@@ -162,7 +171,8 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
     server = root.table("server")
     # tls_cert, tls_key, tls_client_ca: read by gateway/tls.py from the raw table
     server.only(
-        {"host", "port", "graphiql", "introspection", "max_body_bytes", "cors_origins"}
+        {"host", "port", "graphiql", "introspection", "max_body_bytes", "body_timeout_s"}
+        | {"cors_origins"}
         | {"max_in_flight", "max_queued", "queue_timeout_s"}
         | SERVER_TLS_KEYS
     )
@@ -178,6 +188,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         raise ConfigError(
             "server.max_in_flight, max_queued: 0 or more; server.queue_timeout_s: above 0"
         )
+    body_timeout_s = server.number("body_timeout_s", BODY_TIMEOUT_S)
+    if not 0 < body_timeout_s <= 3600:
+        raise ConfigError("server.body_timeout_s: seconds, above 0 and at most 3600")
     port = server.get("port", int, 8000)
     if not 0 <= port <= 65535:
         raise ConfigError("server.port: must be between 0 and 65535")
@@ -226,6 +239,8 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
     if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
         raise ConfigError("graph.file: a file name, or a list of them")
     max_page_size = graph.get("max_page_size", int, 100)
+    federation = root.table("federation")
+    federation.only({"subgraph"})
     if max_page_size < 1:
         raise ConfigError("graph.max_page_size: must be at least 1")
     return Config(
@@ -236,6 +251,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
             introspection=server.get("introspection", bool, False),
             cors_origins=tuple(cors),
             max_body_bytes=server.get("max_body_bytes", int, 1_000_000),
+            body_timeout_s=body_timeout_s,
             admission=admission,
         ),
         identity=IdentityConfig(
@@ -264,6 +280,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         sources=dict(sources.data),
         graph_files=tuple(base_dir / name if base_dir else Path(name) for name in names),
         max_page_size=max_page_size,
+        federation_subgraph=federation.get("subgraph", bool, False),
         raw=data,
     )
 

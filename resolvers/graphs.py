@@ -10,12 +10,13 @@ from resolvers.types import Graph, build_graph
 
 
 @functools.lru_cache(maxsize=16)
-def _built(files: tuple[tuple[str, str], ...]) -> Graph:
-    return build_graph(parse_declarations(files))
+def _built(files: tuple[tuple[str, str], ...], federation: bool) -> Graph:
+    return build_graph(parse_declarations(files), federation)
 
 
-def load_graph(*paths: str | Path) -> Graph:
+def load_graph(*paths: str | Path, federation: bool = False) -> Graph:
     """The built graph of declaration files (DeclarationError names file and line).
     Building the same text again gives the same types: a schema may be built many
-    times in one process (tests, reloads), strawberry's types once per declaration."""
-    return _built(load_declaration(*paths).files)
+    times in one process (tests, reloads), strawberry's types once per declaration.
+    `federation`: Customer as a Federation 2 entity, for a subgraph."""
+    return _built(load_declaration(*paths).files, federation)

@@ -259,3 +259,70 @@ class CustomerBatch:
                     value = guard.mask(decision, value)
             settled.append((customer, value))
         return settled
+
+
+class EntityBatch:
+    """`_entities(representations:)` of a federation router: graphql-core asks each
+    representation's reference in turn, synchronously; each gets a future here, and the
+    customers are loaded together once the loop is done (one batched call per system, as
+    for a page), their fields decided by the forwarded token's policies."""
+
+    def __init__(self, ctx: GraphContext, fields: Selection, here: list[str | int]) -> None:
+        self.ctx = ctx
+        self.fields = fields
+        self.here = here
+        self.wanted: list[tuple[int, Any, asyncio.Future[Any]]] = []
+        asyncio.get_running_loop().call_soon(self._start)
+
+    def add(self, index: int, cuid: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.wanted.append((index, cuid, future))
+        return future
+
+    def _start(self) -> None:
+        self.ctx.entity_batch = None  # a later _entities field starts its own
+        self.task = asyncio.ensure_future(self._load())  # held: the futures wait on it
+
+    async def _load(self) -> None:
+        from connectors.identity.keys import is_cuid
+
+        known = [
+            (i, c, f)
+            for i, c, f in self.wanted
+            if isinstance(c, str) and is_cuid(c) and self.ctx.identity.links(c) is not None
+        ]
+        for _, _, future in self.wanted:
+            if not any(future is f for _, _, f in known):
+                future.set_result(None)
+        if not known:
+            return
+        indices = [index for index, _, _ in known]
+        here = self.here
+        try:
+            customers = await CustomerLoad(
+                self.ctx,
+                [cuid for _, cuid, _ in known],
+                self.fields,
+                lambda position, key: [*here, indices[position], key],
+            ).done()
+        except Exception as error:  # every waiting reference reports it
+            for _, _, future in known:
+                future.set_exception(error)
+            return
+        for (_, _, future), customer in zip(known, customers, strict=True):
+            future.set_result(customer)
+
+
+def entity_reference(info: Any, cuid: Any) -> Any:
+    """A router's reference to a customer by CUID: its load, batched with the request's
+    other references (None for an id that is no customer's)."""
+    from resolvers.selection import selected_fields
+
+    ctx: GraphContext = info.context
+    batch = ctx.entity_batch
+    if batch is None:
+        here = info.path.as_list()
+        batch = ctx.entity_batch = EntityBatch(ctx, selected_fields(info), here)
+    # graphql-core asks the references in the representations' order: this one answers
+    # at [_entities, index].
+    return batch.add(len(batch.wanted), cuid)

@@ -319,6 +319,13 @@ class GatewaySchema(strawberry.Schema):
         return None
 
 
+class SubgraphSchema(strawberry.federation.Schema):
+    """The gateway's schema as a Federation 2 subgraph (`[federation] subgraph = true`):
+    also `_service { sdl }` and `_entities`, for a router's supergraph."""
+
+    process_errors = GatewaySchema.process_errors
+
+
 def build_mutation(graph: Graph) -> Any:
     """The Mutation type: the graph's declared writes and the security console's actions."""
     return strawberry.type(type("Mutation", (ConsoleMutations,), build_mutations(graph)))
@@ -343,7 +350,8 @@ def build_schema(
     config = StrawberryConfig(
         batching_config={"max_operations": max_batch} if max_batch > 0 else None
     )
-    return GatewaySchema(
+    schema_class = SubgraphSchema if graph.federation else GatewaySchema
+    return schema_class(
         query=build_query(graph),
         mutation=build_mutation(graph),
         # PlanAhead last: it starts loads only for what the limits let execute.

@@ -248,6 +248,7 @@ class Graph:
     policies: dict[str, str]  # Customer field -> policy name
     enums: dict[str, EnumReader]
     records: dict[str, RecordType]
+    federation: bool = False
 
     @property
     def field_names(self) -> frozenset[str]:
@@ -350,9 +351,16 @@ def _as_is(shape: Shape) -> Callable[[GraphContext, Wanted], Shape]:
     return lambda ctx, wanted: shape
 
 
+def _resolve_reference(cls: Any, info: Info[GraphContext, None], id: strawberry.ID) -> Any:
+    from resolvers.loading import entity_reference
+
+    return entity_reference(info, id)
+
+
 class _Builder:
-    def __init__(self, declaration: Declaration) -> None:
+    def __init__(self, declaration: Declaration, federation: bool = False) -> None:
         self.declaration = declaration
+        self.federation = federation
         self.python: dict[str, Any] = {name: cls for name, (cls, _) in _SCALARS.items()}
         self.enums: dict[str, EnumReader] = {}
         self.records: dict[str, RecordType] = {}
@@ -437,9 +445,15 @@ class _Builder:
                 default=None, name=f.name, description=f.description, directives=directives
             )
             plain[f.name] = (f.name, self.plain_shape(f))
-        customer = strawberry.type(
-            type(ROOT, (CustomerBase,), namespace), description=root.description
-        )
+        if self.federation:  # a Federation 2 entity a router resolves by CUID
+            namespace["resolve_reference"] = classmethod(_resolve_reference)
+            customer = strawberry.federation.type(
+                type(ROOT, (CustomerBase,), namespace), keys=["id"], description=root.description
+            )
+        else:
+            customer = strawberry.type(
+                type(ROOT, (CustomerBase,), namespace), description=root.description
+            )
         page_info = PageInfo
         edge = strawberry.type(
             type("CustomerEdge", (), {"__annotations__": {"cursor": str, "node": customer}})
@@ -650,5 +664,8 @@ def _argument_resolver(f: FieldDecl, annotation: Any, python: Mapping[str, Any])
     return resolve
 
 
-def build_graph(declaration: Declaration) -> Graph:
-    return _Builder(declaration).build()
+def build_graph(declaration: Declaration, federation: bool = False) -> Graph:
+    """`federation`: Customer is a Federation 2 entity (`@key(fields: "id")`)."""
+    graph = _Builder(declaration, federation).build()
+    graph.federation = federation
+    return graph
