@@ -11,6 +11,7 @@ a `Declaration` that the graph builder, the bindings check, `policy explain` and
 from __future__ import annotations
 
 import dataclasses
+import keyword
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -286,6 +287,8 @@ class _Reader:
     def argument(self, node: InputValueDefinitionNode) -> Argument:
         default = value_from_ast_untyped(node.default_value) if node.default_value else None
         found = _directives(node)
+        if keyword.iskeyword(node.name.value) or node.name.value.startswith("__"):
+            raise self.error(node, f"argument '{node.name.value}': this name is reserved")
         check = found.get("check", {}).get("as")
         if check is not None and check not in CHECKS:
             raise self.error(node, f"@check(as:) is one of {', '.join(CHECKS)}")
@@ -566,8 +569,13 @@ def _check(declaration: Declaration) -> None:
                 if f.type.sdl() != "ID!" or f.path or f.policy:
                     raise fail("the customer's id is the CUID: declare it as 'id: ID!' or not")
                 continue
-            if not _NAME.match(f.name) or (is_root and f.name in RESERVED):
-                raise fail("this name is reserved")
+            if (
+                not _NAME.match(f.name)
+                or keyword.iskeyword(f.name)
+                or f.name.startswith("__")
+                or (is_root and f.name in RESERVED)
+            ):
+                raise fail("this name is reserved (a Python keyword or one of Customer's own)")
             if f.type.name == ROOT:
                 raise fail(f"a field of type {ROOT} is not supported")
             if is_root:

@@ -93,6 +93,12 @@ def test_a_small_declaration_builds_types_enums_lists_and_derived_values() -> No
         ('type Customer {\n  name: String @from(path: "a.b.c") @public\n', 3, "Syntax Error"),
         (
             'type Customer { a: Int @from(path: "a.b.c") @public }\n'
+            "type Visit {\n  id: ID!\n  from: String\n}",
+            4,
+            "Visit.from: this name is reserved",
+        ),
+        (
+            'type Customer { a: Int @from(path: "a.b.c") @public }\n'
             'type Query {\n  customerByEmail(email: String!): Customer @lookup(by: "email")\n}',
             3,
             "only a caller who may read it may look it up",
