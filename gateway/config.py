@@ -58,6 +58,7 @@ class IdentityConfig:
     systems: tuple[str, ...]
     page_size: int = 500
     sync_on_start: bool = False
+    quality_on_sync: bool = False  # a data-quality run after the start-up sync
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +202,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         if not isinstance(table, Mapping):
             raise ConfigError(f"sources.{name}: expected a table")
     identity = root.table("identity")
-    identity.only({"dsn", "key", "systems", "page_size", "sync_on_start"})
+    identity.only({"dsn", "key", "systems", "page_size", "sync_on_start", "quality_on_sync"})
     key = identity.get("key", str, "")
     if len(key.encode()) < 16:
         raise ConfigError("identity.key: required, at least 16 bytes (or set C360_IDENTITY__KEY)")
@@ -260,6 +261,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
             systems=tuple(systems),
             page_size=identity.get("page_size", int, 500),
             sync_on_start=identity.get("sync_on_start", bool, False),
+            quality_on_sync=identity.get("quality_on_sync", bool, False),
         ),
         auth=auth,
         cache=parse_cache_settings(root.table("cache").data, sources.data),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from graphql import (
+    ArgumentNode,
     ASTValidationRule,
     DocumentNode,
     FieldNode,
@@ -33,13 +34,17 @@ from graphql import (
     OperationDefinitionNode,
     SelectionSetNode,
     ValidationRule,
+    VariableDefinitionNode,
     VariableNode,
+    Visitor,
     get_named_type,
     get_nullable_type,
     get_operation_ast,
     is_list_type,
     parse,
+    visit,
 )
+from graphql.execution.values import get_variable_values
 from graphql.pyutils import Undefined
 from strawberry.extensions import AddValidationRules, SchemaExtension
 from strawberry.schema.schema import validate_document
@@ -207,7 +212,7 @@ class CostEstimate:
     ) -> None:
         self.schema = schema
         self.fragments = fragments
-        self.variables = variables or {}
+        self.variables = variables if variables is not None else {}
         self.variable_defaults = variable_defaults
         self.default_list_size = default_list_size
         self.page_size_cap = page_size_cap
@@ -315,41 +320,27 @@ class CostEstimate:
         return max(0, size)
 
 
-class _Reads(Mapping[str, Any]):
-    """Variables that note which of them were read."""
-
-    def __init__(self, values: Mapping[str, Any]) -> None:
-        self._values = values
-        self.read: set[str] = set()
-
-    def __getitem__(self, name: str) -> Any:
-        self.read.add(name)
-        return self._values[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-
 SCALARS = (int, float, str, bool, type(None))
 
 
 class CostCache:
     """Operations' costs, remembered per parsed document (the parser cache hands out the
     same document for the same text). The estimate reads only the variables bound to
-    `first:` arguments, and the document alone decides which, so a cost is remembered
-    by those variables' values: a customer id changes nothing. Bounded: `documents`
+    `first:` arguments, and the document alone decides which; their values are taken as
+    execution will see them, coerced by their declared types (`100.0` for an `Int` is the
+    Int 100, an absent one its default), and a cost is remembered by those coerced values:
+    `first: $n` with `$n = 100.0` costs what `first: 100` does, and the cache cannot hand
+    one form's cost to the other; a customer id changes nothing. Bounded: `documents`
     documents, `per_document` value combinations each."""
 
     def __init__(self, documents: int = 256, per_document: int = 64) -> None:
         self.documents = documents
         self.per_document = per_document
         # (id of the document, operation) -> (the document, kept so that its id stays
-        # its own; the variables read; cost by their values)
+        # its own; the definitions of the variables read; cost by their coerced values)
         self._entries: dict[
-            tuple[int, str | None], tuple[DocumentNode, tuple[str, ...], dict[tuple[Any, ...], int]]
+            tuple[int, str | None],
+            tuple[DocumentNode, tuple[VariableDefinitionNode, ...], dict[tuple[Any, ...], int]],
         ] = {}
 
     def cost(
@@ -361,21 +352,16 @@ class CostCache:
         default_list_size: int,
         page_size_cap: int | None,
     ) -> int:
-        values = variables or {}
         key = (id(document), operation_name)
         entry = self._entries.get(key)
         if entry is None or entry[0] is not document:
-            reads = _Reads(values)
-            cost = CostEstimate.of_operation(
-                schema, document, operation_name, reads, default_list_size, page_size_cap
-            )
+            entry = (document, self._read_definitions(document, operation_name), {})
             if len(self._entries) >= self.documents:
                 del self._entries[next(iter(self._entries))]  # the oldest
-            names = tuple(sorted(reads.read))
-            self._entries[key] = (document, names, {tuple(values.get(n) for n in names): cost})
-            return cost
-        _, names, costs = entry
-        used = tuple(values.get(name) for name in names)
+            self._entries[key] = entry
+        _, definitions, costs = entry
+        values = coerced_variables(schema, definitions, variables)
+        used = tuple(values.get(d.variable.name.value) for d in definitions)
         if not all(isinstance(value, SCALARS) for value in used):
             return CostEstimate.of_operation(
                 schema, document, operation_name, values, default_list_size, page_size_cap
@@ -389,6 +375,46 @@ class CostCache:
                 costs.clear()
             costs[used] = found
         return found
+
+    @staticmethod
+    def _read_definitions(
+        document: DocumentNode, operation_name: str | None
+    ) -> tuple[VariableDefinitionNode, ...]:
+        """The definitions of the variables the estimate may read: those given to a
+        `first:` argument anywhere in the document (its fragments included)."""
+        operation = get_operation_ast(document, operation_name)
+        if operation is None:
+            return ()
+        names: set[str] = set()
+
+        class FirstArguments(Visitor):
+            def enter_argument(self, node: ArgumentNode, *_: Any) -> None:
+                if node.name.value == "first" and isinstance(node.value, VariableNode):
+                    names.add(node.value.name.value)
+
+        visit(document, FirstArguments())
+        return tuple(
+            definition
+            for definition in operation.variable_definitions or ()
+            if definition.variable.name.value in names
+        )
+
+
+def coerced_variables(
+    schema: GraphQLSchema,
+    definitions: tuple[VariableDefinitionNode, ...],
+    variables: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """These variables' values as execution sees them (graphql-core's coercion by their
+    declared types; a definition's default for an absent one). Empty when they do not
+    coerce: execution then refuses the request before anything runs, and the estimate
+    takes its defaults."""
+    if not definitions or not isinstance(variables, Mapping):
+        return {}
+    coerced = get_variable_values(schema, definitions, dict(variables))
+    if isinstance(coerced, list):
+        return {}
+    return dict(coerced.coerced)
 
 
 def _int_literal(node: Any) -> int | None:

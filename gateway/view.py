@@ -3,14 +3,18 @@
 - `application/graphql-response+json` when the client accepts it; a request error
   (parse, validation, variables: no `data`, no error with a path) is then HTTP 400.
 - Request errors never carry a `data` entry.
-- Transport errors (malformed JSON, unsupported content type, oversized body) are JSON
-  error bodies, not plain text.
+- Transport errors (malformed JSON, unsupported content type, oversized or slow body, a
+  method other than GET and POST) are JSON error bodies, not plain text.
+- The body is read whole, counted as it streams (chunked too) and within a time limit,
+  before the request asks for an admission place: a client that sends its body slowly
+  (or never) holds a connection, never a place to execute.
 - An unexpected exception inside a resolver reaches the client as "internal error" with
   no message of its own (it could carry a raw value); the gateway's log keeps it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import itertools
@@ -123,6 +127,10 @@ def _safe_error(error: GraphQLError) -> GraphQLError:
 # The status an access record gives a request whose client left before it was read
 # (nginx's convention; the response is never sent).
 CLIENT_CLOSED_REQUEST = 499
+# The methods GraphQL over HTTP uses; any other gets 405 (and its access record) here.
+METHODS = ("GET", "POST")
+# Answers after which the connection is not reused: the rest of the body was not read.
+CLOSE = {"connection": "close"}
 
 
 # The schema a request executes against, fixed when its context is made: a reload swaps
@@ -155,6 +163,7 @@ class GraphQLView(GraphQL[Any, None]):
         documents: Callable[[], tuple[DocumentStore, TrustedDocuments]] | None = None,
         limits: QueryLimits | None = None,
         max_body_bytes: int,
+        body_timeout_s: float = 10.0,
         observe: Callable[[int, float], None] = lambda status, seconds: None,
         durable_first: Callable[[], bool] = lambda: False,
         **kwargs: Any,
@@ -170,6 +179,7 @@ class GraphQLView(GraphQL[Any, None]):
         self._documents = documents
         self._limits = limits
         self._max_body_bytes = max_body_bytes
+        self._body_timeout_s = body_timeout_s
         self._observe = observe
         self._durable_first = durable_first
 
@@ -201,16 +211,17 @@ class GraphQLView(GraphQL[Any, None]):
                 context.release()
 
     async def _respond(self, request: Request) -> Response:
+        if request.method not in METHODS:
+            request.state.reason = "method_not_allowed"
+            return Response(
+                error_body("/graphql answers GET and POST only.", "BAD_REQUEST"),
+                status_code=405,
+                media_type=self._media_type(request),
+                headers={"allow": ", ".join(METHODS)},
+            )
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self._max_body_bytes):
-            request.state.reason = "body_too_large"
-            return Response(
-                error_body(
-                    f"Request body is larger than {self._max_body_bytes} bytes.", "BAD_REQUEST"
-                ),
-                status_code=413,
-                media_type=JSON,
-            )
+            return self._body_too_large(request)  # before reading any of it
         if not self._is_ide_request(request):
             try:
                 request.state.principal = await self._authenticator.authenticate(
@@ -229,8 +240,13 @@ class GraphQLView(GraphQL[Any, None]):
             limited = await self._rate_limited(request)
             if limited is not None:
                 return limited
+        unread = await self._read_body(request)
+        if unread is not None:
+            return unread
         try:
             async with self._place():
+                if await request.is_disconnected():
+                    raise ClientDisconnect  # gone while it waited for its place
                 if self._deadline_s is None:
                     return await self.run(request)
                 async with request_deadline(self._deadline_s):
@@ -275,10 +291,58 @@ class GraphQLView(GraphQL[Any, None]):
                 media_type=self._media_type(request),
             )
         except ClientDisconnect:
-            # Gone before its body was read (under load, while it waited for a place):
-            # nothing ran and nobody is there to answer; the access record says so.
-            request.state.reason = "client_disconnected"
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
+            # Gone while it waited for a place (under load): nothing ran and nobody is
+            # there to answer; the access record says so.
+            return self._client_gone(request)
+
+    async def _read_body(self, request: Request) -> Response | None:
+        """Read the whole body before the request takes an admission place, counting its
+        bytes as they arrive (chunked bodies have no Content-Length to check first): 413
+        at the limit, without reading the rest; 408 when it has not all arrived within
+        `body_timeout_s`; both close the connection. None once the body is read (strawberry
+        takes it from the request then)."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self._body_timeout_s):
+                async with contextlib.aclosing(request.stream()) as stream:
+                    async for chunk in stream:
+                        size += len(chunk)
+                        if size > self._max_body_bytes:
+                            return self._body_too_large(request)
+                        chunks.append(chunk)
+        except TimeoutError:
+            request.state.reason = "body_timeout"
+            return Response(
+                error_body(
+                    f"The request body did not arrive within {self._body_timeout_s:g} s.",
+                    "BAD_REQUEST",
+                ),
+                status_code=408,
+                media_type=JSON,
+                headers=CLOSE,
+            )
+        except ClientDisconnect:
+            return self._client_gone(request)
+        request._body = b"".join(chunks)  # what Request.body() and .stream() hand out
+        return None
+
+    def _body_too_large(self, request: Request) -> Response:
+        """413, and the connection closed: the rest of the body is not read, not even to
+        be thrown away (a client streaming without end would otherwise keep it busy)."""
+        request.state.reason = "body_too_large"
+        return Response(
+            error_body(f"Request body is larger than {self._max_body_bytes} bytes.", "BAD_REQUEST"),
+            status_code=413,
+            media_type=JSON,
+            headers=CLOSE,
+        )
+
+    def _client_gone(self, request: Request) -> Response:
+        """The client left before its request was read or run: nobody is there to answer,
+        nothing ran, and the access record says so (499)."""
+        request.state.reason = "client_disconnected"
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     def _place(self) -> contextlib.AbstractAsyncContextManager[None]:
         """A place to execute in (the admission gate's), or at once without a gate."""

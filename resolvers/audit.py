@@ -14,6 +14,7 @@ import strawberry
 from strawberry.types import Info
 
 from connectors.identity.keys import is_cuid
+from policies.masks import mask_redact
 from resolvers.context import GraphContext
 from resolvers.guard import policy_field
 from resolvers.types import PageInfo, bad_input, page_size
@@ -50,6 +51,15 @@ def checked_field(value: str, argument: str, known: Collection[str], name: str =
     if value not in known:
         raise bad_input(argument, f"'{name}' is a Customer field name, e.g. nationalId")
     return value
+
+
+def searched_subject(ctx: GraphContext, value: str) -> str:
+    """A subject a console query looked for, as the request's record keeps it: the keyed
+    pseudonym of the policies' `hash` mask (`[policies] hash_key`: `h1:<key id>:…`), never
+    the text. A subject is free text (an email typed into the search would otherwise be
+    at rest in the log); the same subject under the same key gives the same pseudonym, so
+    who looked for whom can still be matched. Without a keyed mask, redacted."""
+    return ctx.guard.masks.get("hash", mask_redact)(value)
 
 
 class AuditReader(Protocol):
@@ -241,7 +251,7 @@ class AuditQueries:
             key: value.isoformat() if isinstance(value, dt.datetime) else value
             for key, value in (
                 ("customer", customer),
-                ("subject", subject),
+                ("subject", searched_subject(ctx, subject) if subject is not None else None),
                 ("field", field),
                 ("decision", decision),
                 ("kind", kind),

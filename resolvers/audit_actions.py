@@ -1,21 +1,22 @@
 """What a reviewer does in the console, as mutations that leave a trace in the access log:
 acknowledging an alert (an `ack` record of its own, policy `audit.ack`) and exporting a
-view as CSV (recorded in the request's own record, policy `audit.read`). Neither accepts
-free text, so no personal value can reach the log through them."""
+view as CSV (recorded in the request's own record, policy `audit.read`). Neither records
+free text (a subject filter is kept as its keyed pseudonym), so no personal value can
+reach the log through them."""
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError
 from strawberry.types import Info
 
-from resolvers.audit import DECISIONS, checked_customer, checked_field
+from resolvers.audit import DECISIONS, checked_customer, checked_field, searched_subject
 from resolvers.audit_views import AlertAcknowledgement, acknowledgement, note_audit_use
 from resolvers.context import GraphContext
 from resolvers.guard import policy_field
@@ -95,9 +96,14 @@ def _alert_id(value: str) -> tuple[str, int]:
     return chain, int(seq)
 
 
-def _filters(filters: ConsoleExportFilters | None, known: Collection[str]) -> dict[str, Any]:
+def _filters(
+    filters: ConsoleExportFilters | None,
+    known: Collection[str],
+    pseudonym: Callable[[str], str],
+) -> dict[str, Any]:
     """The filters as the log keeps them, each checked to be an id, a name, a time or a
-    state: a filter is never a place for a customer's email or name."""
+    state, and a subject kept as its `pseudonym`: a filter is never a place for a
+    customer's email or name."""
     if filters is None:
         return {}
     kept: dict[str, Any] = {}
@@ -106,7 +112,7 @@ def _filters(filters: ConsoleExportFilters | None, known: Collection[str]) -> di
     if filters.subject is not None:
         if not filters.subject or len(filters.subject) > 256 or not filters.subject.isprintable():
             raise bad_input("filters", "'subject' is not a subject name")
-        kept["subject"] = filters.subject
+        kept["subject"] = pseudonym(filters.subject)
     if filters.field is not None:
         kept["field"] = checked_field(filters.field, "filters", known)
     if filters.decision is not None:
@@ -188,7 +194,7 @@ class ConsoleMutations:
             raise bad_input("rows", "'rows' is a count of exported rows")
         if table is not None and VIEW_OF_TABLE[table] is not view:
             raise bad_input("table", f"'table' is not a table of the {view.name} view")
-        kept = _filters(filters, ctx.graph.field_names)
+        kept = _filters(filters, ctx.graph.field_names, lambda s: searched_subject(ctx, s))
         if table is not None:  # a view with several tables: which one left the console
             kept = {"table": table.value, **kept}
         note_audit_use(ctx, "export", export=view.value, rows=rows, **kept)

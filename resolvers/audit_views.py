@@ -16,7 +16,13 @@ import strawberry
 from strawberry.types import Info
 
 from connectors.identity.keys import is_cuid
-from resolvers.audit import AccessRecord, access_node, decode_record_cursor, record_cursor
+from resolvers.audit import (
+    AccessRecord,
+    access_node,
+    decode_record_cursor,
+    record_cursor,
+    searched_subject,
+)
 from resolvers.context import GraphContext
 from resolvers.guard import policy_field
 from resolvers.types import PageInfo, bad_input, page_size
@@ -209,7 +215,9 @@ class AccessViews(Protocol):
 
 def note_audit_use(ctx: GraphContext, view: str, **params: Any) -> None:
     """Record what a console query looked for in the request's access record. A request
-    may ask several: the first is the record's `audit_query`, the others go in `also`."""
+    may ask several: the first is the record's `audit_query`, the others go in `also`.
+    Each parameter is an id, a name, a time, a count or a state, or a subject as its
+    pseudonym (`searched_subject`): never free text."""
     entry: dict[str, Any] = {"view": view}
     for key, value in params.items():
         if value is not None:
@@ -343,7 +351,11 @@ class ConsoleQueries:
         ctx = info.context
         span = window(since, until, time_zone, dt.timedelta(days=7))
         note_audit_use(
-            ctx, "footprint", subject=_subject(subject), since=span.since, until=span.until
+            ctx,
+            "footprint",
+            subject=searched_subject(ctx, _subject(subject)),
+            since=span.since,
+            until=span.until,
         )
         summary = await ctx.audit.footprint(subject, span)
         known = {day.day: day for day in summary.days}
@@ -402,7 +414,7 @@ class ConsoleQueries:
         note_audit_use(
             ctx,
             "alerts",
-            subject=subject and _subject(subject),
+            subject=subject and searched_subject(ctx, _subject(subject)),
             since=since,
             until=until,
             acknowledged=acknowledged,

@@ -370,6 +370,7 @@ async def test_the_security_console_in_a_browser(
         browser = await asyncio.to_thread(browser_factory, gateway.url)
         seen = await asyncio.to_thread(security_session, browser, person, cuid, tokens)
         written = await _records(gateway)
+        bob = gateway.gateway.masks["hash"]("bob")  # a subject looked for, as recorded
 
     assert "Intact" in seen["overview"]["integrity"]
     assert seen["overview"]["charts"] > 0
@@ -458,8 +459,9 @@ async def test_the_security_console_in_a_browser(
         ("timeline", 10_000),
         ("footprint_decisions", len(decisions) - 1),
     ]
-    assert exports[0]["customer"] == cuid and exports[2]["subject"] == "bob"
-    assert any(q.get("view") == "footprint" and q["subject"] == "bob" for q in looked)
+    # A subject looked for is kept as its keyed pseudonym (`[policies] hash_key`).
+    assert exports[0]["customer"] == cuid and exports[2]["subject"] == bob
+    assert any(q.get("view") == "footprint" and q["subject"] == bob for q in looked)
     refused = [r for r in written if r["subject"] == "carol" and r["outcome"] != "ok"]
     assert refused and refused[-1]["client"] == "c360-console"
     assert not any(raw in str(written) for raw in raw_values)

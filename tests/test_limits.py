@@ -350,12 +350,16 @@ def test_costs_are_remembered_by_the_variables_the_estimate_reads(
     assert len(estimates) == 1
     assert cost(document, n=50, who="a") == 1 + (1 + 50 * 1)
     assert cost(document, n=3) == 5
+    assert cache.cost(graph, document, "Q", {"n": 3.0}, 10, None) == 5  # the Int 3: kept
     assert len(estimates) == 2
-    cost(document, n=[3])  # not a value the executor will take: estimated, not kept
-    cost(document, n=[3])
-    assert len(estimates) == 4
+    # Not a value the executor will take (it refuses the request before anything runs):
+    # estimated as if absent, and kept as that.
+    absent = real(graph, document, "Q", {}, 10, None)
+    assert cache.cost(graph, document, "Q", {"n": [3]}, 10, None) == absent
+    assert cache.cost(graph, document, "Q", {"n": "3"}, 10, None) == absent
+    assert len(estimates) == 3
     cost(document, n=7)  # a third combination: the document's entries start again
     cost(document, n=50)
-    assert len(estimates) == 6
+    assert len(estimates) == 5
     cost(parse(text), n=3)  # another document (not the parser cache's): its own entry
-    assert len(estimates) == 7
+    assert len(estimates) == 6

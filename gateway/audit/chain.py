@@ -66,7 +66,8 @@ class ChainReport:
 
 
 def verify(records: Iterable[tuple[str, Mapping[str, Any] | None]]) -> ChainReport:
-    """Check every chain in (location, record) order; None is an unreadable line.
+    """Check every chain in (location, record) order; None (or anything but an object)
+    is an unreadable line, named as a break of its own.
 
     Reports the first break of each chain: a record whose hash does not match its
     content (edited), whose prev_hash is not the previous record's hash (deleted or
@@ -75,8 +76,10 @@ def verify(records: Iterable[tuple[str, Mapping[str, Any] | None]]) -> ChainRepo
     report = ChainReport()
     broken: set[str] = set()
     for where, record in records:
-        if record is None:
-            report.breaks.append(Break("?", None, where, "unreadable line"))
+        if not isinstance(record, Mapping):  # None, or a row whose JSON is not an object
+            report.breaks.append(
+                Break("?", None, where, "unreadable line (not JSON, or JSON but not an object)")
+            )
             continue
         report.records += 1
         name = str(record.get("chain", "?"))

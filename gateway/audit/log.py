@@ -140,11 +140,15 @@ class AccessLog:
             except Exception:
                 log.exception("recording a request after its answer failed")
 
-    def record(self, record: dict[str, Any]) -> asyncio.Future[None] | None:
+    def record(
+        self, record: dict[str, Any], *, awaited: bool = True
+    ) -> asyncio.Future[None] | None:
         """Seal and queue one record. In fail_closed mode, returns a future that resolves
-        when the record is durable (await it through `durable()`)."""
+        when the record is durable (await it through `durable()`); not for a record
+        nobody waits for (`awaited=False`)."""
         self.head.seal(record)
-        future = asyncio.get_running_loop().create_future() if self.settings.fail_closed else None
+        wanted = self.settings.fail_closed and awaited
+        future = asyncio.get_running_loop().create_future() if wanted else None
         pending = _Pending(record, future)
         if self._spilling:
             self._spill([pending])
@@ -254,14 +258,29 @@ class AccessLog:
 
 
 def _read_spill(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
-    """Complete records from `offset`; the returned offset ends at the last complete line."""
+    """Complete records from `offset`; the returned offset ends at the last complete line.
+    A line that is not a record (not JSON, or JSON but not a sealed object) cannot have
+    been spilled by the gateway: it is skipped, with a warning naming it."""
     if not path.exists():
         return [], offset
     with path.open("rb") as handle:
         handle.seek(offset)
         data = handle.read()
     complete = data[: data.rfind(b"\n") + 1]
-    records = [orjson.loads(line) for line in complete.splitlines() if line.strip()]
+    records = []
+    for line in complete.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("seq"), int) and "hash" in record:
+            records.append(record)
+        else:
+            log.warning(
+                "skipped a line of the spill file that is not a record", extra={"path": str(path)}
+            )
     return records, offset + len(complete)
 
 

@@ -245,9 +245,11 @@ class JsonlSink:
         self.path.rename(target)
 
     def lines(self) -> Iterator[tuple[str, Record | None]]:
-        """(file:line, record) in order; None for a line that is not a record. The last
-        line of the newest file, when it has no newline, is a write a crash cut short:
-        it is skipped and named in `torn_at` (the gateway cuts it off when it starts)."""
+        """(file:line, record) in order; None for a line that is not a record (not JSON,
+        or JSON but not an object: `123`, `[]`), which `verify` names and everything else
+        skips. The last line of the newest file, when it has no newline, is a write a
+        crash cut short: it is skipped and named in `torn_at` (the gateway cuts it off
+        when it starts)."""
         self.torn_at: str | None = None
         files = self.files()
         for path in files:
@@ -260,9 +262,10 @@ class JsonlSink:
                     if not line.strip():
                         continue
                     try:
-                        yield where, orjson.loads(line)
+                        record = orjson.loads(line)
                     except orjson.JSONDecodeError:
-                        yield where, None
+                        record = None
+                    yield where, record if isinstance(record, dict) else None
 
     async def scan(self) -> AsyncIterator[tuple[str, Record | None]]:
         for item in await asyncio.to_thread(lambda: list(self.lines())):
@@ -270,10 +273,15 @@ class JsonlSink:
 
     async def head(self, chain: str) -> ChainHead:
         def last() -> ChainHead:
+            """The chain's last sealed record; a line that is not one (`verify` names it)
+            does not stop the gateway: the chain continues after it."""
             found = ChainHead(chain)
             for _, record in self.lines():
-                if record is not None and record.get("chain") == chain:
-                    found = ChainHead(chain, int(record["seq"]), str(record["hash"]))
+                if record is None or record.get("chain") != chain:
+                    continue
+                seq, sealed = record.get("seq"), record.get("hash")
+                if isinstance(seq, int) and not isinstance(seq, bool) and isinstance(sealed, str):
+                    found = ChainHead(chain, seq, sealed)
             return found
 
         return await asyncio.to_thread(last)
