@@ -48,6 +48,14 @@ from gateway.documents import DocumentStore, DocumentStoreError
 from gateway.invalidation import InvalidationRefused, parse_request, verify
 from gateway.limits import limit_extensions
 from gateway.metrics import Metrics
+from gateway.quality import (
+    WORST,
+    QualityReport,
+    identity_figures,
+    quality_report,
+    show_identity,
+    show_quality,
+)
 from gateway.ratelimit import build_rate_limiter
 from gateway.resilience import ResilienceSettings
 from gateway.sources import SourceHub
@@ -102,9 +110,7 @@ def graph_of(config: Config) -> Graph:
     """The built graph the config declares (the demo's when it names none)."""
     from demo import GRAPH_FILE
 
-    return load_graph(
-        *(config.graph_files or (GRAPH_FILE,)), federation=config.federation_subgraph
-    )
+    return load_graph(*(config.graph_files or (GRAPH_FILE,)), federation=config.federation_subgraph)
 
 
 class AuditReaderAdapter(ConsoleReader):
@@ -192,6 +198,7 @@ class Gateway:
         self.policies = self.load_policies()
         self.decisions = StaticDecisions(self.policies)
         self.access_log = AccessLog(config.audit, config.audit_sink)
+        self.quality_run: asyncio.Task[QualityReport | None] | None = None  # quality_on_sync
 
     def serve(self, graph: Graph) -> Served:
         """A graph with the schema the gateway serves it through."""
@@ -306,8 +313,13 @@ class Gateway:
         await self.access_log.start()
         await self.store.create()
         if self.config.identity.sync_on_start:
-            await self.sync()
+            await self.sync()  # the crosswalk's gauges too
         await self.reload_identity()
+        if not self.config.identity.sync_on_start:
+            await self.observe_identity()
+        elif self.config.identity.quality_on_sync:
+            # In the background: a run reads every record; the gateway serves meanwhile.
+            self.quality_run = asyncio.create_task(self._quality_after_sync())
 
     async def sync(self, *, full: bool = False) -> SyncReport:
         report = await sync_identity(
@@ -318,6 +330,38 @@ class Gateway:
             full=full,
         )
         await self.reload_identity()
+        await self.observe_identity()
+        return report
+
+    async def observe_identity(self) -> None:
+        """The crosswalk's own figures as gauges: match rate, duplicates, conflicts."""
+        figures = identity_figures(
+            self.identity.by_record, await self.store.issues(), self.config.identity.systems
+        )
+        show_identity(self.metrics, figures)
+
+    async def quality(self, *, worst: int = WORST, record: bool = True) -> QualityReport:
+        """A data-quality run (gateway/quality.py): every system's records read for the
+        declared fields, the run stored for the trend (`record`), every gauge set."""
+        report = await quality_report(
+            self.store,
+            self.hub.fetch,
+            self.graph.declaration,
+            {name: connector.entities() for name, connector in self.hub.connectors.items()},
+            self.config.identity.systems,
+            worst=worst,
+            record=record,
+        )
+        show_quality(self.metrics, report)
+        return report
+
+    async def _quality_after_sync(self) -> QualityReport | None:
+        try:
+            report = await self.quality()
+        except Exception:  # a failed run is logged; the gateway serves on
+            log.exception("data-quality run failed")
+            return None
+        log.info("data-quality run stored", extra={"ran_at": report.ran_at})
         return report
 
     async def rekey(self, system: str, system_id: str, keys: Mapping[str, str]) -> None:
@@ -333,11 +377,21 @@ class Gateway:
         if link is not None:
             await self.reload_identity()
 
+    async def unlink(self, cuid: str) -> int:
+        """An erasure: the customer's links go (tombstones stay), the index follows."""
+        pairs = await self.store.unlink(cuid, now_iso())
+        await self.reload_identity()
+        return len(pairs)
+
     async def reload_identity(self) -> None:
         self.identity = IdentityIndex.build(await self.store.links(), self.keys)
         log.info("identity crosswalk loaded", extra={"customers": len(self.identity)})
 
     async def stop(self) -> None:
+        if self.quality_run is not None and not self.quality_run.done():
+            self.quality_run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.quality_run
         await self.hub.close()
         await self.store.close()
         await self.access_log.stop()
@@ -368,6 +422,7 @@ class Gateway:
             schema=served.schema,
             idempotent_writes=self.idempotent_writes,
             rekey=self.rekey,
+            unlink=self.unlink,
             guard=guard,
             max_page_size=self.config.max_page_size,
             request=request,

@@ -125,8 +125,146 @@ async def _identity(args: argparse.Namespace) -> int:
         await gateway.stop()
 
 
+def cmd_subject(args: argparse.Namespace) -> int:
+    from gateway import rights
+
+    if args.action == "erase" and not args.confirm:
+        raise CliError("subject erase deletes records: add --confirm")
+    keys = {"email": args.email, "phone": args.phone, "customer": args.customer}
+    result = asyncio.run(rights.run(_load(args), args.action, keys))
+    if result["errors"]:
+        first = result["errors"][0]
+        code = (first.get("extensions") or {}).get("code", "ERROR")
+        raise CliError(f"{code}: {first['message']}")
+    data = result["data"]["subjectReport" if args.action == "report" else "subjectErase"]
+    if args.action == "erase":
+        print(rights.dumps(data))
+        if data["manual"]:
+            print(f"follow up by hand in: {', '.join(data['manual'])}", file=sys.stderr)
+        return 1 if data["failed"] else 0
+    if args.html:
+        rights.write_html(data, Path(args.html))
+    if args.json:
+        print(rights.dumps(data))
+        return 0
+    print(f"customer {data['customer']} (generated {data['generatedAt']})")
+    for record in data["records"]:
+        print(f"  {record['system']}.{record['entity']} {record['key']}")
+        for value in record["values"]:
+            print(f"    {value['name']}: {value['value']}")
+    print(f"accesses: {len(data['accesses'])}")
+    for access in data["accesses"]:
+        fields = ", ".join(f"{f['field']}={f['decision']}" for f in access["fields"])
+        print(f"  {access['at']} {access['subject']} {access['purpose']} {fields}")
+    return 0
+
+
 def cmd_identity(args: argparse.Namespace) -> int:
+    if args.action in ("export", "import"):
+        return asyncio.run(_identity_backup(args))
     return asyncio.run(_identity(args))
+
+
+def _write_private(path: Path, lines: Any) -> None:
+    """Write a file readable by its owner only, whole or not at all (a temporary file
+    renamed over it)."""
+    partial = path.with_name(path.name + ".partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            for line in lines:
+                out.write(line)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+async def _identity_backup(args: argparse.Namespace) -> int:
+    """`c360 identity export FILE` / `import FILE [--replace]`: the crosswalk as JSON lines
+    (keyed hashes only, never an email or phone); `-` is stdout / stdin."""
+    import datetime as dt
+
+    from connectors.identity.backup import (
+        BackupError,
+        Crosswalk,
+        export_lines,
+        parse_lines,
+        read_crosswalk,
+    )
+    from connectors.identity.store import StoreNotEmpty
+    from gateway.app import Gateway
+
+    gateway = Gateway(_load(args))
+    try:
+        await gateway.store.create()
+        if args.action == "export":
+            crosswalk = await read_crosswalk(gateway.store)
+            lines = export_lines(crosswalk, gateway.keys, dt.datetime.now(dt.UTC))
+            if args.file == "-":
+                sys.stdout.buffer.writelines(lines)
+                sys.stdout.buffer.flush()
+            else:
+                await asyncio.to_thread(_write_private, Path(args.file), lines)
+            print(f"exported {crosswalk.summary()} to {args.file}", file=sys.stderr)
+            return 0
+
+        def parse() -> Crosswalk:
+            if args.file == "-":
+                return parse_lines(sys.stdin.buffer, gateway.keys)
+            with Path(args.file).open("rb") as source:
+                return parse_lines(source, gateway.keys)
+
+        try:
+            crosswalk = await asyncio.to_thread(parse)
+        except BackupError as error:
+            raise CliError(f"{args.file}: {error}") from error
+        try:
+            await gateway.store.restore(
+                crosswalk.links,
+                crosswalk.cursors,
+                crosswalk.issues,
+                crosswalk.quality_runs,
+                crosswalk.tombstones,
+                replace=args.replace,
+            )
+        except StoreNotEmpty as error:
+            raise CliError(
+                "identity import: the crosswalk store is not empty; --replace replaces "
+                "everything it holds"
+            ) from error
+        print(f"imported {crosswalk.summary()}" + (" (replaced)" if args.replace else ""))
+        return 0
+    finally:
+        await gateway.stop()
+
+
+async def _quality(args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+    from gateway.quality import render_text
+
+    if args.worst < 0:
+        raise CliError("--worst: 0 or more")
+    gateway = Gateway(_load(args))
+    try:
+        await gateway.store.create()
+        await gateway.reload_identity()
+        if not len(gateway.identity):
+            raise CliError("the crosswalk is empty: run `c360 identity sync` first")
+        report = await gateway.quality(worst=args.worst)
+    finally:
+        await gateway.stop()
+    if args.json:
+        sys.stdout.write(orjson.dumps(report.as_dict()).decode() + "\n")
+    else:
+        print(render_text(report))
+    return 1 if any(system.error for system in report.systems.values()) else 0
+
+
+def cmd_quality(args: argparse.Namespace) -> int:
+    return asyncio.run(_quality(args))
 
 
 async def _serve(
@@ -621,7 +759,50 @@ def build_parser() -> argparse.ArgumentParser:
     report = identity_actions.add_parser("report", help="unlinked, conflicting, duplicate records")
     report.add_argument("--config", default=str(DEFAULT_CONFIG))
     report.add_argument("--json", action="store_true")
+    export_cmd = identity_actions.add_parser(
+        "export", help="the crosswalk as JSON lines: keyed hashes, never an email or phone"
+    )
+    import_cmd = identity_actions.add_parser(
+        "import", help="a crosswalk export into an empty store (or --replace)"
+    )
+    for sub in (export_cmd, import_cmd):
+        sub.add_argument("file", help="the JSON-lines file; - for stdout / stdin")
+        sub.add_argument("--config", default=str(DEFAULT_CONFIG))
+    import_cmd.add_argument(
+        "--replace", action="store_true", help="replace what a non-empty store holds"
+    )
     identity.set_defaults(handler=cmd_identity)
+
+    subject = commands.add_parser("subject", help="a person's rights: report, erase")
+    subject_actions = subject.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("report", "everything held about one person, and who accessed it"),
+        ("erase", "erase one person where the graph declares how; list the rest"),
+    ):
+        action = subject_actions.add_parser(name, help=text)
+        action.add_argument("--config", default=str(DEFAULT_CONFIG))
+        who = action.add_mutually_exclusive_group(required=True)
+        who.add_argument("--email")
+        who.add_argument("--phone")
+        who.add_argument("--customer", help="a CUID (cus_…)")
+        if name == "report":
+            action.add_argument("--json", action="store_true", help="one JSON object")
+            action.add_argument("--html", help="also write a printable page (zh-CN and en)")
+        else:
+            action.add_argument("--confirm", action="store_true", help="required: it deletes")
+    subject.set_defaults(handler=cmd_subject)
+
+    quality = commands.add_parser("quality", help="data quality per system and field")
+    quality_actions = quality.add_subparsers(dest="action", required=True)
+    quality_report = quality_actions.add_parser(
+        "report", help="completeness, validity, duplicates, match rate, conflicts, trend"
+    )
+    quality_report.add_argument("--config", default=str(DEFAULT_CONFIG))
+    quality_report.add_argument("--json", action="store_true", help="one JSON object")
+    quality_report.add_argument(
+        "--worst", type=int, default=20, help="records to fix first, listed by id (default 20)"
+    )
+    quality.set_defaults(handler=cmd_quality)
 
     token = commands.add_parser("token", help="mint a development token (HS256 dev key)")
     token.add_argument("--config", default=str(DEFAULT_CONFIG))

@@ -64,6 +64,39 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Data quality (gateway/quality.py): the crosswalk's figures after every identity
+        # sync; completeness and validity per declared field after a quality run.
+        self.quality_completeness = Gauge(
+            "c360_quality_completeness",
+            "Share of a system's records with a non-empty value for a Customer field",
+            ["system", "field"],
+            registry=self.registry,
+        )
+        self.quality_validity = Gauge(
+            "c360_quality_validity",
+            "Share of a field's non-empty values that pass its check",
+            ["system", "field"],
+            registry=self.registry,
+        )
+        self.quality_duplicates = Gauge(
+            "c360_quality_duplicates",
+            "Records that are a second record of one person in one system",
+            ["system"],
+            registry=self.registry,
+        )
+        self.quality_conflicts = Gauge(
+            "c360_quality_conflicts",
+            "Records whose email and phone point at different customers",
+            ["system"],
+            registry=self.registry,
+        )
+        self.identity_match_rate = Gauge(
+            "c360_identity_match_rate",
+            "Share of a system's records linked to a customer another system knows too",
+            ["system"],
+            registry=self.registry,
+        )
+
     def watch_admission(self, admission: Admission) -> None:
         """Requests executing and waiting at the admission gate, read when scraped."""
         executing = Gauge(

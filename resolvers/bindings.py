@@ -150,6 +150,12 @@ def check_bindings(
                 f"{prefix}: sources.{write.source}.writes.{write.action} needs '{missing[0]}', "
                 "which the mutation does not take"
             )
+    for action in declaration.root.erase if actions is not None else ():
+        source, name = action.split(".", 1)
+        if name not in (actions or {}).get(source, {}):
+            raise BindingError(
+                f"{root.file}:{root.line}: @erase: source '{source}' has no write '{name}'"
+            )
     for lookup in declaration.lookups:
         if lookup.by not in ("email", "phone") and lookup.by not in entities:
             raise BindingError(

@@ -57,6 +57,7 @@ directive @lookup(by: String!, field: String) on FIELD_DEFINITION
 directive @members(path: String!) on ARGUMENT_DEFINITION
 directive @facts(owner: String, consents: String) on OBJECT
 directive @version on FIELD_DEFINITION
+directive @erase(actions: [String!]!) on OBJECT
 directive @write(action: String!, customer: String!, policy: String, version: String)
   on FIELD_DEFINITION
 directive @edits(field: String!) on INPUT_FIELD_DEFINITION
@@ -159,6 +160,7 @@ class TypeDecl:
     owner: str | None = None  # @facts(owner:) on the root: source.entity.attribute
     consents: str | None = None  # @facts(consents:): a root field of consent records
     file: str = ""
+    erase: tuple[str, ...] = ()  # @erase(actions:) on the root: "source.action" per system
 
     def field(self, name: str) -> FieldDecl | None:
         return next((f for f in self.fields if f.name == name), None)
@@ -405,6 +407,11 @@ def parse_declarations(files: Sequence[tuple[str, str]]) -> Declaration:
                 extensions.append(definition)
                 continue
             facts = _directives(definition).get("facts", {})
+            erase = tuple(_directives(definition).get("erase", {}).get("actions", ()))
+            if any(str(a).count(".") != 1 for a in erase):
+                raise reader.error(definition, "@erase(actions:) lists 'source.action' names")
+            if len({str(a).split(".")[0] for a in erase}) != len(erase):
+                raise reader.error(definition, "@erase(actions:): one action per system")
             types[name] = TypeDecl(
                 name=name,
                 fields=tuple(reader.field(node) for node in definition.fields or ()),
@@ -413,6 +420,7 @@ def parse_declarations(files: Sequence[tuple[str, str]]) -> Declaration:
                 owner=facts.get("owner"),
                 consents=facts.get("consents"),
                 file=reader.file(definition),
+                erase=tuple(str(a) for a in erase),
             )
         elif isinstance(definition, EnumTypeDefinitionNode):
             codes: dict[str, str] = {}

@@ -28,6 +28,7 @@ from resolvers.execution import PlainFieldExecutor
 from resolvers.guard import PolicyGuard, policies_of
 from resolvers.loading import CustomerLoad, load_customers
 from resolvers.planning import PlanAhead, take
+from resolvers.rights import RightsMutations, RightsQueries
 from resolvers.selection import selected_fields
 from resolvers.types import Graph, bad_input, page_size
 from resolvers.writes import build_mutations
@@ -239,7 +240,7 @@ def build_query(graph: Graph) -> Any:
     for lookup in graph.declaration.lookups:
         namespace[lookup.name] = _lookup_field(graph, lookup)
     namespace["customers"] = _customers_field(graph)
-    return strawberry.type(type("Query", (AuditQueries, ConsoleQueries), namespace))
+    return strawberry.type(type("Query", (AuditQueries, ConsoleQueries, RightsQueries), namespace))
 
 
 async def _customer_by_id(self: Any, info: Info[GraphContext, None], **given: Any) -> Any:
@@ -328,7 +329,9 @@ class SubgraphSchema(strawberry.federation.Schema):
 
 def build_mutation(graph: Graph) -> Any:
     """The Mutation type: the graph's declared writes and the security console's actions."""
-    return strawberry.type(type("Mutation", (ConsoleMutations,), build_mutations(graph)))
+    return strawberry.type(
+        type("Mutation", (ConsoleMutations, RightsMutations), build_mutations(graph))
+    )
 
 
 def schema_policies(graph: Graph) -> set[str]:
@@ -338,6 +341,8 @@ def schema_policies(graph: Graph) -> set[str]:
         | set(policies_of(AuditQueries).values())
         | set(policies_of(ConsoleQueries).values())
         | set(policies_of(ConsoleMutations).values())
+        | set(policies_of(RightsQueries).values())
+        | set(policies_of(RightsMutations).values())
         | {w.policy for w in graph.declaration.writes if w.policy}
     )
 

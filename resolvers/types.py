@@ -140,9 +140,8 @@ def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return parse_optional
 
 
-def _unread(value: Any) -> Any:
-    """For a field the request does not select (nor sorts or filters by): left None."""
-    return None
+def _absent() -> Any:
+    raise ValueError("missing a required value")
 
 
 def _records_of(value: Any) -> list[Mapping[str, Any]]:
@@ -193,6 +192,10 @@ class RecordType:
     parsers: dict[str, Callable[[Any], Any]]  # field -> its value's parser (nullability included)
     late: frozenset[str]  # fields parsed only when wanted
     always: frozenset[str] = frozenset()  # fields a list's order or filter reads
+    # field -> the parser of a present value, and whether an absent one is an error: the
+    # generated reader tests for None inline instead of a wrapper call per value
+    base: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
+    required: frozenset[str] = frozenset()
     _readers: dict[frozenset[str] | None, Callable[[Any], Any]] = field(default_factory=dict)
 
     def reader(self, wanted: Wanted) -> Callable[[Any], Any]:
@@ -200,13 +203,19 @@ class RecordType:
         key = None if wanted is None else frozenset(wanted) & self.late
         found = self._readers.get(key)
         if found is None:
-            names = {"cls": self.cls, "_unread": _unread, "_record_of": _record_of}
+            names = {"cls": self.cls, "_absent": _absent, "_record_of": _record_of}
             arguments = []
             for index, f in enumerate(self.decl.fields):
                 read = f.name in self.always or f.name not in self.late or key is None
-                parse = self.parsers[f.name] if read or f.name in (key or ()) else _unread
-                names[f"p{index}"] = parse
-                arguments.append(f"{f.name}=p{index}(r.get({f.attribute!r}))")
+                if not (read or f.name in (key or ())):
+                    arguments.append(f"{f.name}=None")  # nothing reads it: not parsed
+                    continue
+                names[f"p{index}"] = self.base.get(f.name) or self.parsers[f.name]
+                absent = "_absent()" if f.name in self.required else "None"
+                got = f"(v{index} := r.get({f.attribute!r}))"
+                arguments.append(
+                    f"{f.name}=(p{index}(v{index}) if {got} is not None else {absent})"
+                )
             code = (
                 f"def read(record):\n r = _record_of(record)\n return cls({', '.join(arguments)})\n"
             )
@@ -249,6 +258,11 @@ class Graph:
     enums: dict[str, EnumReader]
     records: dict[str, RecordType]
     federation: bool = False
+
+    @property
+    def erase_actions(self) -> dict[str, str]:
+        """`@erase(actions:)`: the write that erases a person's record, by system."""
+        return dict(action.split(".", 1) for action in self.declaration.root.erase)
 
     @property
     def field_names(self) -> frozenset[str]:
@@ -365,8 +379,9 @@ class _Builder:
         self.enums: dict[str, EnumReader] = {}
         self.records: dict[str, RecordType] = {}
 
-    def parser(self, ref: TypeRef, top: bool = False) -> Callable[[Any], Any]:
-        """How a system's value becomes a value of this type (nullability included)."""
+    def parser(self, ref: TypeRef, top: bool = False, bare: bool = False) -> Callable[[Any], Any]:
+        """How a system's value becomes a value of this type (nullability included; `bare`:
+        of a value known to be present)."""
         if ref.name in self.records:
             record = self.records[ref.name]
             parse: Callable[[Any], Any] = _LazyList(record) if ref.is_list else _LazyOne(record)
@@ -379,7 +394,7 @@ class _Builder:
                 parse = _list_of(item)
             else:
                 parse = one
-        if top:
+        if top or bare:
             return parse  # a Customer field: absent values never reach the parser
         return _required(parse) if ref.non_null else _optional(parse)
 
@@ -407,6 +422,8 @@ class _Builder:
         for decl in nested:
             record = self.records[decl.name]
             record.parsers = {f.name: self.parser(f.type) for f in decl.fields}
+            record.base = {f.name: self.parser(f.type, bare=True) for f in decl.fields}
+            record.required = frozenset(f.name for f in decl.fields if f.type.non_null)
             record.late = frozenset(f.name for f in decl.fields if f.type.name in _PARSED_LATE)
         root = declaration.root
         for f in root.fields:  # what a list's order and filters read is always parsed
@@ -502,26 +519,26 @@ class _Builder:
         record = self.records[item.name]
         of = item.field(derive.of) if derive.of else None
         of_key = of.attribute if of else None
-        parse_of = record.parsers[of.name] if of else None
-        keep: Callable[[Mapping[str, Any]], bool] = lambda r: True  # noqa: E731
+        parse_of = record.base[of.name] if of else None
+        where: tuple[str, Callable[[Any], Any], Any] | None = None
         if derive.where is not None:
             where_field = item.field(derive.where[0])
             assert where_field is not None
-            parse_where = record.parsers[where_field.name]
-            wanted_value = parse_where(derive.where[1])
-            where_key = where_field.attribute
-
-            def keep(r: Mapping[str, Any]) -> bool:
-                return bool(parse_where(r.get(where_key)) == wanted_value)
+            parse_where = record.base[where_field.name]
+            where = (where_field.attribute, parse_where, parse_where(derive.where[1]))
 
         op, digits, integer = derive.op, derive.round, f.type.name == "Int"
 
         def compute(records: Any) -> Any:
-            rows = [r for r in _records_of(records) if keep(r)]
+            rows = _records_of(records)
+            if where is not None:  # an item without the value is not one of them
+                key, parse, wanted = where
+                rows = [r for r in rows if (w := r.get(key)) is not None and parse(w) == wanted]
             if op == "count":
                 return len(rows)
             assert parse_of is not None
-            values = [v for r in rows if (v := parse_of(r.get(of_key or ""))) is not None]
+            got = of_key or ""
+            values = [parse_of(v) for r in rows if (v := r.get(got)) is not None]
             if not values:
                 return None
             if op == "sum":

@@ -46,6 +46,12 @@ def test_generated_toml_round_trips() -> None:
     assert tomllib.loads(to_toml(data)) == data
 
 
+def line_of(start: str) -> int:
+    """The line of the demo declaration that starts with `start` (its first)."""
+    lines = GRAPH_FILE.read_text().splitlines()
+    return next(number for number, line in enumerate(lines, 1) if line.startswith(start))
+
+
 def _broken(path: str, value: Any) -> dict[str, Any]:
     data = template()
     *parents, last = path.split(".")
@@ -69,16 +75,21 @@ def _broken(path: str, value: Any) -> dict[str, Any]:
         ("server.colour", "red", "server.colour:"),
         ("identity.systems", ["sales", "billing"], "identity.systems:"),
         ("graph.Customer", {"name": "crm.customer.full_name"}, "graph.Customer: fields and"),
-        ("sources.sales.entities.customer", None, f"{GRAPH_FILE}:11: Customer.name: source"),
+        (
+            "sources.sales.entities.customer",
+            None,
+            f"{GRAPH_FILE}:{line_of('  name: String')}: Customer.name: source",
+        ),
         (
             "sources.sales.entities.orders.many",
             False,
-            f"{GRAPH_FILE}:26: Customer.orders: 'orders'",
+            f"{GRAPH_FILE}:{line_of('  orders(')}: Customer.orders: 'orders'",
         ),
         (
             "sources.marketing.entities.contact",
             None,
-            f"{GRAPH_FILE}:23: Customer.segment: source 'marketing' has no entity 'contact'",
+            f"{GRAPH_FILE}:{line_of('  segment: String')}: Customer.segment: source 'marketing' "
+            "has no entity 'contact'",
         ),
         ("sources.service.base_url", None, "sources.service.base_url:"),
         ("sources.sales.kind", "mainframe", "sources.sales.kind:"),
@@ -98,8 +109,8 @@ def test_the_config_names_its_graph_declaration(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         Gateway(parse_config(data))
     assert str(raised.value) == (
-        f"{declaration}:13: Customer.phone: carries personal data unless said otherwise: "
-        "add @policy(name:) or @public"
+        f"{declaration}:{line_of('  phone: String')}: Customer.phone: "
+        "carries personal data unless said otherwise: add @policy(name:) or @public"
     )
 
 

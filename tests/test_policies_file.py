@@ -81,7 +81,14 @@ def test_policy_set_is_immutable() -> None:
 
 def test_shipped_default_loads_and_is_clean() -> None:
     policy_set = load_default_policy()
-    assert policy_set.roles == ("sales", "sales_manager", "service", "marketing", "security")
+    assert policy_set.roles == (
+        "sales",
+        "sales_manager",
+        "service",
+        "marketing",
+        "security",
+        "privacy",
+    )
     assert set(policy_set.policies) == {
         "authenticated",
         "customer.name",
@@ -98,6 +105,8 @@ def test_shipped_default_loads_and_is_clean() -> None:
         "audit.ack",
         "consent.edit",
         "customer.followups",
+        "rights.report",
+        "rights.erase",
     }
     assert policy_set.warnings == ()
     assert policy_set.masks_used() <= MASK_NAMES - {"hash"}

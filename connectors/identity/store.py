@@ -6,16 +6,21 @@ keys, never an email or phone in clear.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     Boolean,
     Column,
+    Integer,
     MetaData,
     String,
     Table,
+    Text,
     delete,
+    func,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -53,6 +58,27 @@ issues = Table(
     Column("detail", String(256), nullable=False),
 )
 
+# One row per data-quality run (`c360 quality report`, `Gateway.quality()`): its summary
+# figures (shares and counts per system and field, never a value) for the trend.
+quality_runs = Table(
+    "c360_quality_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ran_at", String(40), nullable=False),  # ISO 8601 UTC
+    Column("figures", Text, nullable=False),  # JSON
+)
+
+
+# Records of people who were erased (a rights request): never linked again by a sync, so a
+# system that kept a record (a manual follow-up still open) does not bring the person back.
+tombstones = Table(
+    "c360_identity_tombstones",
+    metadata,
+    Column("system", String(64), primary_key=True),
+    Column("system_id", String(128), primary_key=True),
+    Column("erased_at", String(32), nullable=False),
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Link:
@@ -71,6 +97,16 @@ class Issue:
     kind: str
     cuid: str | None
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class QualityRun:
+    ran_at: str
+    figures: Mapping[str, Any]
+
+
+class StoreNotEmpty(Exception):
+    """A restore into a crosswalk that already holds something, without `replace`."""
 
 
 class CrosswalkStore:
@@ -166,6 +202,32 @@ class CrosswalkStore:
                 self._insert_new(cursors), [{"system": system, "after": after}]
             )
 
+    async def unlink(self, cuid: str, erased_at: str) -> list[tuple[str, str]]:
+        """Remove every link of a customer (an erasure), leaving tombstones; returns the
+        (system, system id) pairs that were linked."""
+        async with self.engine.begin() as connection:
+            rows = (
+                await connection.execute(
+                    select(links.c.system, links.c.system_id).where(links.c.cuid == cuid)
+                )
+            ).all()
+            pairs = [(str(row[0]), str(row[1])) for row in rows]
+            if pairs:
+                await connection.execute(delete(links).where(links.c.cuid == cuid))
+                await connection.execute(
+                    self._insert_new(tombstones),
+                    [{"system": s, "system_id": i, "erased_at": erased_at} for s, i in pairs],
+                )
+            await connection.execute(delete(issues).where(issues.c.cuid == cuid))
+            return pairs
+
+    async def tombstoned(self) -> set[tuple[str, str]]:
+        async with self.engine.connect() as connection:
+            rows = (
+                await connection.execute(select(tombstones.c.system, tombstones.c.system_id))
+            ).all()
+        return {(str(row[0]), str(row[1])) for row in rows}
+
     async def rekey(
         self, system: str, system_id: str, *, email_hash: str | None, phone_hash: str | None
     ) -> Link | None:
@@ -234,6 +296,99 @@ class CrosswalkStore:
                 values.get("email_hash", link.email_hash),
                 values.get("phone_hash", link.phone_hash),
             )
+
+    async def save_quality_run(self, run: QualityRun) -> None:
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                quality_runs.insert(),
+                [{"ran_at": run.ran_at, "figures": orjson.dumps(run.figures).decode()}],
+            )
+
+    async def quality_runs(self, last: int | None = None) -> list[QualityRun]:
+        """Stored quality runs, oldest first (only the `last` ones when given)."""
+        query = select(quality_runs.c.ran_at, quality_runs.c.figures).order_by(
+            quality_runs.c.id.desc()
+        )
+        if last is not None:
+            query = query.limit(last)
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [QualityRun(row.ran_at, orjson.loads(row.figures)) for row in reversed(rows)]
+
+    async def is_empty(self) -> bool:
+        async with self.engine.connect() as connection:
+            return await self._empty(connection)
+
+    @staticmethod
+    async def _empty(connection: Any) -> bool:
+        for table in (links, cursors, issues, quality_runs, tombstones):
+            count = (await connection.execute(select(func.count()).select_from(table))).scalar()
+            if count:
+                return False
+        return True
+
+    async def restore(
+        self,
+        new_links: Sequence[Link],
+        new_cursors: Mapping[str, str | None],
+        new_issues: Sequence[Issue],
+        runs: Sequence[QualityRun],
+        erased: Sequence[tuple[str, str, str]] = (),
+        *,
+        replace: bool = False,
+    ) -> None:
+        """A whole crosswalk, in one transaction: into an empty store, or (`replace`) in
+        place of everything it holds. Raises StoreNotEmpty (nothing changed) otherwise.
+        `erased`: the tombstones, (system, system id, erased at)."""
+        async with self.engine.begin() as connection:
+            if not replace and not await self._empty(connection):
+                raise StoreNotEmpty("the crosswalk store is not empty")
+            for table in (links, cursors, issues, quality_runs, tombstones):
+                await connection.execute(delete(table))
+            rows: list[tuple[Table, list[dict[str, Any]]]] = [
+                (
+                    links,
+                    [
+                        {
+                            "system": link.system,
+                            "system_id": link.system_id,
+                            "cuid": link.cuid,
+                            "is_primary": link.is_primary,
+                            "email_hash": link.email_hash,
+                            "phone_hash": link.phone_hash,
+                        }
+                        for link in new_links
+                    ],
+                ),
+                (cursors, [{"system": s, "after": after} for s, after in new_cursors.items()]),
+                (
+                    issues,
+                    [
+                        {
+                            "system": issue.system,
+                            "system_id": issue.system_id,
+                            "kind": issue.kind,
+                            "cuid": issue.cuid,
+                            "detail": issue.detail,
+                        }
+                        for issue in new_issues
+                    ],
+                ),
+                (
+                    quality_runs,
+                    [
+                        {"ran_at": run.ran_at, "figures": orjson.dumps(run.figures).decode()}
+                        for run in runs
+                    ],
+                ),
+                (
+                    tombstones,
+                    [{"system": s, "system_id": i, "erased_at": at} for s, i, at in erased],
+                ),
+            ]
+            for table, values in rows:
+                for start in range(0, len(values), 5000):
+                    await connection.execute(table.insert(), values[start : start + 5000])
 
     def _insert_new(self, table: Table) -> Any:
         """INSERT that skips rows whose key is stored already (SQLite or PostgreSQL)."""

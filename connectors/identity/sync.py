@@ -101,6 +101,7 @@ async def sync_identity(
     working = _Working()
     for link in await store.links():
         working.add(link)
+    working.known |= await store.tombstoned()  # erased people are not linked again
     cursors = {} if full else await store.cursors()
     report = SyncReport()
     for connector in connectors:

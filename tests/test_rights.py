@@ -1,0 +1,221 @@
+"""A person's rights: what is held about them (every record, unmasked, with every access
+to it), and erasure routed to the systems that declare one, the rest listed by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from demo.people import DemoWorld, Person
+from demo.systems import DemoSystems
+from gateway.audit.sinks import JsonlSink
+from harness import RunningGateway, running_gateway
+
+REPORT = """query($e: String, $p: String, $c: ID) {
+  subjectReport(email: $e, phone: $p, customer: $c) {
+    customer linked { system key } records { system entity key values { name value } }
+    systemsUnavailable
+    accesses { kind subject roles purpose client fields { field decision } }
+  }
+}"""
+ERASE = """mutation($c: ID!, $confirm: Boolean!) {
+  subjectErase(customer: $c, confirm: $confirm) { customer erased failed manual unlinked }
+}"""
+
+
+@pytest.fixture(scope="module")
+async def rights(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[RunningGateway, DemoWorld, DemoSystems]]:
+    """Systems of their own: an erasure changes them."""
+    work = tmp_path_factory.mktemp("rights")
+    async with (
+        DemoSystems(work, customers=80) as systems,
+        running_gateway(systems, work / "gateway") as gateway,
+    ):
+        yield gateway, systems.world, systems
+
+
+def privacy(gateway: RunningGateway) -> dict[str, str]:
+    return gateway.as_role("privacy", "rights", subject="dpo")
+
+
+def _duplicated(world: DemoWorld) -> Person:
+    return next(p for p in world.persons if len(p.sales_ids) == 2 and p.requester_id)
+
+
+async def test_a_report_holds_every_record_unmasked_and_every_access(
+    rights: tuple[RunningGateway, DemoWorld, DemoSystems],
+) -> None:
+    gateway, world, _ = rights
+    person = _duplicated(world)
+    cuid = gateway.gateway.identity.by_record[("sales", str(person.sales_ids[0]))]
+    read = await gateway.query(
+        "query($id: ID!) { customer(id: $id) { name nationalId } }",
+        {"id": cuid},
+        headers={**gateway.as_role("sales"), "x-client-name": "web-crm"},
+    )
+    assert not read.errors
+    reply = await gateway.query(REPORT, {"e": " " + person.email.upper()}, headers=privacy(gateway))
+    assert not reply.errors, reply.errors
+    report = reply.data["subjectReport"]
+    assert report["customer"] == cuid and report["systemsUnavailable"] == []
+    customers = [
+        r for r in report["records"] if (r["system"], r["entity"]) == ("sales", "customer")
+    ]
+    # Both of the person's CRM records, the duplicate the graph does not read included.
+    assert sorted(r["key"] for r in customers) == sorted(str(i) for i in person.sales_ids)
+    national_ids = {
+        v["value"] for r in customers for v in r["values"] if v["name"] == "national_id"
+    }
+    assert person.national_id in national_ids  # unmasked: it is their own data
+    assert {"system": "service", "key": person.requester_id} in report["linked"]
+    assert {r["system"] for r in report["records"]} >= {"sales", "marketing"}
+    seen = [a for a in report["accesses"] if a["client"] == "web-crm"]
+    assert seen and seen[0]["roles"] == ["sales"] and seen[0]["purpose"] == "sales"
+    assert {"field": "nationalId", "decision": "mask"} in seen[0]["fields"]
+
+
+@pytest.mark.parametrize(
+    ("role", "purpose"), [("security", "audit"), ("sales", "sales"), ("privacy", "privacy")]
+)
+async def test_only_the_privacy_office_acting_for_rights_may_ask(
+    rights: tuple[RunningGateway, DemoWorld, DemoSystems], role: str, purpose: str
+) -> None:
+    gateway, world, _ = rights
+    person = _duplicated(world)
+    reply = await gateway.query(REPORT, {"e": person.email}, headers=gateway.as_role(role, purpose))
+    assert reply.data == {"subjectReport": None}
+    assert [e["extensions"]["code"] for e in reply.errors] == ["FORBIDDEN"]
+
+
+async def test_unknown_people_and_ambiguous_requests(
+    rights: tuple[RunningGateway, DemoWorld, DemoSystems],
+) -> None:
+    gateway, _, _ = rights
+    unknown = await gateway.query(REPORT, {"e": "nobody@example.invalid"}, headers=privacy(gateway))
+    assert [e["extensions"]["code"] for e in unknown.errors] == ["NOT_FOUND"]
+    both = await gateway.query(
+        REPORT, {"e": "a@example.com", "p": "13800138000"}, headers=privacy(gateway)
+    )
+    assert [e["extensions"]["code"] for e in both.errors] == ["BAD_USER_INPUT"]
+
+
+async def _crm_row(systems: DemoSystems, sales_id: int) -> dict[str, Any]:
+    engine = create_async_engine(systems.endpoints["sales"]["dsn"])
+    try:
+        async with engine.connect() as connection:
+            found = await connection.execute(
+                text("SELECT * FROM crm_customers WHERE id = :id"), {"id": sales_id}
+            )
+            return dict(found.mappings().one())
+    finally:
+        await engine.dispose()
+
+
+async def test_erasure_deletes_where_declared_lists_the_rest_and_stays_unlinked(
+    rights: tuple[RunningGateway, DemoWorld, DemoSystems],
+) -> None:
+    gateway, world, systems = rights
+    person = next(
+        p for p in world.persons if len(p.sales_ids) == 1 and p.requester_id and p.contact_id
+    )
+    cuid = gateway.gateway.identity.by_record[("sales", str(person.sales_ids[0]))]
+    refused = await gateway.query(ERASE, {"c": cuid, "confirm": False}, headers=privacy(gateway))
+    assert [e["extensions"]["code"] for e in refused.errors] == ["BAD_USER_INPUT"]
+    not_privacy = await gateway.query(
+        ERASE, {"c": cuid, "confirm": True}, headers=gateway.as_role("sales_manager")
+    )
+    assert [e["extensions"]["code"] for e in not_privacy.errors] == ["FORBIDDEN"]
+    assert (await _crm_row(systems, person.sales_ids[0]))["email"] is not None
+
+    reply = await gateway.query(ERASE, {"c": cuid, "confirm": True}, headers=privacy(gateway))
+    assert not reply.errors, reply.errors
+    done = reply.data["subjectErase"]
+    assert done["erased"] == ["sales"] and done["failed"] == []
+    assert done["manual"] == ["marketing", "service"]  # no erase declared: by hand
+    assert done["unlinked"] >= 3
+    row = await _crm_row(systems, person.sales_ids[0])
+    assert row["email"] is None and row["phone"] is None and row["national_id"] is None
+
+    gone = await gateway.query("query($id: ID!) { customer(id: $id) { name } }", {"id": cuid})
+    assert gone.data == {"customer": None}
+    after = await gateway.query(REPORT, {"c": cuid}, headers=privacy(gateway))
+    assert [e["extensions"]["code"] for e in after.errors] == ["NOT_FOUND"]
+    # A sync reads the helpdesk's and marketing's records again: they stay unlinked.
+    await gateway.gateway.sync(full=True)
+    by_record = gateway.gateway.identity.by_record
+    assert ("service", person.requester_id) not in by_record
+    assert ("marketing", person.contact_id) not in by_record
+    await gateway.gateway.access_log.flush()
+    sink = gateway.gateway.config.audit_sink
+    assert isinstance(sink, JsonlSink)
+    records = [r for _, r in sink.lines() if r and r.get("kind") == "write"]
+    [erasure] = [w for r in records for w in r["writes"] if w.get("mutation") == "subjectErase"]
+    assert erasure["customer"] == cuid and erasure["manual"] == ["marketing", "service"]
+
+
+async def test_the_cli_reports_as_json_and_a_printable_page_and_is_recorded(
+    rights: tuple[RunningGateway, DemoWorld, DemoSystems], tmp_path: Path
+) -> None:
+    gateway, world, _ = rights
+    person = _duplicated(world)  # never the one the erasure test erases
+    config = gateway.gateway.config_path
+    assert config is not None
+    page = tmp_path / "report.html"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "subject",
+        "report",
+        "--config",
+        str(config),
+        "--phone",
+        person.phone,
+        "--json",
+        "--html",
+        str(page),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    report = orjson.loads(out)
+    cuid = gateway.gateway.identity.by_record[("sales", str(person.sales_ids[0]))]
+    assert report["customer"] == cuid
+    html = page.read_text(encoding="utf-8")
+    assert "我们持有的您的个人信息" in html and "What we hold about you" in html
+    assert person.national_id in html  # their own data, in full
+    missing = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "subject",
+        "report",
+        "--config",
+        str(config),
+        "--email",
+        "nobody@example.invalid",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(missing.communicate(), 60)
+    assert missing.returncode == 1
+    assert err.decode().strip().startswith("c360: NOT_FOUND:") and b"Traceback" not in err
+    # The CLI's request is in the log, by a principal named after the operator.
+    sink = gateway.gateway.config.audit_sink
+    assert isinstance(sink, JsonlSink)
+    cli_records = [r for _, r in sink.lines() if r and r.get("client") == "c360-cli"]
+    assert any(
+        r["roles"] == ["privacy"] and cuid in r["customers"] and r["subject"].startswith("cli:")
+        for r in cli_records
+    )
