@@ -52,20 +52,21 @@ class Admission:
         return len(self._waiting)
 
     @contextlib.asynccontextmanager
-    async def place(self) -> AsyncIterator[None]:
+    async def place(self) -> AsyncIterator[bool]:
+        """Yields whether the request waited for its place (then its client may be gone)."""
         if self.settings.limit <= 0:
-            yield
+            yield False
             return
-        await self._enter()
+        waited = await self._enter()
         try:
-            yield
+            yield waited
         finally:
             self._leave()
 
-    async def _enter(self) -> None:
+    async def _enter(self) -> bool:
         if self.executing < self.settings.limit and not self._waiting:
             self.executing += 1
-            return
+            return False
         if len(self._waiting) >= self.settings.max_queued:
             raise Overloaded(f"{len(self._waiting)} requests are already waiting")
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -76,7 +77,7 @@ class Admission:
         except BaseException as error:
             handed_over = turn.done() and not turn.cancelled()
             if handed_over and isinstance(error, TimeoutError):
-                return  # the place came just as the time ran out: take it
+                return True  # the place came just as the time ran out: take it
             if handed_over:
                 self._leave()  # cancelled after the hand-over: pass the place on
             else:
@@ -88,6 +89,7 @@ class Admission:
                     f"no place to execute within {self.settings.queue_timeout_s:g} s"
                 ) from None
             raise
+        return True
 
     def _leave(self) -> None:
         while self._waiting:

@@ -244,8 +244,8 @@ class GraphQLView(GraphQL[Any, None]):
         if unread is not None:
             return unread
         try:
-            async with self._place():
-                if await request.is_disconnected():
+            async with self._place() as waited:
+                if waited and await request.is_disconnected():
                     raise ClientDisconnect  # gone while it waited for its place
                 if self._deadline_s is None:
                     return await self.run(request)
@@ -303,14 +303,21 @@ class GraphQLView(GraphQL[Any, None]):
         takes it from the request then)."""
         chunks: list[bytes] = []
         size = 0
+        receive = request.receive  # the ASGI messages themselves: no generator per request
         try:
             async with asyncio.timeout(self._body_timeout_s):
-                async with contextlib.aclosing(request.stream()) as stream:
-                    async for chunk in stream:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientDisconnect
+                    chunk = message.get("body", b"")
+                    if chunk:
                         size += len(chunk)
                         if size > self._max_body_bytes:
                             return self._body_too_large(request)
                         chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
         except TimeoutError:
             request.state.reason = "body_timeout"
             return Response(
@@ -344,10 +351,11 @@ class GraphQLView(GraphQL[Any, None]):
         request.state.reason = "client_disconnected"
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
-    def _place(self) -> contextlib.AbstractAsyncContextManager[None]:
-        """A place to execute in (the admission gate's), or at once without a gate."""
+    def _place(self) -> contextlib.AbstractAsyncContextManager[bool]:
+        """A place to execute in (the admission gate's), or at once without a gate; says
+        whether the request had to wait for it."""
         if self._admission is None:
-            return contextlib.nullcontext()
+            return contextlib.nullcontext(False)
         return self._admission.place()
 
     async def _rate_limited(self, request: Request) -> Response | None:

@@ -166,6 +166,7 @@ class EnumReader:
         members: Any = enum.Enum(name, {v: v for v in values})  # type: ignore[misc]
         self.type: Any = strawberry.enum(members, description=doc)
         self._known: dict[Any, Any] = {v: self.type[v] for v in values}
+        self.known = self._known  # read by generated readers: spelling -> member
         self._known.update({code: self.type[value] for code, value in codes.items()})
         self._codes = len(self._known)
         # What a write sends for a value: the system's first code for it, else its name.
@@ -210,14 +211,16 @@ class RecordType:
                 if not (read or f.name in (key or ())):
                     arguments.append(f"{f.name}=None")  # nothing reads it: not parsed
                     continue
-                names[f"p{index}"] = self.base.get(f.name) or self.parsers[f.name]
+                parse = self.base.get(f.name) or self.parsers[f.name]
+                names[f"p{index}"] = parse
                 absent = "_absent()" if f.name in self.required else "None"
                 got = f"(v{index} := r.get({f.attribute!r}))"
-                arguments.append(
-                    f"{f.name}=(p{index}(v{index}) if {got} is not None else {absent})"
-                )
+                value = _fast_path(f.type, f"v{index}", f"p{index}", parse, names)
+                arguments.append(f"{f.name}=({value} if {got} is not None else {absent})")
             code = (
-                f"def read(record):\n r = _record_of(record)\n return cls({', '.join(arguments)})\n"
+                "def read(record):\n"
+                " r = record if record.__class__ is dict else _record_of(record)\n"
+                f" return cls({', '.join(arguments)})\n"
             )
             exec(compile(code, f"<record {self.decl.name}>", "exec"), names)
             found = self._readers[key] = names["read"]
@@ -229,6 +232,26 @@ class RecordType:
     def many(self, wanted: Wanted) -> Callable[[Any], list[Any]]:
         read = self.reader(wanted)
         return lambda records: [read(r) for r in _records_of(records)]
+
+
+# A present value that is already what the scalar holds passes without a call: the
+# generated readers test its class inline (a page reads thousands of values).
+_INLINE = {
+    "Int": "({v} if {v}.__class__ is int and -2147483648 <= {v} < 2147483648 else {p}({v}))",
+    "Boolean": "({v} if {v}.__class__ is bool else {p}({v}))",
+    "Float": "({v} if {v}.__class__ is float and {v} - {v} == 0 else {p}({v}))",  # finite
+}
+
+
+def _fast_path(ref: TypeRef, v: str, p: str, parse: Any, names: dict[str, Any]) -> str:
+    """The expression a generated reader parses a present value `v` with."""
+    if ref.is_list:
+        return f"{p}({v})"
+    if isinstance(parse, EnumReader):  # a known spelling by one dict lookup
+        names[f"k_{p}"] = parse.known
+        return f"(k_{p}.get({v}) or {p}({v}))"
+    template = _INLINE.get(ref.name)
+    return template.format(v=v, p=p) if template else f"{p}({v})"
 
 
 def _annotation(ref: TypeRef, python: Mapping[str, Any], optional_top: bool = True) -> Any:

@@ -404,7 +404,7 @@ async def test_timestamps_are_parsed_only_where_selected_or_sorted_by(
 
     for record in gateway.gateway.graph.records.values():
         for name in [f.name for f in record.decl.fields if f.type.name == "DateTime"]:
-            monkeypatch.setitem(record.parsers, name, counting(record.parsers[name]))
+            monkeypatch.setitem(record.base, name, counting(record.base[name]))
         monkeypatch.setattr(record, "_readers", {})
     page = "{ customers(first: 30) { edges { node { id tickets" + arguments + " { id %s }"
     page += " consents { channel %s } } } } }"
