@@ -34,7 +34,7 @@ class AuditQuery:
 
 
 DECISIONS = ("allow", "mask", "deny")
-KINDS = ("access", "alert", "ack")
+KINDS = ("access", "write", "alert", "ack")
 
 
 def checked_customer(value: str, argument: str, name: str = "customer") -> str:
@@ -91,6 +91,15 @@ class AccessAlert:
     window_seconds: float
 
 
+@strawberry.type(description="A change a request made (kind write): never a value.")
+class WriteAccess:
+    customer: strawberry.ID | None
+    mutation: str
+    system: str
+    fields: list[str]
+    outcome: str
+
+
 @strawberry.type(description="One access-log record: a request, or an alert it raised.")
 class AccessRecord:
     id: strawberry.ID
@@ -134,6 +143,24 @@ class AccessRecord:
             )
             for who, seen in chosen
             for name, decision in seen.items()
+        ]
+
+    @strawberry.field(
+        description="The changes of a write (kind write); with `customer`, that customer's."
+    )
+    def writes(self, customer: strawberry.ID | None = None) -> list[WriteAccess]:
+        if customer is not None:
+            checked_customer(customer, "customer")
+        return [
+            WriteAccess(
+                customer=strawberry.ID(w["customer"]) if w.get("customer") else None,
+                mutation=str(w.get("mutation", "")),
+                system=str(w.get("system") or ",".join(w.get("systems") or ())),
+                fields=[str(f) for f in w.get("fields") or ()],
+                outcome=str(w.get("outcome", "")),
+            )
+            for w in self.record.get("writes") or ()
+            if customer is None or w.get("customer") == customer
         ]
 
 
@@ -233,7 +260,7 @@ class AuditQueries:
         if field is not None:
             checked_field(field, "field", ctx.graph.field_names)
         if kind is not None and kind not in KINDS:
-            raise bad_input("kind", "'kind' is access, alert or ack")
+            raise bad_input("kind", "'kind' is access, write, alert or ack")
         if decision is not None and decision not in DECISIONS:
             raise bad_input("decision", "'decision' is allow, mask or deny")
         query = AuditQuery(

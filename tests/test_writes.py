@@ -299,6 +299,24 @@ async def test_the_record_names_the_changed_fields_never_a_value(sales: Sales) -
     assert entry["decisions"] == {"input.email": "allow"}
     assert entry["after"]["input.email"].startswith("h1:")
     assert entry["before"]["input.email"] != entry["after"]["input.email"]
+    # Security's timeline of the customer shows the write beside the reads.
+    timeline = await gateway.query(
+        """query($c: ID!) { accessLog(customer: $c, kind: "write") { edges { node {
+          kind writes(customer: $c) { mutation system fields outcome } } } } }""",
+        {"c": cuid},
+        headers=gateway.as_role("security"),
+    )
+    assert not timeline.errors, timeline.errors
+    nodes = [edge["node"] for edge in timeline.data["accessLog"]["edges"]]
+    assert nodes and nodes[0]["kind"] == "write"
+    assert nodes[0]["writes"] == [
+        {
+            "mutation": "updateCustomer",
+            "system": "sales",
+            "fields": ["input.email"],
+            "outcome": "ok",
+        }
+    ]
     # The crosswalk followed the new email: a lookup by it finds the customer.
     found = await gateway.query(
         "query($e: String!) { customerByEmail(email: $e) { id } }",

@@ -386,14 +386,19 @@
 
   function recordColumns(customer) {
     const fieldsOf = (r) => r.fields.filter((f) => !customer || f.customer === customer);
+    // A write's changed fields beside the fields it read (never a value: the log has none).
+    const changed = (r) => (r.writes || []).flatMap((w) => w.fields.map((f) => ({ field: `${w.system}.${f}`, outcome: w.outcome })));
     return [
       { label: "col.when", width: "when", cell: (r) => when(r.ts), csv: (r) => r.ts },
       { label: "col.subject", cell: (r) => r.subject ? link("footprint", { subject: r.subject }, r.subject) : "—", csv: (r) => r.subject },
       { label: "col.role", cell: (r) => r.roles.join(", "), csv: (r) => r.roles.join(" ") },
       { label: "col.purpose", cell: (r) => r.purpose || "—", csv: (r) => r.purpose },
       { label: "col.client", cell: (r) => r.client || "—", csv: (r) => r.client },
-      { label: "col.fields", width: "wide", cell: (r) => h("div", { class: "chips" }, fieldsOf(r).map((f) => chip(f.field, f.decision, f.policy))),
-        csv: (r) => fieldsOf(r).map((f) => `${customer ? "" : `${f.customer}.`}${f.field}=${f.decision} (${f.policy || ""})`).join("; ") },
+      { label: "col.fields", width: "wide", cell: (r) => h("div", { class: "chips" }, [
+          ...changed(r).map((c) => chip(c.field, "edit", c.outcome)),
+          ...fieldsOf(r).map((f) => chip(f.field, f.decision, f.policy))]),
+        csv: (r) => [...changed(r).map((c) => `${c.field}=edit (${c.outcome})`),
+          ...fieldsOf(r).map((f) => `${customer ? "" : `${f.customer}.`}${f.field}=${f.decision} (${f.policy || ""})`)].join("; ") },
       { label: "col.outcome", cell: (r) => r.outcome || r.kind, csv: (r) => r.outcome || r.kind },
       { label: "col.trace", mono: true, cell: (r) => r.traceId || "—", csv: (r) => r.traceId },
     ];
@@ -467,7 +472,8 @@
       fetch: async (after, first) => {
         const data = await gql(`query ConsoleTimeline($customer: ID!, $field: String, $decision: String, $subject: String, $since: DateTime, $until: DateTime, $first: Int, $after: String) {
           accessLog(customer: $customer, field: $field, decision: $decision, subject: $subject, since: $since, until: $until, first: $first, after: $after) {
-            edges { node { ${RECORD_FIELDS} fields(customer: $customer) { customer field decision policy } } }
+            edges { node { ${RECORD_FIELDS} fields(customer: $customer) { customer field decision policy }
+              writes(customer: $customer) { mutation system fields outcome } } }
             pageInfo { hasNextPage endCursor } } }`, { ...filters, first, after });
         return { rows: data.accessLog.edges.map((e) => e.node), pageInfo: data.accessLog.pageInfo };
       },
