@@ -377,6 +377,13 @@ class Gateway:
         if link is not None:
             await self.reload_identity()
 
+    async def restrict(self, cuid: str, restricted: bool) -> None:
+        """A person restricted (or lifted the restriction of) the processing of their
+        data: from the next request on, their fields are denied but for the policy file's
+        `restriction_purposes`."""
+        await self.store.restrict(cuid, restricted, now_iso())
+        await self.reload_identity()
+
     async def unlink(self, cuid: str) -> int:
         """An erasure: the customer's links go (tombstones stay), the index follows."""
         pairs = await self.store.unlink(cuid, now_iso())
@@ -384,7 +391,9 @@ class Gateway:
         return len(pairs)
 
     async def reload_identity(self) -> None:
-        self.identity = IdentityIndex.build(await self.store.links(), self.keys)
+        self.identity = IdentityIndex.build(
+            await self.store.links(), self.keys, await self.store.restricted()
+        )
         log.info("identity crosswalk loaded", extra={"customers": len(self.identity)})
 
     async def stop(self) -> None:
@@ -407,12 +416,19 @@ class Gateway:
         if self.decisions.policy_set is not self.policies:  # reloaded
             self.decisions = StaticDecisions(self.policies)
         served = self.served  # this request's graph and schema, whatever a reload swaps in
+        restricted = self.identity.restricted
+        blocked = (
+            restricted
+            if restricted and principal.purpose not in self.policies.restriction_purposes
+            else frozenset()
+        )
         guard = FieldGuard(
             policies=self.policies,
             principal=principal,
             masks=self.masks,
             facts_of=functools.partial(record_facts, served.graph.bindings),
             decisions=self.decisions,
+            blocked=blocked,
         )
         return GraphContext(
             sources=self.hub,
@@ -423,6 +439,7 @@ class Gateway:
             idempotent_writes=self.idempotent_writes,
             rekey=self.rekey,
             unlink=self.unlink,
+            restrict=self.restrict,
             guard=guard,
             max_page_size=self.config.max_page_size,
             request=request,

@@ -28,7 +28,15 @@ Effect = Literal["allow", "deny", "mask"]
 _Fail = Callable[[str], "PolicyFileError"]
 
 _TOP_KEYS: Final = frozenset(
-    {"version", "roles", "purposes", "consent_channels", "default_policy", "policy"}
+    {
+        "version",
+        "roles",
+        "purposes",
+        "consent_channels",
+        "default_policy",
+        "restriction_purposes",
+        "policy",
+    }
 )
 _POLICY_KEYS: Final = frozenset({"description", "rules", "shadow", "shadow_rules"})
 _RULE_KEYS: Final = frozenset(
@@ -132,6 +140,9 @@ class PolicySet:
     consent_channels: tuple[str, ...] = ()
     source: str = "<policy>"
     warnings: tuple[str, ...] = ()
+    # A person who restricted their data's processing (PIPL art. 44, GDPR art. 18): every
+    # field of theirs is denied but for these purposes.
+    restriction_purposes: tuple[str, ...] = ()
 
     def masks_used(self) -> frozenset[str]:
         """Mask names the rules (shadow rules included) apply; the gateway checks that it
@@ -327,6 +338,14 @@ class _Reader:
                 f"default_policy '{default}' is not defined", line=self.key_line("default_policy")
             )
         warnings = tuple(w for policy in policies.values() for w in self.unreachable(policy))
+        restriction = self.name_list(data, "restriction_purposes", required=False)
+        for purpose in restriction:
+            if purpose not in purposes:
+                raise self.fail(
+                    f"restriction_purposes: unknown purpose '{purpose}' (purposes: "
+                    f"{', '.join(purposes) or 'none declared'})",
+                    line=self.key_line("restriction_purposes"),
+                )
         return PolicySet(
             version=version,
             roles=roles,
@@ -336,6 +355,7 @@ class _Reader:
             consent_channels=channels,
             source=self.source,
             warnings=warnings,
+            restriction_purposes=restriction,
         )
 
     def name_list(self, data: Mapping[str, Any], key: str, *, required: bool) -> tuple[str, ...]:

@@ -81,6 +81,7 @@ class GraphContext:
     idempotent_writes: Any = None  # the gateway's answers by Idempotency-Key
     # After a write changed a record's email or phone: (system, key, {"email": …}) -> None
     rekey: Any = None
+    restrict: Any = None  # (cuid, restricted) -> None: a restriction of processing
     unlink: Any = None  # an erasure: cuid -> number of links removed (tombstones left)
     entity_batch: Any = None  # the _entities references being gathered (resolvers/loading.py)
     request: Any = None

@@ -34,6 +34,10 @@ from policies.rules import PolicySet
 
 log = logging.getLogger("c360.policy")
 
+# Every field of a person who restricted the processing of their data (PIPL art. 44, GDPR
+# art. 18), for a request whose purpose the policy file's `restriction_purposes` omits.
+RESTRICTED = Decision("deny", "restriction", None, None, "the person restricted processing: deny")
+
 Mask = Callable[[str], str]
 
 
@@ -52,6 +56,9 @@ class FieldGuard:
     shadow_differences: int = 0
     # The gateway's, shared by its requests while its policy set is this one.
     decisions: StaticDecisions | None = None
+    # CUIDs whose every field is denied to this request: they restricted processing, and
+    # its purpose is not one the policy file keeps for them.
+    blocked: frozenset[str] = frozenset()
     _static: dict[str, Decision | Conditional] = field(default_factory=dict)
 
     def static(self, policy: str | None) -> Decision | Conditional:
@@ -67,6 +74,8 @@ class FieldGuard:
         return found
 
     def decide(self, policy: str | None, record_owner: Any) -> Decision:
+        if self.blocked and getattr(record_owner, "id", None) in self.blocked:
+            return RESTRICTED
         decision = self.static(policy)
         if isinstance(decision, Conditional):
             return self.decide_for(decision, record_owner)

@@ -19,7 +19,7 @@ from connectors.base import SourceUnavailable
 from policies.engine import Conditional, Decision, RecordFacts
 from resolvers.bindings import GraphBindings
 from resolvers.context import GraphContext
-from resolvers.guard import forbidden
+from resolvers.guard import RESTRICTED, forbidden
 from resolvers.selection import Selection
 from resolvers.types import CustomerBase, Wanted, shape_value
 
@@ -234,13 +234,18 @@ class CustomerBatch:
         static = guard.static(ctx.graph.policies.get(name))
         binding = ctx.bindings.customer.get(name)
         slot = binding.slot if binding is not None else None
+        blocked = guard.blocked  # people who restricted processing, for this purpose
         if isinstance(static, Decision):  # the same for every customer: noted at once
-            guard.note_all([c.id for c in self.customers if c is not skip], name, static)
+            noted = [c.id for c in self.customers if c is not skip and c.id not in blocked]
+            guard.note_all(noted, name, static)
         settled: list[tuple[CustomerBase, Any]] = []
         for index, customer in enumerate(self.customers):
             if customer is skip:
                 continue
-            if isinstance(static, Decision):
+            if blocked and customer.id in blocked:
+                decision = RESTRICTED
+                guard.note(customer.id, name, decision)
+            elif isinstance(static, Decision):
                 decision = static
             else:
                 decision = guard.decide_for(static, customer)

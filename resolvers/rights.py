@@ -28,6 +28,7 @@ from resolvers.guard import policy_field
 
 REPORT_POLICY = "rights.report"
 ERASE_POLICY = "rights.erase"
+RESTRICT_POLICY = "rights.restrict"
 MAX_ACCESSES = 500
 
 
@@ -249,6 +250,45 @@ class RightsMutations:
             raise _error("An erasure needs confirm: true.", "BAD_USER_INPUT", field="confirm")
         cuid = find_customer(ctx, email, phone, customer)
         return await erase(ctx, cuid)
+
+    @policy_field(
+        RESTRICT_POLICY,
+        description=(
+            "Restrict (or lift the restriction of) the processing of one person's data: "
+            "while restricted, every field of theirs is denied to every purpose but the "
+            "policy file's `restriction_purposes`, and every edit refused. The privacy role "
+            "acting for `rights` only."
+        ),
+    )
+    async def subject_restrict(
+        self,
+        info: Info[GraphContext, None],
+        restricted: bool,
+        email: str | None = None,
+        phone: str | None = None,
+        customer: strawberry.ID | None = None,
+    ) -> SubjectRestriction | None:
+        ctx = info.context
+        cuid = find_customer(ctx, email, phone, customer)
+        ctx.touched.add(cuid)
+        ctx.writes.append(
+            {
+                "mutation": "subjectRestrict",
+                "customer": cuid,
+                "fields": [],
+                "decisions": {},
+                "restricted": restricted,
+                "outcome": "ok",
+            }
+        )
+        await ctx.restrict(cuid, restricted)
+        return SubjectRestriction(customer=strawberry.ID(cuid), restricted=restricted)
+
+
+@strawberry.type(description="Whether a person's processing is restricted, from now on.")
+class SubjectRestriction:
+    customer: strawberry.ID
+    restricted: bool
 
 
 async def erase(ctx: GraphContext, cuid: str) -> SubjectErasure:

@@ -159,6 +159,13 @@ class WriteRun:
         """Every change decided with the `edit` verb before anything is sent."""
         ctx = self.ctx
         guard = ctx.guard
+        if cuid in guard.blocked:
+            self.entry["outcome"] = "forbidden"
+            raise _error(
+                "The person restricted the processing of their data.",
+                "FORBIDDEN",
+                policy="restriction",
+            )
         decisions: dict[str, tuple[str, Decision | Conditional]] = {}
         if self.write.policy is not None:
             decisions[self.write.name] = (

@@ -327,6 +327,7 @@ EDITS = {
     ("consent.edit", "marketing"): "purpose marketing",
     **{("customer.followups", r): "any" for r in ("sales", "sales_manager", "service")},
     ("rights.erase", "privacy"): "purpose rights",
+    ("rights.restrict", "privacy"): "purpose rights",
 }
 
 

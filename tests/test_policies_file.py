@@ -107,6 +107,7 @@ def test_shipped_default_loads_and_is_clean() -> None:
         "customer.followups",
         "rights.report",
         "rights.erase",
+        "rights.restrict",
     }
     assert policy_set.warnings == ()
     assert policy_set.masks_used() <= MASK_NAMES - {"hash"}
@@ -390,3 +391,19 @@ def test_validate_against_a_matching_schema_is_ok() -> None:
     coverage = validate_against(policy_set, set(policy_set.policies))
     assert coverage.ok
     assert coverage.messages() == ()
+
+
+def test_restriction_purposes_must_be_declared_purposes() -> None:
+    text = """
+version = 1
+roles = ["a"]
+purposes = ["legal"]
+default_policy = "p"
+restriction_purposes = ["legal", "curiosity"]
+[policy.p]
+rules = [{ role = "a", effect = "allow" }]
+"""
+    with pytest.raises(PolicyFileError, match="restriction_purposes: unknown purpose 'curiosity'"):
+        parse_policy_text(text, "inline.toml")
+    fixed = parse_policy_text(text.replace(', "curiosity"', ""), "inline.toml")
+    assert fixed.restriction_purposes == ("legal",)

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from demo.people import DemoWorld, Person
 from demo.systems import DemoSystems
 from gateway.audit.sinks import JsonlSink
+from gateway.auth import mint_token
 from harness import RunningGateway, running_gateway
 
 REPORT = """query($e: String, $p: String, $c: ID) {
@@ -219,3 +220,49 @@ async def test_the_cli_reports_as_json_and_a_printable_page_and_is_recorded(
         r["roles"] == ["privacy"] and cuid in r["customers"] and r["subject"].startswith("cli:")
         for r in cli_records
     )
+
+
+RESTRICT = """mutation($c: ID!, $r: Boolean!) {
+  subjectRestrict(customer: $c, restricted: $r) { customer restricted }
+}"""
+READ = "query($id: ID!) { customer(id: $id) { name phone tickets { id } } }"
+
+
+async def test_a_restricted_person_is_denied_to_every_purpose_but_legal(
+    rights: tuple[RunningGateway, DemoWorld, DemoSystems],
+) -> None:
+    gateway, world, _ = rights
+    person = [p for p in world.persons if len(p.sales_ids) == 1 and p.requester_id][3]
+    cuid = gateway.gateway.identity.by_record[("sales", str(person.sales_ids[0]))]
+    other = next(c for c in gateway.gateway.identity.ordered if c != cuid)
+    before = await gateway.query(READ, {"id": cuid})
+    assert not before.errors and before.data["customer"]["name"]
+
+    done = await gateway.query(RESTRICT, {"c": cuid, "r": True}, headers=privacy(gateway))
+    assert done.data == {"subjectRestrict": {"customer": cuid, "restricted": True}}
+    refused = await gateway.query(READ, {"id": cuid})
+    assert refused.data["customer"] == {"name": None, "phone": None, "tickets": None}
+    assert {e["extensions"]["policy"] for e in refused.errors} == {"restriction"}
+    assert not (await gateway.query(READ, {"id": other})).errors  # nobody else
+    page = await gateway.query("{ customers(first: 80) { edges { node { id name } } } }")
+    names = {e["node"]["id"]: e["node"]["name"] for e in page.data["customers"]["edges"]}
+    assert cuid in names and names[cuid] is None
+    legal = await gateway.query(READ, {"id": cuid}, headers=gateway.as_role("sales", "legal"))
+    assert not legal.errors and legal.data == before.data
+    edit = await gateway.query(
+        """mutation($id: ID!) { updateCustomer(id: $id, input: {address: "x"}) { id } }""",
+        {"id": cuid},
+        headers={
+            "authorization": "Bearer "
+            + mint_token(
+                gateway.gateway.config.auth, "m", ["sales_manager"], ["sales"], amr=["mfa"]
+            )
+        },
+    )
+    assert [e["extensions"].get("policy") for e in edit.errors] == ["restriction"]
+    report = await gateway.query(REPORT, {"c": cuid}, headers=privacy(gateway))
+    assert not report.errors and report.data["subjectReport"]["records"]
+
+    lifted = await gateway.query(RESTRICT, {"c": cuid, "r": False}, headers=privacy(gateway))
+    assert lifted.data["subjectRestrict"]["restricted"] is False
+    assert (await gateway.query(READ, {"id": cuid})).data == before.data

@@ -29,9 +29,12 @@ class IdentityIndex:
     # Systems with at least one linked record: a system missing here was never synced
     # (down at the sync), so an absent key says nothing about its records.
     linked_systems: frozenset[str] = frozenset()
+    restricted: frozenset[str] = frozenset()  # CUIDs of people who restricted processing
 
     @classmethod
-    def build(cls, links: Iterable[Link], keys: IdentityKeys) -> IdentityIndex:
+    def build(
+        cls, links: Iterable[Link], keys: IdentityKeys, restricted: frozenset[str] = frozenset()
+    ) -> IdentityIndex:
         systems: dict[str, dict[str, str]] = {}
         by_email: dict[str, str] = {}
         by_record: dict[tuple[str, str], str] = {}
@@ -46,7 +49,9 @@ class IdentityIndex:
             if link.phone_hash:
                 by_phone.setdefault(link.phone_hash, link.cuid)
         linked = frozenset(system for system, _ in by_record)
-        return cls(systems, tuple(sorted(systems)), by_email, by_record, keys, by_phone, linked)
+        return cls(
+            systems, tuple(sorted(systems)), by_email, by_record, keys, by_phone, linked, restricted
+        )
 
     def links(self, cuid: str) -> Mapping[str, str] | None:
         return self.systems.get(cuid)

@@ -80,6 +80,15 @@ tombstones = Table(
 )
 
 
+# People who restricted the processing of their data (a rights request), by CUID.
+restrictions = Table(
+    "c360_identity_restrictions",
+    metadata,
+    Column("cuid", String(32), primary_key=True),
+    Column("since", String(32), nullable=False),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Link:
     system: str
@@ -220,6 +229,17 @@ class CrosswalkStore:
                 )
             await connection.execute(delete(issues).where(issues.c.cuid == cuid))
             return pairs
+
+    async def restrict(self, cuid: str, restricted: bool, since: str) -> None:
+        async with self.engine.begin() as connection:
+            await connection.execute(delete(restrictions).where(restrictions.c.cuid == cuid))
+            if restricted:
+                await connection.execute(restrictions.insert(), [{"cuid": cuid, "since": since}])
+
+    async def restricted(self) -> frozenset[str]:
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(select(restrictions.c.cuid))).all()
+        return frozenset(str(row[0]) for row in rows)
 
     async def tombstoned(self) -> set[tuple[str, str]]:
         async with self.engine.connect() as connection:
