@@ -42,6 +42,7 @@ from gateway.audit.sinks import AccessQuery, AccessSink
 from gateway.auth import Authenticator
 from gateway.cache import RecordStore
 from gateway.config import Config, ConfigError, load_config
+from gateway.console.oidc import ConsoleSignIn
 from gateway.console.reader import ConsoleReader
 from gateway.console.routes import console_routes
 from gateway.documents import DocumentStore, DocumentStoreError
@@ -198,6 +199,14 @@ class Gateway:
         self.policies = self.load_policies()
         self.decisions = StaticDecisions(self.policies)
         self.access_log = AccessLog(config.audit, config.audit_sink)
+        # The console's OIDC sign-in and its sessions (this instance's, in memory)
+        self.console_sign_in = (
+            ConsoleSignIn(
+                config.console_oidc, lambda record: self.access_log.record(record, awaited=False)
+            )
+            if config.console_oidc is not None
+            else None
+        )
         self.quality_run: asyncio.Task[QualityReport | None] | None = None  # quality_on_sync
 
     def serve(self, graph: Graph) -> Served:
@@ -276,7 +285,7 @@ class Gateway:
         current = self.config
         needs_restart = [
             name
-            for name in ("server", "identity", "sources", "max_page_size", "audit")
+            for name in ("server", "identity", "sources", "max_page_size", "audit", "console_oidc")
             if getattr(new, name) != getattr(current, name)
         ]
         cache = current.cache
@@ -368,14 +377,14 @@ class Gateway:
         """After a write changed a record's email or phone (normalised): the crosswalk's
         match keys follow, as the next sync would see them (a conflict reported)."""
         hashes = {kind: self.keys.match_hash(kind, value) for kind, value in keys.items()}
-        link = await self.store.rekey(
+        changed = await self.store.rekey(
             system,
             system_id,
             email_hash=hashes.get("email"),
             phone_hash=hashes.get("phone"),
         )
-        if link is not None:
-            await self.reload_identity()
+        if changed is not None:
+            self.identity = self.identity.rekeyed(*changed)
 
     async def restrict(self, cuid: str, restricted: bool) -> None:
         """A person restricted (or lifted the restriction of) the processing of their
@@ -524,6 +533,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
         account_later=gw.account_later,
         observe=observe,
         durable_first=lambda: gw.access_log.settings.fail_closed,
+        session=gw.console_sign_in.principal if gw.console_sign_in is not None else None,
     )
 
     async def healthz(request: Request) -> Response:
@@ -607,7 +617,10 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
             Route("/readyz", readyz),
             Route("/metrics", metrics),
             Route("/cache/invalidate", invalidate, methods=["POST"]),
-            *console_routes([f.name for f in gw.graph.declaration.root.fields if f.name != "id"]),
+            *console_routes(
+                [f.name for f in gw.graph.declaration.root.fields if f.name != "id"],
+                gw.console_sign_in,
+            ),
         ],
         lifespan=lifespan,
     )

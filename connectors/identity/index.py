@@ -4,6 +4,7 @@ system's key for a customer, so all systems can be asked at once."""
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -52,6 +53,24 @@ class IdentityIndex:
         return cls(
             systems, tuple(sorted(systems)), by_email, by_record, keys, by_phone, linked, restricted
         )
+
+    def rekeyed(self, before: Link, after: Link) -> IdentityIndex:
+        """This index with one record's match keys changed (a write to its email or
+        phone), without reading the whole crosswalk again: a key that found this record's
+        customer through it finds it no longer, the new one does unless another customer
+        holds it (the sync's rule: the first link of a key keeps it)."""
+        by_email, by_phone = dict(self.by_email), dict(self.by_phone)
+        for index, old, new in (
+            (by_email, before.email_hash, after.email_hash),
+            (by_phone, before.phone_hash, after.phone_hash),
+        ):
+            if old == new:
+                continue
+            if old is not None and index.get(old) == before.cuid:
+                del index[old]
+            if new is not None:
+                index.setdefault(new, after.cuid)
+        return dataclasses.replace(self, by_email=by_email, by_phone=by_phone)
 
     def links(self, cuid: str) -> Mapping[str, str] | None:
         return self.systems.get(cuid)

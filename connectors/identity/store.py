@@ -250,10 +250,11 @@ class CrosswalkStore:
 
     async def rekey(
         self, system: str, system_id: str, *, email_hash: str | None, phone_hash: str | None
-    ) -> Link | None:
+    ) -> tuple[Link, Link] | None:
         """A record's match keys after a write changed them (only the ones given change;
         the record stays linked to its customer). Reports a conflict, as the sync would,
-        when a new key already belongs to another customer. None: no such link."""
+        when a new key already belongs to another customer. The link before and after;
+        None: no such link."""
         async with self.engine.begin() as connection:
             row = (
                 await connection.execute(
@@ -308,7 +309,7 @@ class CrosswalkStore:
                             }
                         ],
                     )
-            return Link(
+            return link, Link(
                 link.system,
                 link.system_id,
                 link.cuid,
