@@ -17,7 +17,7 @@ from demo.people import DemoWorld
 from demo.systems import DemoSystems
 from gateway.audit.sinks import JsonlSink
 from gateway.auth import mint_token
-from harness import RunningGateway, running_gateway
+from harness import RunningGateway, SourceAdmin, running_gateway
 
 UPDATE = """mutation($id: ID!, $input: CustomerInput!, $v: String) {
   updateCustomer(id: $id, input: $input, ifVersion: $v) { id email phone address version }
@@ -36,6 +36,7 @@ class Sales:
     gateway: RunningGateway
     world: DemoWorld
     dsn: str
+    systems: DemoSystems
 
     def headers(
         self, role: str, subject: str = "someone", mfa: bool = True, purpose: str | None = None
@@ -89,7 +90,7 @@ async def sales(
         async with DemoSystems(work, customers=60, sales_dsn=dsn) as systems:
             overrides = {"cache.enabled": True, "cache.url": "memory://"}
             async with running_gateway(systems, work / "gateway", overrides) as gateway:
-                yield Sales(gateway, systems.world, dsn)
+                yield Sales(gateway, systems.world, dsn, systems)
     finally:
         async with admin.connect() as connection:
             await connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -324,3 +325,55 @@ async def test_the_record_names_the_changed_fields_never_a_value(sales: Sales) -
         headers=sales.headers("sales_manager"),
     )
     assert found.data["customerByEmail"] == {"id": cuid}
+
+
+@pytest.mark.redis
+async def test_a_write_through_one_instance_is_seen_by_another_sharing_redis(
+    sales: Sales, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two gateways over the same systems share their cache through Redis: a write through
+    one evicts the customer there, so the other reads the new value at once."""
+    from tests.test_cache import redis_overrides
+
+    overrides = redis_overrides(redis_url, "writes-" + uuid.uuid4().hex)
+    work = tmp_path_factory.mktemp("shared")
+    async with (
+        running_gateway(sales.systems, work / "a", overrides) as first,
+        running_gateway(sales.systems, work / "b", overrides) as second,
+    ):
+        sales_id = sales.world.sales.customers[11].id
+        cuid = first.gateway.identity.by_record[("sales", str(sales_id))]
+        manager = sales.headers("sales_manager")
+        await second.query(READ, {"id": cuid}, headers=manager)  # cached in Redis
+        before = second.source_calls("sales")
+        cached = await second.query(READ, {"id": cuid}, headers=manager)
+        assert second.source_calls("sales") == before  # served from the shared cache
+        written = await first.query(
+            UPDATE, {"id": cuid, "input": {"phone": "13611112222"}}, headers=manager
+        )
+        assert not written.errors, written.errors
+        after = await second.query(READ, {"id": cuid}, headers=manager)
+        assert after.data["customer"]["phone"] == "+8613611112222"
+        assert after.data["customer"]["phone"] != cached.data["customer"]["phone"]
+
+
+async def test_a_write_to_a_system_that_is_down_names_it_and_claims_nothing(
+    sales: Sales,
+) -> None:
+    gateway = sales.gateway
+    person = next(p for p in sales.world.persons if p.sales_ids and p.contact_id)
+    cuid = sales.cuid(person.sales_ids[0])
+    admin = SourceAdmin(sales.systems, gateway.http)
+    await admin.fault("marketing", "error")
+    try:
+        reply = await gateway.query(
+            CONSENT,
+            {"c": cuid, "channel": "email", "granted": True},
+            headers=sales.headers("marketing"),
+        )
+    finally:
+        await admin.fault("marketing", "ok")
+    assert reply.data == {"setConsent": None}
+    [error] = reply.errors
+    assert error["extensions"] == {"code": "SOURCE_UNAVAILABLE", "source": "marketing"}
+    assert "unavailable" in error["message"]  # down before the write: nothing was written
