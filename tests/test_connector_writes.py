@@ -174,6 +174,7 @@ def test_demo_sources_configure_their_writes(systems: DemoSystems) -> None:
                 frozenset({"key", "note", "dueOn", "actor"}),
                 frozenset({"key"}),
             ),
+            "erase_customer": WriteSpec("erase_customer", frozenset({"key"}), frozenset({"key"})),
         },
         "service": {
             "update_requester": WriteSpec(
