@@ -18,8 +18,9 @@ from typing import Any
 import orjson
 from sqlalchemy.engine import make_url
 
+from demo.ca import DemoCertificates
 from gateway.config import ConfigError, set_path
-from gateway.tls import DemoCertificates, pin_postgres
+from gateway.tls import pin_postgres
 
 DEMO_TEMPLATE = Path(__file__).with_name("demo.toml")
 SYSTEMS = ("sales", "service", "marketing")
@@ -34,7 +35,7 @@ class DemoOptions:
     sales_dsn: str | None = None
     seed: int = 42
     customers: int = 1000
-    tls_dir: Path | None = None  # HTTPS with these certificates (gateway/tls.py's DemoCA)
+    tls_dir: Path | None = None  # HTTPS with these certificates (demo/ca.py's DemoCA)
 
 
 @dataclass

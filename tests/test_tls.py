@@ -24,11 +24,12 @@ import pytest
 from connectors.base import ConnectorConfigError
 from connectors.registry import build_connector
 from connectors.tls import ClientTLS, client_context
+from demo.ca import DemoCA, DemoCertificates
 from demo.systems import DemoSystems
 from gateway.app import Gateway
 from gateway.config import ConfigError, parse_config
 from gateway.logs import JsonFormatter
-from gateway.tls import DemoCA, DemoCertificates, ServerTLS, pin_postgres, server_context
+from gateway.tls import ServerTLS, pin_postgres, server_context
 from harness import (
     RunningGateway,
     gateway_config,
@@ -73,7 +74,7 @@ async def tls_gateway(
         tls_systems,
         tmp_path_factory.mktemp("tls-gateway"),
         certs.source_overrides(),
-        server_tls=certs.server(),
+        server_tls=ServerTLS(certs.gateway.cert_file, certs.gateway.key_file),
         client_ssl=client_context(certs.ca_file),
     ) as running:
         yield running
@@ -627,8 +628,9 @@ async def test_the_served_certificate_reloads_without_a_restart(tmp_path: Path) 
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
+    from demo.ca import DemoCA
     from gateway.serving import bind, start_server
-    from gateway.tls import DemoCA, ServerTLS
+    from gateway.tls import ServerTLS
 
     ca = DemoCA.create(tmp_path / "ca")
     first, second = ca.issue("gateway-2026"), ca.issue("gateway-2027")

@@ -24,7 +24,8 @@ import pytest
 
 from connectors.base import SourceUnavailable
 from connectors.registry import build_connector
-from gateway.tls import DemoCA, IssuedCertificate, pin_postgres
+from demo.ca import DemoCA, IssuedCertificate
+from gateway.tls import pin_postgres
 
 
 @dataclass
