@@ -28,11 +28,13 @@ ASYMMETRIC = {"RS256", "ES256"}
 
 
 class AuthError(Exception):
-    """Credentials refused. `status` is 401 (who are you?) or 403 (not for this purpose)."""
+    """Credentials refused. `status` is 401 (who are you?) or 403 (not for this purpose).
+    `reason`: what the access record says (default: `unauthenticated` or `purpose`)."""
 
-    def __init__(self, message: str, status: int = 401) -> None:
+    def __init__(self, message: str, status: int = 401, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +225,12 @@ class Authenticator:
             amr=frozenset(_string_list(claims, "amr", "amr")),
             acr=acr if isinstance(acr, str) else None,
         )
+
+    async def claims(self, token: str) -> Mapping[str, Any]:
+        """The claims of a token whose signature (by a key trusted here, the JWKS's too),
+        issuer, audience and times check; AuthError otherwise. The console's sign-in
+        verifies the provider's ID tokens with it (gateway/console/oidc.py)."""
+        return (await self._verify(token)).claims
 
     async def _still_valid(self, verified: _Verified) -> bool:
         """The checks that can change after a token was verified: time and the key."""

@@ -21,6 +21,7 @@ from gateway.audit.settings import parse_audit
 from gateway.audit.sinks import AccessSink
 from gateway.auth import AuthConfig
 from gateway.cache import CacheSettings, parse_cache_settings
+from gateway.console.oidc import OIDCSettings
 from gateway.documents import TrustedDocuments
 from gateway.errors import ConfigError
 from gateway.keys import KeyPolicy
@@ -87,6 +88,8 @@ class Config:
     graph_files: tuple[Path, ...] = ()
     # `[federation] subgraph = true`: also a Federation 2 subgraph (_service, _entities)
     federation_subgraph: bool = False
+    # `[console.oidc]`: the console's sign-in through the organisation's OIDC provider
+    console_oidc: OIDCSettings | None = None
     max_page_size: int = 100
     raw: Mapping[str, Any] = field(default_factory=dict)
 
@@ -159,6 +162,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
             "graph",
             "federation",
             "auth",
+            "console",
             "policies",
             "cache",
             "audit",
@@ -242,6 +246,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
     max_page_size = graph.get("max_page_size", int, 100)
     federation = root.table("federation")
     federation.only({"subgraph"})
+    console = root.table("console")
+    console.only({"oidc"})
+    console_oidc = OIDCSettings.parse(console.data["oidc"]) if "oidc" in console.data else None
     if max_page_size < 1:
         raise ConfigError("graph.max_page_size: must be at least 1")
     return Config(
@@ -283,6 +290,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         graph_files=tuple(base_dir / name if base_dir else Path(name) for name in names),
         max_page_size=max_page_size,
         federation_subgraph=federation.get("subgraph", bool, False),
+        console_oidc=console_oidc,
         raw=data,
     )
 

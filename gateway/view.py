@@ -49,6 +49,7 @@ from gateway.limits import QueryLimits, QueryTooComplex, check_batch
 from gateway.ratelimit import RateLimiter, retry_after
 from gateway.resilience import DeadlineExceeded, request_deadline
 from gateway.telemetry import set_request_id
+from policies.principal import Principal
 
 log = logging.getLogger("c360.graphql")
 
@@ -166,6 +167,7 @@ class GraphQLView(GraphQL[Any, None]):
         body_timeout_s: float = 10.0,
         observe: Callable[[int, float], None] = lambda status, seconds: None,
         durable_first: Callable[[], bool] = lambda: False,
+        session: Callable[[Request], Principal | None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -182,6 +184,7 @@ class GraphQLView(GraphQL[Any, None]):
         self._body_timeout_s = body_timeout_s
         self._observe = observe
         self._durable_first = durable_first
+        self._session = session
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -224,12 +227,12 @@ class GraphQLView(GraphQL[Any, None]):
             return self._body_too_large(request)  # before reading any of it
         if not self._is_ide_request(request):
             try:
-                request.state.principal = await self._authenticator.authenticate(
-                    request.headers.get("authorization"), request.headers.get("x-purpose")
-                )
+                request.state.principal = await self._principal(request)
             except AuthError as error:
                 code = "UNAUTHENTICATED" if error.status == 401 else "FORBIDDEN"
-                request.state.reason = "unauthenticated" if error.status == 401 else "purpose"
+                request.state.reason = error.reason or (
+                    "unauthenticated" if error.status == 401 else "purpose"
+                )
                 headers = {"www-authenticate": "Bearer"} if error.status == 401 else None
                 return Response(
                     error_body(str(error), code),
@@ -294,6 +297,19 @@ class GraphQLView(GraphQL[Any, None]):
             # Gone while it waited for a place (under load): nothing ran and nobody is
             # there to answer; the access record says so.
             return self._client_gone(request)
+
+    async def _principal(self, request: Request) -> Principal:
+        """The bearer token's principal. Without an Authorization header, the console's
+        sign-in session (`[console.oidc]`: its cookie, with the X-CSRF-Token header) is
+        the credential when the request carries its cookie."""
+        authorization = request.headers.get("authorization")
+        if authorization is None and self._session is not None:
+            principal = self._session(request)  # AuthError: ended, or no CSRF header
+            if principal is not None:
+                return principal
+        return await self._authenticator.authenticate(
+            authorization, request.headers.get("x-purpose")
+        )
 
     async def _read_body(self, request: Request) -> Response | None:
         """Read the whole body before the request takes an admission place, counting its

@@ -1,6 +1,7 @@
 """`GET /console` and its static files. The page is a shell with labels and no data: it
 carries no token and needs none, and everything it shows it fetches from `/graphql` with
-the reviewer's bearer token, so the policy file decides what it may show."""
+the reviewer's credential (the console's sign-in session with `[console.oidc]`, a pasted
+bearer token otherwise), so the policy file decides what it may show."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+
+if TYPE_CHECKING:
+    from gateway.console.oidc import ConsoleSignIn
 
 HERE = Path(__file__).parent
 LANGUAGES = ("en", "zh-CN")
@@ -40,7 +44,7 @@ def labels() -> dict[str, dict[str, str]]:
 
 
 @functools.cache
-def _environment() -> jinja2.Environment:
+def environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,
@@ -59,24 +63,35 @@ def language(accept_language: str | None) -> str:
     return "en"
 
 
-async def console_page(request: Request, fields: Sequence[str] = ()) -> HTMLResponse:
+async def console_page(
+    request: Request, fields: Sequence[str] = (), sign_in: ConsoleSignIn | None = None
+) -> HTMLResponse:
     lang = language(request.headers.get("accept-language"))
     context: dict[str, Any] = {
+        # How the page signs in: the organisation's provider, a pasted token, or both
+        "sign_in": {
+            "oidc": sign_in is not None,
+            "token": sign_in is None or sign_in.settings.token_sign_in,
+        },
         "lang": lang,
         "t": labels()[lang],
         "languages": [(code, labels()[code]["lang.name"]) for code in LANGUAGES],
         "all_labels": labels(),
         "fields": list(fields),
     }
-    html = _environment().get_template("console.html").render(context)
+    html = environment().get_template("console.html").render(context)
     return HTMLResponse(html, headers=SECURITY_HEADERS)
 
 
-def console_routes(fields: Sequence[str] = ()) -> list[BaseRoute]:
+def console_routes(
+    fields: Sequence[str] = (), sign_in: ConsoleSignIn | None = None
+) -> list[BaseRoute]:
     """`fields`: the graph's Customer fields, the timeline's field filter (the declaration's,
-    so a department's fields are filterable as soon as they are declared)."""
-    page = functools.partial(console_page, fields=tuple(fields))
+    so a department's fields are filterable as soon as they are declared). `sign_in`: the
+    OIDC sign-in's routes (/console/login, callback, logout, session) when configured."""
+    page = functools.partial(console_page, fields=tuple(fields), sign_in=sign_in)
     return [
         Route("/console", page, methods=["GET"]),
+        *(sign_in.routes() if sign_in is not None else []),
         Mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static"),
     ]

@@ -1,6 +1,9 @@
 // The c360 security console: a small client of the gateway's own GraphQL API, so the
 // policy file decides what it may show and every view is itself an access-log record.
-// The token lives in sessionStorage only (this tab); it is never put in a URL or a cookie.
+// Signed in through the organisation's identity provider (`[console.oidc]`), the page holds
+// no token at all: its session is an HttpOnly cookie, and each request echoes the session's
+// CSRF token (a cookie the page can read) in X-CSRF-Token. A pasted token (development)
+// lives in sessionStorage only (this tab); it is never put in a URL or a cookie.
 // Everything from the log (subjects, clients, ids) is inserted as text, never as HTML:
 // a token's subject or an X-Client-Name header is chosen by whoever sent the request.
 "use strict";
@@ -21,9 +24,15 @@
   };
   const SPARE = ["#7f8c8d", "#16a085", "#d35400", "#34495e", "#e84393", "#6d4c41"];
   const LABELS = JSON.parse(document.getElementById("c360-labels").textContent);
+  // How the page signs in: {oidc: the provider's sign-in, token: a pasted token}
+  const SIGNIN = JSON.parse(document.getElementById("c360-signin").textContent);
+  const CSRF_COOKIE = /(?:^|;\s*)(?:__Host-)?c360-csrf=([^;]*)/;
   const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
   const $ = (selector) => document.querySelector(selector);
-  const state = { lang: pickLanguage(), checked: false, focus: false, route: "#/overview" };
+  // session: the sign-in session ({subject, roles, expiresAt, refreshable}), null without
+  // one, undefined until asked
+  const state = { lang: pickLanguage(), checked: false, focus: false, route: "#/overview",
+    session: undefined, renewal: null };
 
   // --- language, text, time -----------------------------------------------------------
 
@@ -141,21 +150,29 @@
   class Unauthenticated extends Error {}
   class Refused extends Error {}
 
+  function csrfToken() {
+    const found = document.cookie.match(CSRF_COOKIE);
+    return found ? decodeURIComponent(found[1]) : "";
+  }
+
   async function gql(query, variables) {
     const token = sessionStorage.getItem(TOKEN_KEY);
-    if (!token) throw new Unauthenticated();
+    const headers = {
+      "content-type": "application/json",
+      accept: "application/graphql-response+json, application/json",
+      "x-client-name": "c360-console",
+    };
+    if (token) headers.authorization = `Bearer ${token}`;
+    else if (state.session) headers["x-csrf-token"] = csrfToken();
+    else throw new Unauthenticated();
     let response;
     try {
       response = await fetch("/graphql", {
         method: "POST",
-        headers: {
-          "content-type": "application/json",
-          accept: "application/graphql-response+json, application/json",
-          authorization: `Bearer ${token}`,
-          "x-client-name": "c360-console",
-        },
+        headers,
         body: JSON.stringify({ query, variables: variables || {} }),
-        credentials: "omit",
+        // the session's cookie goes with a signed-in session's requests only
+        credentials: token ? "omit" : "same-origin",
         cache: "no-store",
       });
     } catch (error) {
@@ -175,6 +192,48 @@
       throw new Error(failed.map((e) => e.message).join("; "));
     }
     return body.data;
+  }
+
+  // --- the sign-in session ([console.oidc]) ----------------------------------------------
+
+  // GET: who is signed in, until when; POST: renewed with the provider's refresh token.
+  // null: no session (or it could not be renewed).
+  async function sessionCall(method) {
+    const csrf = csrfToken();
+    if (!csrf) return null;
+    let response;
+    try {
+      response = await fetch("/console/session", {
+        method,
+        headers: { accept: "application/json", "x-csrf-token": csrf },
+        credentials: "same-origin",
+        cache: "no-store",
+      });
+    } catch (error) {
+      throw new Error(t("signin.unreachable"));
+    }
+    return response.ok ? response.json() : null;
+  }
+
+  // Renewed a little before it ends while the page is open; a session the provider gave no
+  // refresh token for ends, and the page says so (sign in again).
+  function scheduleRenewal() {
+    clearTimeout(state.renewal);
+    if (!state.session) return;
+    const left = state.session.expiresAt * 1000 - Date.now();
+    const wait = state.session.refreshable ? left - Math.min(60000, left / 4) : left;
+    state.renewal = setTimeout(async () => {
+      let renewed = null;
+      if (state.session && state.session.refreshable) {
+        renewed = await sessionCall("POST").catch(() => null);
+      }
+      if (renewed) {
+        state.session = renewed;
+        scheduleRenewal();
+      } else {
+        fail(new Unauthenticated());
+      }
+    }, Math.max(1000, wait));
   }
 
   // --- routing --------------------------------------------------------------------------
@@ -751,7 +810,7 @@
 
   function only(id) {
     for (const section of ["signin", "denied", "view"]) $(`#${section}`).hidden = section !== id;
-    const signedIn = Boolean(sessionStorage.getItem(TOKEN_KEY));
+    const signedIn = Boolean(sessionStorage.getItem(TOKEN_KEY) || state.session);
     $("#signout").hidden = !signedIn;
     $("#whoami").hidden = !signedIn || id === "signin";
     $("#nav").hidden = id !== "view";
@@ -777,10 +836,15 @@
 
   function fail(error) {
     if (error instanceof Unauthenticated) {
+      const ended = Boolean(state.session) && !sessionStorage.getItem(TOKEN_KEY);
       sessionStorage.removeItem(TOKEN_KEY);
+      state.session = null;
+      clearTimeout(state.renewal);
       state.checked = false;
+      $("#view").replaceChildren();
       only("signin");
-      $("#signin-error").textContent = t("signin.rejected");
+      $("#signin-error").textContent = ended ? "" : t("signin.rejected");
+      $("#signin-ended").textContent = ended ? t("signin.ended") : "";
     } else if (error instanceof Refused) {
       $("#view").replaceChildren(); // nothing of the log stays on the page
       only("denied");
@@ -793,11 +857,20 @@
   async function render() {
     applyLabels();
     const token = sessionStorage.getItem(TOKEN_KEY);
-    if (!token) {
+    if (!token && SIGNIN.oidc && state.session === undefined) {
+      try {
+        state.session = await sessionCall("GET");
+      } catch (error) {
+        state.session = null;
+        $("#signin-error").textContent = error.message;
+      }
+      scheduleRenewal();
+    }
+    if (!token && !state.session) {
       only("signin");
       return;
     }
-    $("#whoami").textContent = `${t("signedin")} ${subjectOf(token)}`;
+    $("#whoami").textContent = `${t("signedin")} ${token ? subjectOf(token) : state.session.subject}`;
     try {
       if (!state.checked) {
         await gql("query ConsoleSignIn { accessAlerts(first: 0) { pageInfo { hasNextPage } } }");
@@ -825,17 +898,26 @@
   }
 
   function start() {
-    $("#signin-form").addEventListener("submit", (event) => {
+    // The pasted-token sign-in, where it is offered (development, or beside the provider's)
+    if ($("#signin-form")) $("#signin-form").addEventListener("submit", (event) => {
       event.preventDefault();
       const token = $("#token").value.trim().replace(/^Bearer\s+/i, "");
       $("#token").value = "";
       $("#signin-error").textContent = "";
+      $("#signin-ended").textContent = "";
       if (!token) return;
       sessionStorage.setItem(TOKEN_KEY, token);
       state.checked = false;
       render();
     });
     $("#signout").addEventListener("click", () => {
+      if (!sessionStorage.getItem(TOKEN_KEY) && state.session) {
+        // The gateway ends the session, then the provider's own sign-out page follows.
+        clearTimeout(state.renewal);
+        $("#view").replaceChildren();
+        location.assign("/console/logout");
+        return;
+      }
       sessionStorage.removeItem(TOKEN_KEY);
       state.checked = false;
       $("#view").replaceChildren();
