@@ -325,7 +325,7 @@ EDITS = {
     **{(f"customer.{f}", "sales"): "owner, mfa" for f in ("email", "phone", "address")},
     **{(f"customer.{f}", "sales_manager"): "mfa" for f in ("email", "phone", "address")},
     ("consent.edit", "marketing"): "purpose marketing",
-    **{("customer.followups", r): "any" for r in ("sales", "sales_manager", "service")},
+    **{("customer.followups", r): "any" for r in ("sales", "sales_manager")},
     ("rights.erase", "privacy"): "purpose rights",
     ("rights.restrict", "privacy"): "purpose rights",
 }

@@ -232,7 +232,7 @@ async def test_an_idempotency_key_makes_a_retried_write_happen_once(sales: Sales
     gateway = sales.gateway
     sales_id, _ = _owned(sales.world)
     cuid = sales.cuid(sales_id)
-    headers = {**sales.headers("service"), "idempotency-key": "retry-" + uuid.uuid4().hex}
+    headers = {**sales.headers("sales"), "idempotency-key": "retry-" + uuid.uuid4().hex}
     variables = {"c": cuid, "note": "Call back about the invoice"}
     count = "SELECT count(*) FROM crm_followups WHERE customer_id = :id"
     before = await sales.scalar(count, id=sales_id)
@@ -377,3 +377,31 @@ async def test_a_write_to_a_system_that_is_down_names_it_and_claims_nothing(
     [error] = reply.errors
     assert error["extensions"] == {"code": "SOURCE_UNAVAILABLE", "source": "marketing"}
     assert "unavailable" in error["message"]  # down before the write: nothing was written
+
+
+async def test_a_rest_system_is_written_through_its_own_api(sales: Sales) -> None:
+    """The helpdesk keeps its own copy of a phone: a manager corrects it there, through
+    the helpdesk's REST API, under the same edit policy as the CRM's phone."""
+    gateway = sales.gateway
+    person = next(p for p in sales.world.persons if p.sales_ids and p.requester_id)
+    cuid = sales.cuid(person.sales_ids[0])
+    mutation = """mutation($c: ID!, $phone: String!) {
+      updateHelpdeskContact(customer: $c, input: {phone: $phone}) { id } }"""
+    no_mfa = await gateway.query(
+        mutation,
+        {"c": cuid, "phone": "13512345678"},
+        headers=sales.headers("sales_manager", mfa=False),
+    )
+    assert [e["extensions"]["code"] for e in no_mfa.errors] == ["INSUFFICIENT_AUTH"]
+    service = await gateway.query(
+        mutation, {"c": cuid, "phone": "13512345678"}, headers=sales.headers("service")
+    )
+    assert [e["extensions"]["code"] for e in service.errors] == ["FORBIDDEN"]
+    done = await gateway.query(
+        mutation, {"c": cuid, "phone": "135 1234 5678"}, headers=sales.headers("sales_manager")
+    )
+    assert not done.errors, done.errors
+    url = sales.systems.endpoints["service"]["url"]
+    async with gateway.http.get(f"{url}/api/v2/requesters/{person.requester_id}") as reply:
+        requester = await reply.json()
+    assert requester["requester"]["phone"] == "+8613512345678"
