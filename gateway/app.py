@@ -283,10 +283,12 @@ class Gateway:
             log.error("reload refused, keeping the running config", extra={"reason": str(error)})
             return False
         current = self.config
+        # Checkpoint keys rotate like the others; the rest of [audit] needs a restart.
+        audit = self.access_log.rotate_checkpoint_keys(current.audit, new.audit)
         needs_restart = [
             name
             for name in ("server", "identity", "sources", "max_page_size", "audit", "console_oidc")
-            if getattr(new, name) != getattr(current, name)
+            if getattr(new, name) != getattr(current, name) and not (name == "audit" and audit)
         ]
         cache = current.cache
         same_backend = cache is not None and new.cache is not None and new.cache.url == cache.url
@@ -311,6 +313,7 @@ class Gateway:
             policies=new.policies,
             keys=new.keys,
             graph_files=new.graph_files,
+            audit=new.audit if audit else current.audit,
         )
         if graph is not self.graph:  # the same declaration builds the same graph
             self.served = self.serve(graph)

@@ -298,10 +298,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         import uvicorn
 
+        from gateway.audit.writers import WORKERS_ENV
         from gateway.serving import GatewayHttpProtocol, uvicorn_tls_options
 
-        # Each worker process builds its own app from the same file.
+        # Each worker process builds its own app from the same file, and writes an access
+        # log chain of its own (`<chain>-w<k>`: gateway/audit/writers.py).
         os.environ["C360_CONFIG"] = str(Path(args.config).resolve())
+        os.environ[WORKERS_ENV] = str(args.workers)
         uvicorn.run(
             "gateway.serving:create_hsts_app" if tls else "gateway.asgi:create_app",
             factory=True,
@@ -319,11 +322,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
+    from demo.ca import DemoCertificates
     from gateway.app import Gateway, build_app
     from gateway.demo import DemoOptions, demo_config, demo_systems, demo_tls_overrides, to_toml
     from gateway.serving import bind, settle_heap, start_server
     from gateway.telemetry import configure_telemetry
-    from gateway.tls import DemoCertificates, ServerTLS
+    from gateway.tls import ServerTLS
 
     sock = bind("127.0.0.1", args.port)
     # --tls: a fresh throwaway CA and certificates under the data dir, on every run.
@@ -588,9 +592,29 @@ def _parse_time(value: str | None, option: str) -> Any:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
+async def _audit_evidence(args: argparse.Namespace, config: Config, sink: Any) -> int:
+    """verify, checkpoint, prove, prune, public-key (gateway/audit/commands.py)."""
+    from gateway.audit import commands
+    from gateway.audit.checkpoint import CheckpointError
+
+    try:
+        if args.action == "verify":
+            return await commands.verify_log(sink, config.audit, args.checkpoint)
+        if args.action == "checkpoint":
+            return await commands.write_checkpoint(sink, config.audit, args.chain or [])
+        if args.action == "prove":
+            return await commands.prove(
+                sink, config.audit, args.request_id, args.checkpoint, args.old, args.new
+            )
+        if args.action == "prune":
+            return await commands.prune(sink, config.audit, args.before, args.chain or [])
+        return commands.public_key(config.audit, args.id)
+    except CheckpointError as error:
+        raise CliError(str(error)) from error
+
+
 async def _audit(args: argparse.Namespace) -> int:
-    from gateway.audit.chain import verify
-    from gateway.audit.sinks import AccessQuery, JsonlSink, PostgresSink, SinkUnavailable
+    from gateway.audit.sinks import AccessQuery, PostgresSink, SinkUnavailable
 
     config = _audit_config(args)
     sink = config.audit_sink
@@ -600,22 +624,8 @@ async def _audit(args: argparse.Namespace) -> int:
                 raise CliError("audit rebuild: the JSONL log has no read models to rebuild")
             print(f"rebuilt the read models from {await sink.rebuild_read_models()} records")
             return 0
-        if args.action == "verify":
-            report = verify([item async for item in sink.scan()])
-            torn = getattr(sink, "torn_at", None) if isinstance(sink, JsonlSink) else None
-            if torn:
-                print(f"note: {torn} is an incomplete last record (a crash); it is ignored")
-            if not report.intact:
-                for broken in report.breaks:
-                    print(
-                        f"BROKEN chain {broken.chain} at seq {broken.seq} ({broken.where}): "
-                        f"{broken.problem}",
-                        file=sys.stderr,
-                    )
-                return 1
-            chains = ", ".join(f"{name}: {seq}" for name, seq in sorted(report.chains.items()))
-            print(f"intact: {report.records} records in {len(report.chains)} chain(s) ({chains})")
-            return 0
+        if args.action in ("verify", "checkpoint", "prove", "prune", "public-key"):
+            return await _audit_evidence(args, config, sink)
         query = AccessQuery(
             customer=args.customer,
             subject=args.subject,
@@ -848,11 +858,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_seed_parser(audit_actions, DEFAULT_CONFIG)  # c360 audit seed: test logs only
     search = audit_actions.add_parser("search", help="records, newest first")
-    verify_cmd = audit_actions.add_parser("verify", help="check every hash chain")
+    verify_cmd = audit_actions.add_parser(
+        "verify", help="check every hash chain (and the log against a signed checkpoint)"
+    )
+    verify_cmd.add_argument(
+        "--checkpoint", metavar="FILE", help="a checkpoint file, or `latest` of checkpoint_dir"
+    )
     rebuild = audit_actions.add_parser(
         "rebuild", help="derive the console's read models again from the PostgreSQL log"
     )
-    for sub in (search, verify_cmd, rebuild):
+    checkpoint_cmd = audit_actions.add_parser(
+        "checkpoint", help="sign a checkpoint (Merkle roots) of the log into checkpoint_dir"
+    )
+    checkpoint_cmd.add_argument(
+        "--chain", action="append", help="only this chain (repeatable; default: every chain)"
+    )
+    prove_cmd = audit_actions.add_parser(
+        "prove", help="an inclusion proof of a request's records, or a consistency proof (JSON)"
+    )
+    prove_cmd.add_argument("--request-id", help="the request (its X-Request-Id)")
+    prove_cmd.add_argument(
+        "--checkpoint", metavar="FILE", help="as of this checkpoint (default: the newest covering)"
+    )
+    prove_cmd.add_argument("--from", dest="old", metavar="OLD", help="the older checkpoint")
+    prove_cmd.add_argument("--to", dest="new", metavar="NEW", help="the newer checkpoint")
+    prune_cmd = audit_actions.add_parser(
+        "prune", help="drop records older than a date, leaving a signed cut that verifies"
+    )
+    prune_cmd.add_argument(
+        "--before", metavar="DATE", help="e.g. 2026-11-01 (default: now - audit.retention_days)"
+    )
+    prune_cmd.add_argument("--chain", action="append", help="only this chain (repeatable)")
+    public_key_cmd = audit_actions.add_parser(
+        "public-key", help="the checkpoint key's public half (PEM), for tools/verify_proof.py"
+    )
+    public_key_cmd.add_argument("--id", help="a key id of audit.checkpoint_key (default: signer)")
+    for sub in (search, verify_cmd, rebuild, checkpoint_cmd, prove_cmd, prune_cmd, public_key_cmd):
         sub.add_argument("--config", default=str(DEFAULT_CONFIG))
         sub.add_argument("--data-dir", help="the demo's data directory (instead of --config)")
     search.add_argument("--customer", help="a CUID")

@@ -92,6 +92,10 @@ def inventory(config: Any, policy: KeyPolicy, today: dt.date) -> list[KeyInfo]:
         (f"policies.hash_key.{config.policies.hash_key_id}", "hash mask pseudonyms (h1:<id>:…)")
     )
     found.append(("identity.key", "identity match hashes and CUIDs (rotate by re-linking)"))
+    checkpoints = getattr(config.audit, "checkpoints", None)
+    for index, (key_id, _) in enumerate(checkpoints.keys if checkpoints else ()):
+        use = "access-log checkpoints (" + ("signs and verifies)" if index == 0 else "verifies)")
+        found.append((f"audit.checkpoint_key.{key_id}", use))
     rows = []
     for key_id, use in found:
         created = policy.created.get(key_id)

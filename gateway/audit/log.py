@@ -4,7 +4,10 @@
 requests) and queues it; one writer task writes batches to the sink. When the queue is
 full or the sink fails, records go to a local spill file, in order, and every record
 after them goes there too until the writer has replayed the spill into the sink: the
-order per chain holds. In `fail_closed` mode a request waits until its record is durable
+order per chain holds. Each process claims a chain of its own when it starts
+(gateway/audit/writers.py); with `checkpoint_every`, the writer grows its chain's Merkle
+tree from what the sink has taken and signs a checkpoint of it every that many records
+(and when it stops). In `fail_closed` mode a request waits until its record is durable
 (in the sink, or fsynced in the spill) and is refused (503) when it cannot be; otherwise
 its record is made a moment after its answer (`later()`).
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -23,9 +27,12 @@ from typing import Any
 
 import orjson
 
+from gateway.audit import checkpoint as checkpoints
+from gateway.audit import merkle, otel
 from gateway.audit.alerts import AccessPatterns, AlertSettings
-from gateway.audit.chain import ChainHead
+from gateway.audit.chain import GENESIS, ChainHead
 from gateway.audit.sinks import AccessSink, SinkUnavailable
+from gateway.audit.writers import ChainClaim, claim_chain, suffixed
 
 log = logging.getLogger("c360.audit")
 
@@ -48,13 +55,19 @@ class AuditSettings:
     batch_size: int = 500
     durable_timeout_s: float = 2.0
     retry_interval_s: float = 1.0
+    # A record must be in the sink this long after it was made, or it goes to the spill
+    # file (fsynced) with everything after it: what a crash can lose while a sink stalls.
+    write_timeout_s: float = 1.0
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    checkpoints: checkpoints.CheckpointSettings | None = None
+    retention_days: int = 0  # `c360 audit prune` without --before keeps this many days
 
 
 @dataclass
 class _Pending:
     record: dict[str, Any]
     durable: asyncio.Future[None] | None
+    made: float = field(default_factory=time.monotonic)
 
 
 class AccessLog:
@@ -72,10 +85,33 @@ class AccessLog:
         self.lost = 0
         self._due: list[Callable[[], None]] = []  # see later()
         self._due_at: asyncio.TimerHandle | None = None
+        self._claim: ChainClaim | None = None
+        self._stalled: asyncio.Future[None] | None = None  # a write past its time, not undone
+        self._stalled_head = 0  # replay: the sink's head when it began (non-idempotent sinks)
+        self._abandoned: set[asyncio.Future[None]] = set()
+        self.tree: checkpoints.WriterTree | None = None
+        self._checkpointing: asyncio.Task[None] | None = None
+        self.checkpoints_written = 0
+        self.export: otel.AccessExport | None = None  # OTEL_LOGS_EXPORTER
 
     # -- life cycle ------------------------------------------------------------------
 
+    def claim(self) -> None:
+        """Take this process's own chain (the configured name, or with a worker's suffix)
+        and the spill file that goes with it."""
+        if self._claim is not None:
+            return
+        settings = self.settings
+        claim = claim_chain(settings.chain, settings.spill_path.parent)
+        self._claim = claim
+        self.settings = dataclasses.replace(
+            settings, chain=claim.chain, spill_path=suffixed(settings.spill_path, claim.suffix)
+        )
+        self.head = ChainHead(claim.chain)
+
     async def start(self) -> None:
+        self.claim()
+        self.export = otel.from_environ(os.environ)
         await self.sink.open()
         self.head = await self.sink.head(self.settings.chain)
         spill = self.settings.spill_path
@@ -85,7 +121,69 @@ class AccessLog:
             for record in _read_spill(spill, 0)[0]:
                 if record.get("chain") == self.head.name and record["seq"] > self.head.seq:
                     self.head = ChainHead(self.head.name, record["seq"], record["hash"])
+        cp = self.settings.checkpoints
+        if cp is not None and cp.every > 0:
+            self.tree = await self._resume_tree(cp)
         self._writer = asyncio.create_task(self._run(), name="c360-access-log")
+
+    async def _resume_tree(self, cp: checkpoints.CheckpointSettings) -> checkpoints.WriterTree:
+        """The chain's tree as the sink holds it: from this chain's latest checkpoint that
+        this key set trusts (its frontier), then the records after it; from the cut or
+        the start when there is none (or the log no longer matches it, which is logged:
+        `verify --checkpoint` names what changed)."""
+        chain = self.settings.chain
+        start = checkpoints.WriterTree()
+        cut = await self.sink.cut()
+        if cut is not None and chain in cut["chains"]:
+            start = _tree_at(cut["chains"][chain])
+        start_of_cut = start
+        keys = cp.public_keys()
+
+        def usable(found: dict[str, Any]) -> bool:
+            entry = found["chains"].get(chain)
+            return (
+                entry is not None
+                and start.frontier.size <= int(entry["size"])
+                and checkpoints.check_signature(found, keys) is None
+            )
+
+        latest = await asyncio.to_thread(checkpoints.newest, cp.directory, usable)
+        if latest is not None:
+            start = _tree_at(latest[1]["chains"][chain])
+        tree = start
+        resumed = tree is not start_of_cut and tree.frontier.size > start_of_cut.frontier.size
+        # From a checkpoint: its last record too, which must still be there as it was.
+        records = await self.sink.chain_records(chain, tree.frontier.size + (0 if resumed else 1))
+        if resumed:
+            last = records.pop(0) if records else {}
+            if last.get("seq") != tree.frontier.size or last.get("hash") != tree.last_hash:
+                log.critical(
+                    "the access log does not match its latest checkpoint: run "
+                    "`c360 audit verify --checkpoint`",
+                    extra={"chain": chain, "size": tree.frontier.size},
+                )
+                tree = start_of_cut
+                records = await self.sink.chain_records(chain, tree.frontier.size + 1)
+        for record in records:
+            tree.add(record)
+        return tree
+
+    def rotate_checkpoint_keys(self, current: AuditSettings, new: AuditSettings) -> bool:
+        """SIGHUP: when only `audit.checkpoint_key` changed, sign with the new first key
+        from the next checkpoint on (and trust all of them). False when anything else of
+        `[audit]` changed too (that needs a restart)."""
+        if current.checkpoints is None or new.checkpoints is None:
+            return False
+        same_keys = dataclasses.replace(
+            new, checkpoints=dataclasses.replace(new.checkpoints, keys=current.checkpoints.keys)
+        )
+        if same_keys != current or self.settings.checkpoints is None:
+            return False
+        self.settings = dataclasses.replace(
+            self.settings,
+            checkpoints=dataclasses.replace(self.settings.checkpoints, keys=new.checkpoints.keys),
+        )
+        return True
 
     async def flush(self) -> None:
         """Wait until every record, those due after an answer too, is in the sink (or
@@ -114,7 +212,18 @@ class AccessLog:
             leftovers.append(self._queue.get_nowait())
         if leftovers:
             self._spill(leftovers)
+        if self._checkpointing is not None:
+            with contextlib.suppress(Exception):
+                await self._checkpointing
+        if self.tree is not None and self.tree.frontier.size > self.tree.checkpointed:
+            await self._checkpoint()
         await self.sink.close()
+        if self.export is not None:
+            await asyncio.to_thread(self.export.shutdown)
+            self.export = None
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
 
     # -- recording ---------------------------------------------------------------------
 
@@ -189,11 +298,13 @@ class AccessLog:
             while len(batch) < self.settings.batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             taken = len(batch)
+            deadline = batch[0].made + self.settings.write_timeout_s
             try:
-                await self.sink.write([pending.record for pending in batch])
-            except SinkUnavailable as error:
+                await self._write_by([pending.record for pending in batch], deadline)
+            except (SinkUnavailable, TimeoutError) as error:
                 log.error(
-                    "access log sink unavailable: spilling to disk", extra={"reason": str(error)}
+                    "access log sink unavailable: spilling to disk",
+                    extra={"reason": str(error) or "the write took too long"},
                 )
                 # Everything still queued is newer than this batch: spill it all, in order.
                 while not self._queue.empty():
@@ -205,8 +316,44 @@ class AccessLog:
                 self.written += len(batch)
                 for pending in batch:
                     _resolve(pending.durable)
+                self._grown([pending.record for pending in batch])
             for _ in range(taken):
                 self._queue.task_done()
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def _grown(self, records: list[dict[str, Any]]) -> None:
+        """Records the sink has taken, in order: to OpenTelemetry when it is on; into the
+        tree; a checkpoint when due."""
+        if self.export is not None:
+            self.export.emit(records)
+        tree, cp = self.tree, self.settings.checkpoints
+        if tree is None or cp is None:
+            return
+        for record in records:
+            tree.add(record)
+        due = tree.frontier.size - tree.checkpointed >= cp.every
+        if due and (self._checkpointing is None or self._checkpointing.done()):
+            self._checkpointing = asyncio.create_task(self._checkpoint())
+
+    async def _checkpoint(self) -> None:
+        """Sign and store a checkpoint of this chain as the sink holds it now (synced
+        first: a checkpoint never covers what a crash of the machine could still lose)."""
+        tree, cp = self.tree, self.settings.checkpoints
+        if tree is None or cp is None:
+            return
+        entry = tree.entry()
+        tree.checkpointed = entry["size"]
+        try:
+            await self.sink.sync()
+            made = checkpoints.make({self.settings.chain: entry}, "chain", self.sink.label(), cp)
+            await asyncio.to_thread(checkpoints.store, made, cp)
+            self.checkpoints_written += 1
+        except OSError as error:
+            log.error(
+                "access log checkpoint not written",
+                extra={"chain": self.settings.chain, "reason": str(error)},
+            )
 
     def _spill(self, batch: list[_Pending]) -> None:
         """Append to the spill file and fsync: durable, in order. Synchronous on purpose,
@@ -234,9 +381,49 @@ class AccessLog:
         for pending in batch:
             _resolve(pending.durable)
 
+    async def _write_by(self, records: list[dict[str, Any]], deadline: float) -> None:
+        """Write, or raise TimeoutError once `deadline` has passed. A sink whose writes are
+        idempotent (PostgreSQL: a record already there is skipped) has the write
+        cancelled (it may have committed; the replay does not mind); any other's (JSONL,
+        on a thread that cannot be stopped) is waited for before anything else is
+        written, so that nothing lands out of order."""
+        await self._settle()
+        task = asyncio.ensure_future(self.sink.write(records))
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
+        if task in done:
+            task.result()
+            return
+        if getattr(self.sink, "idempotent", False):
+            task.cancel()
+            self._abandoned.add(task)  # its clean-up may wait on the stalled server
+            task.add_done_callback(self._forget)
+        else:
+            self._stalled = task
+        raise TimeoutError(f"{self.sink.name}: no answer within the write timeout")
+
+    async def _settle(self) -> None:
+        """Wait for a write that ran past its time and could not be cancelled."""
+        if self._stalled is not None:
+            with contextlib.suppress(Exception):
+                await self._stalled
+            self._stalled = None
+
+    def _forget(self, task: asyncio.Future[None]) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: it is expected
+
     async def _replay(self) -> None:
         """Move spilled records into the sink, oldest first; done when caught up."""
         path = self.settings.spill_path
+        await self._settle()
+        if self._replayed == 0 and not getattr(self.sink, "idempotent", False):
+            # A write that ran past its time may have landed after all: skip what the sink
+            # has (JSONL appends are not idempotent).
+            try:
+                self._stalled_head = (await self.sink.head(self.settings.chain)).seq
+            except (SinkUnavailable, OSError):
+                return
         while True:
             records, end = await asyncio.to_thread(_read_spill, path, self._replayed)
             if not records:
@@ -248,13 +435,27 @@ class AccessLog:
                     self._spilling = False
                     log.warning("access log sink is back: spill replayed")
                 return
+            records = [r for r in records if r["seq"] > self._stalled_head]
             try:
                 for start in range(0, len(records), self.settings.batch_size):
-                    await self.sink.write(records[start : start + self.settings.batch_size])
-            except SinkUnavailable:
+                    batch = records[start : start + self.settings.batch_size]
+                    await self._write_by(batch, time.monotonic() + self.settings.write_timeout_s)
+                    self._grown(batch)
+            except (SinkUnavailable, TimeoutError):
                 return
             self.written += len(records)
             self._replayed = end
+
+
+def _tree_at(entry: dict[str, Any]) -> checkpoints.WriterTree:
+    """A writer's tree resumed from a checkpoint's (or cut's) entry of its chain."""
+    size = int(entry["size"])
+    return checkpoints.WriterTree(
+        merkle.Frontier(size, [bytes.fromhex(node) for node in entry["frontier"]]),
+        str(entry.get("hash") or GENESIS),
+        str(entry.get("last", "")),
+        checkpointed=size,
+    )
 
 
 def _read_spill(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:

@@ -1,4 +1,5 @@
-"""`[audit]`: which sink, the chain's name, spill file, fail-closed, alert thresholds."""
+"""`[audit]`: which sink, the chain's name, spill file, fail-closed, alert thresholds,
+checkpoints (key, directories, interval) and retention."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.alerts import AlertSettings
+from gateway.audit.checkpoint import CheckpointSettings, parse_keys
 from gateway.audit.log import AuditSettings
 from gateway.audit.sinks import AccessSink, JsonlSink, PostgresSink
 from gateway.errors import ConfigError
@@ -22,7 +24,13 @@ KEYS = {
     "spill_path",
     "fail_closed",
     "queue_size",
+    "write_timeout_ms",
     "alerts",
+    "checkpoint_key",
+    "checkpoint_dir",
+    "witness_dir",
+    "checkpoint_every",
+    "retention_days",
 }
 
 
@@ -68,6 +76,12 @@ def parse_audit(
     chain = table.get("chain", socket.gethostname())
     if not isinstance(chain, str) or not chain or len(chain) > 128:
         raise ConfigError("audit.chain: a name of 1-128 characters")
+    write_timeout_ms = table.get("write_timeout_ms", 1000)
+    if type(write_timeout_ms) is not int or not 10 <= write_timeout_ms <= 60_000:
+        raise ConfigError("audit.write_timeout_ms: an integer from 10 to 60000")
+    if fail_closed and write_timeout_ms >= AuditSettings.durable_timeout_s * 1000:
+        # A request waits this long for its record; the spill must come first.
+        raise ConfigError("audit.write_timeout_ms: below 2000 with fail_closed")
     queue_size = table.get("queue_size", 10_000)
     if not isinstance(queue_size, int) or queue_size < 1:
         raise ConfigError("audit.queue_size: a positive integer")
@@ -84,11 +98,46 @@ def parse_audit(
         )
     except (TypeError, ValueError) as error:
         raise ConfigError("audit.alerts: numbers") from error
+    retention_days = table.get("retention_days", 0)
+    if type(retention_days) is not int or retention_days < 0:
+        raise ConfigError("audit.retention_days: days to keep records (0: forever)")
     settings = AuditSettings(
         chain=chain,
         spill_path=path("spill_path", f"access-spill-{chain}.jsonl"),
         fail_closed=fail_closed,
         queue_size=queue_size,
+        write_timeout_s=write_timeout_ms / 1000,
         alerts=alert_settings,
+        checkpoints=parse_checkpoints(table, base),
+        retention_days=retention_days,
     )
     return settings, sink
+
+
+def parse_checkpoints(table: Mapping[str, Any], base: Path) -> CheckpointSettings | None:
+    """`checkpoint_key` (required for the rest), `checkpoint_dir` (default `checkpoints`),
+    `witness_dir`, `checkpoint_every` (records; 0: the gateway writes none)."""
+    if "checkpoint_key" not in table:
+        for key in ("checkpoint_dir", "witness_dir", "checkpoint_every"):
+            if key in table:
+                raise ConfigError(f"audit.{key}: needs audit.checkpoint_key")
+        return None
+    keys = parse_keys(table["checkpoint_key"], base)
+
+    def directory(key: str, default: str | None) -> Path | None:
+        value = table.get(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"audit.{key}: a directory")
+        return (base / value).resolve()
+
+    every = table.get("checkpoint_every", 0)
+    if type(every) is not int or every < 0:
+        raise ConfigError("audit.checkpoint_every: records between checkpoints (0: none)")
+    checkpoint_dir = directory("checkpoint_dir", "checkpoints")
+    assert checkpoint_dir is not None
+    witness = directory("witness_dir", None)
+    if witness == checkpoint_dir:
+        raise ConfigError("audit.witness_dir: a directory other than checkpoint_dir")
+    return CheckpointSettings(keys, checkpoint_dir, witness, every)

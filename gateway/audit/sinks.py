@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import logging
 import os
 import re
@@ -42,8 +43,9 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from gateway.audit import checkpoint as checkpoints
 from gateway.audit import reach
-from gateway.audit.chain import GENESIS, ChainHead
+from gateway.audit.chain import GENESIS, ChainHead, Cut
 
 log = logging.getLogger("c360.audit")
 
@@ -114,8 +116,45 @@ class AccessSink(Protocol):
 
     async def close(self) -> None: ...
 
+    def label(self) -> str: ...
+
+    async def sync(self) -> None: ...
+
+    async def cut(self) -> dict[str, Any] | None: ...
+
+    async def write_cut(self, checkpoint: Mapping[str, Any]) -> None: ...
+
+    async def chain_records(self, chain: str, from_seq: int) -> list[Record]: ...
+
+    async def prune(self, cuts: Mapping[str, int], before: dt.datetime | None) -> int: ...
+
 
 _ROTATED = re.compile(r"\.(\d{5})\.jsonl$")
+
+
+def _parse(line: bytes) -> Record | None:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write a file whole or not at all: a temporary file, fsynced, renamed over it."""
+    partial = path.with_name(f".{path.name}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(partial, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 class JsonlSink:
@@ -133,11 +172,18 @@ class JsonlSink:
     kB into the page cache takes microseconds, where handing it to a thread cost about
     0.6 ms of CPU per request (the thread's wake-up and its GIL hand-offs, which landed in
     the next request's critical path; bench: four interleaved pairs). An fsync, a rotation
-    and a large batch go to a thread."""
+    and a large batch go to a thread.
+
+    Several processes (`serve --workers N`, each its own chain) append to one file: an
+    append holds a shared lock on `.<stem>.lock` for its write(2), a rotation (checked
+    again under the lock, numbered under it) and the start-up repair an exclusive one, and
+    so does `c360 audit prune` while it moves the head file aside. A pruned log starts at
+    its cut (`<stem>.cut.json`, the signed checkpoint `prune` wrote)."""
 
     INLINE_BYTES = 64 * 1024
 
     name = "jsonl"
+    idempotent = False
 
     def __init__(
         self, path: Path, max_bytes: int = 64 * 1024 * 1024, sync_interval_s: float = 0.0
@@ -148,6 +194,40 @@ class JsonlSink:
         self.torn_bytes = 0
         self._synced_at = 0.0
         self._sync_later: asyncio.Task[None] | None = None
+        self._lock_fd: int | None = None
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(f".{self.path.name.removesuffix('.jsonl')}.lock")
+
+    @property
+    def cut_path(self) -> Path:
+        return self.path.with_name(f"{self.path.name.removesuffix('.jsonl')}.cut.json")
+
+    def label(self) -> str:
+        return str(self.path)
+
+    @contextlib.contextmanager
+    def locked(self, mode: int) -> Iterator[None]:
+        """Hold the log's lock (fcntl.LOCK_SH to append, LOCK_EX to move files)."""
+        if self._lock_fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _try_shared(self) -> bool:
+        if self._lock_fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
 
     def files(self) -> list[Path]:
         """Every file of the log, oldest first."""
@@ -162,8 +242,13 @@ class JsonlSink:
         await asyncio.to_thread(self._repair)
 
     def _repair(self) -> None:
-        """A crash can leave a torn last line; cut it off so the chain continues cleanly."""
+        """A crash can leave a torn last line; cut it off so the chain continues cleanly
+        (under the exclusive lock: another worker's append in progress is not torn)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.locked(fcntl.LOCK_EX):
+            self._repair_locked()
+
+    def _repair_locked(self) -> None:
         if not self.path.exists() or self.path.stat().st_size == 0:
             return
         with self.path.open("rb+") as handle:
@@ -186,10 +271,13 @@ class JsonlSink:
             # Decided once, here: the writer task is the only one appending, so nothing can
             # grow the file between this stat and the thread's write.
             rotate = self._rotation_due(len(data))
-            if sync or rotate or len(data) > self.INLINE_BYTES:
+            if sync or rotate or len(data) > self.INLINE_BYTES or not self._try_shared():
                 await asyncio.to_thread(self._append, data, sync, rotate)
             else:
-                self._write(data, False)
+                try:
+                    self._write(data, False)
+                finally:
+                    fcntl.flock(self._lock_fd or -1, fcntl.LOCK_UN)
         except OSError as error:
             raise SinkUnavailable(f"{self.path}: {error.strerror}") from error
         if sync:
@@ -216,10 +304,22 @@ class JsonlSink:
             return False
 
     def _append(self, data: bytes, sync: bool, rotate: bool) -> None:
-        if rotate:
-            self._fsync()  # what the deferred fsync has not reached yet, before it moves
-            self._rotate()
-        self._write(data, sync)
+        if not rotate:
+            with self.locked(fcntl.LOCK_SH):
+                self._write(data, sync)
+            return
+        with self.locked(fcntl.LOCK_EX):
+            # Another worker may have rotated since the size was read.
+            with contextlib.suppress(FileNotFoundError):
+                rotate = self.path.stat().st_size + len(data) > self.max_bytes
+            if rotate and self.path.exists():
+                self._fsync()  # what the deferred fsync has not reached yet, before it moves
+                self._rotate()
+            self._write(data, sync)
+
+    async def sync(self) -> None:
+        """fsync what has been written (before a checkpoint covers it)."""
+        await asyncio.to_thread(self._fsync)
 
     def _write(self, data: bytes, sync: bool) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -267,20 +367,108 @@ class JsonlSink:
                         record = None
                     yield where, record if isinstance(record, dict) else None
 
+    def _cut(self) -> dict[str, Any] | None:
+        if not self.cut_path.exists():
+            return None
+        return checkpoints.load(self.cut_path)
+
+    async def cut(self) -> dict[str, Any] | None:
+        """The signed checkpoint of the last prune (where each pruned chain starts)."""
+        try:
+            return await asyncio.to_thread(self._cut)
+        except checkpoints.CheckpointError as error:
+            raise SinkUnavailable(str(error)) from error
+
+    def cut_items(self) -> list[tuple[str, Record | None]]:
+        """The cut as `Cut`s for `verify`, first; an unreadable cut file as a bad line."""
+        try:
+            cut = self._cut()
+        except checkpoints.CheckpointError:
+            return [(self.cut_path.name, None)]
+        if cut is None:
+            return []
+        return [
+            (self.cut_path.name, checkpoints.cut_of(name, cut, self.cut_path.name))
+            for name in cut["chains"]
+        ]
+
+    async def write_cut(self, checkpoint: Mapping[str, Any]) -> None:
+        data = orjson.dumps(checkpoint, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+        await asyncio.to_thread(_replace_file, self.cut_path, data + b"\n")
+
     async def scan(self) -> AsyncIterator[tuple[str, Record | None]]:
-        for item in await asyncio.to_thread(lambda: list(self.lines())):
+        items = await asyncio.to_thread(lambda: [*self.cut_items(), *self.lines()])
+        for item in items:
             yield item
+
+    async def chain_records(self, chain: str, from_seq: int) -> list[Record]:
+        """The chain's records from `from_seq` on, in order."""
+
+        def read() -> list[Record]:
+            return [
+                r
+                for _, r in self.lines()
+                if r is not None
+                and r.get("chain") == chain
+                and isinstance(r.get("seq"), int)
+                and r["seq"] >= from_seq
+            ]
+
+        return await asyncio.to_thread(read)
+
+    async def prune(self, cuts: Mapping[str, int], before: dt.datetime | None) -> int:
+        """Remove each chain's records up to its cut (its cut file is written already):
+        the head file is moved aside under the exclusive lock when it holds any (the
+        writers' next append starts a new one), then every rotated file that holds some
+        is rewritten without them (a temporary file renamed over it) or removed."""
+        return await asyncio.to_thread(self._prune, cuts)
+
+    def _prune(self, cuts: Mapping[str, int]) -> int:
+        def drop(record: Record | None) -> bool:
+            if record is None:
+                return False
+            seq = record.get("seq")
+            return isinstance(seq, int) and seq <= cuts.get(str(record.get("chain")), 0)
+
+        with self.locked(fcntl.LOCK_EX):
+            if self.path.exists() and self.path.stat().st_size:
+                self._fsync()
+                self._rotate()
+        removed = 0
+        for path in self.files():
+            if path == self.path:
+                continue
+            with path.open("rb") as handle:
+                lines = handle.readlines()
+            kept = [line for line in lines if not drop(_parse(line))]
+            if len(kept) == len(lines):
+                continue
+            removed += len(lines) - len(kept)
+            if kept:
+                _replace_file(path, b"".join(kept))
+            else:
+                path.unlink()
+        return removed
 
     async def head(self, chain: str) -> ChainHead:
         def last() -> ChainHead:
             """The chain's last sealed record; a line that is not one (`verify` names it)
-            does not stop the gateway: the chain continues after it."""
+            does not stop the gateway: the chain continues after it. A chain pruned to
+            nothing continues from its cut."""
             found = ChainHead(chain)
+            for _, item in self.cut_items():
+                if isinstance(item, Cut) and item["chain"] == chain:
+                    found = ChainHead(chain, int(item["seq"]), str(item["hash"]))
             for _, record in self.lines():
                 if record is None or record.get("chain") != chain:
                     continue
                 seq, sealed = record.get("seq"), record.get("hash")
-                if isinstance(seq, int) and not isinstance(seq, bool) and isinstance(sealed, str):
+                if (
+                    isinstance(seq, int)
+                    and not isinstance(seq, bool)
+                    and isinstance(sealed, str)
+                    and seq > found.seq
+                ):
                     found = ChainHead(chain, seq, sealed)
             return found
 
@@ -303,6 +491,9 @@ class JsonlSink:
             with contextlib.suppress(asyncio.CancelledError):
                 await pending
             await asyncio.to_thread(self._fsync)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 metadata = MetaData()
@@ -406,6 +597,16 @@ decision_hourly_table = Table(
     Column("decision", String(8), primary_key=True),
     Column("n", BigInteger, nullable=False),
     Index("ix_c360_access_decision_hourly_subject", "subject", "hour"),
+)
+# Where each pruned chain starts (`c360 audit prune`): the seq and hash of its last pruned
+# record, and the signed cut checkpoint they come from (the only part `verify` trusts).
+cut_table = Table(
+    "c360_access_cut",
+    metadata,
+    Column("chain", String(128), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("checkpoint", JSONB, nullable=False),
 )
 
 
@@ -518,6 +719,7 @@ class PostgresSink:
     idempotent."""
 
     name = "postgresql"
+    idempotent = True  # a record already in the table is skipped: a replay may repeat one
 
     def __init__(self, dsn: str, table: Table = access_table) -> None:
         self.dsn = dsn
@@ -575,13 +777,120 @@ class PostgresSink:
         )
         async with self.engine.connect() as connection:
             row = (await connection.execute(query)).first()
+            if row is None and await self._has_cuts(connection):
+                row = (
+                    await connection.execute(
+                        select(cut_table.c.seq, cut_table.c.hash).where(cut_table.c.chain == chain)
+                    )
+                ).first()
         return ChainHead(chain, int(row[0]), str(row[1])) if row else ChainHead(chain, 0, GENESIS)
+
+    def label(self) -> str:
+        url = self._engine.url if self._engine is not None else None
+        where = f"{url.host}:{url.port}/{url.database}" if url is not None else "postgresql"
+        return f"postgresql://{where}#{self.table.name}"
+
+    async def sync(self) -> None:
+        """A write is committed before it returns: nothing to do."""
+
+    @staticmethod
+    async def _has_cuts(connection: AsyncConnection) -> bool:
+        found = await connection.scalar(text(f"SELECT to_regclass('{cut_table.name}')"))
+        return found is not None
+
+    async def _cut_rows(self, connection: AsyncConnection) -> list[Any]:
+        if not await self._has_cuts(connection):
+            return []
+        query = select(cut_table.c.chain, cut_table.c.checkpoint).order_by(cut_table.c.chain)
+        return list(await connection.execute(query))
+
+    async def cut(self) -> dict[str, Any] | None:
+        try:
+            async with self.engine.connect() as connection:
+                rows = await self._cut_rows(connection)
+        except (SQLAlchemyError, OSError) as error:
+            raise SinkUnavailable(f"postgresql: {type(error).__name__}") from error
+        if not rows:
+            return None
+        newest = max(rows, key=lambda row: str((row.checkpoint or {}).get("timestamp")))
+        try:
+            return checkpoints.validate(newest.checkpoint, cut_table.name)
+        except checkpoints.CheckpointError as error:
+            raise SinkUnavailable(str(error)) from error
+
+    async def write_cut(self, checkpoint: Mapping[str, Any]) -> None:
+        rows = [
+            {
+                "chain": name,
+                "seq": int(entry["size"]),
+                "hash": str(entry["hash"]),
+                "checkpoint": dict(checkpoint),
+            }
+            for name, entry in checkpoint["chains"].items()
+        ]
+        statement = insert(cut_table)
+        statement = statement.on_conflict_do_update(
+            index_elements=["chain"],
+            set_={c: statement.excluded[c] for c in ("seq", "hash", "checkpoint")},
+        )
+        try:
+            async with self.engine.begin() as connection:
+                await connection.run_sync(cut_table.create, checkfirst=True)
+                await connection.execute(statement, rows)
+        except (SQLAlchemyError, OSError) as error:
+            raise SinkUnavailable(f"postgresql: {type(error).__name__}") from error
+
+    async def prune(self, cuts: Mapping[str, int], before: dt.datetime | None) -> int:
+        """Delete each chain's records up to its cut and their rows of the read models, in
+        one transaction; with `before` (a prune of every chain), also the hourly counts and
+        reach bitmaps of the hours before it."""
+        table, removed = self.table, 0
+        try:
+            async with self.engine.begin() as connection:
+                for chain, seq in sorted(cuts.items()):
+                    for model in (customer_table, table):
+                        result = await connection.execute(
+                            model.delete().where(model.c.chain == chain, model.c.seq <= seq)
+                        )
+                        if model is table:
+                            removed += result.rowcount or 0
+                if before is not None:
+                    for model in (hourly_table, decision_hourly_table):
+                        await connection.execute(
+                            model.delete().where(model.c.hour + text("interval '1 hour'") <= before)
+                        )
+                    reach_rows = reach.reach_table
+                    await connection.execute(
+                        reach_rows.delete().where(
+                            reach_rows.c.start + reach_rows.c.hours * text("interval '1 hour'")
+                            <= before
+                        )
+                    )
+        except (SQLAlchemyError, OSError) as error:
+            raise SinkUnavailable(f"postgresql: {type(error).__name__}") from error
+        return removed
+
+    async def chain_records(self, chain: str, from_seq: int) -> list[Record]:
+        query = (
+            select(self.table.c.record)
+            .where(self.table.c.chain == chain, self.table.c.seq >= from_seq)
+            .order_by(self.table.c.seq)
+        )
+        async with self.engine.connect() as connection:
+            return [row[0] for row in await connection.execute(query)]
 
     async def scan(self) -> AsyncIterator[tuple[str, Record | None]]:
         query = select(self.table.c.chain, self.table.c.seq, self.table.c.record).order_by(
             self.table.c.chain, self.table.c.seq
         )
         async with self.engine.connect() as connection:
+            for name, cut in await self._cut_rows(connection):
+                where = f"{cut_table.name}({name})"
+                try:
+                    checkpoint = checkpoints.validate(cut, where)
+                    yield where, checkpoints.cut_of(name, checkpoint, where)
+                except (checkpoints.CheckpointError, KeyError):
+                    yield where, None
             result = await connection.stream(query.execution_options(yield_per=2000))
             async for chain, seq, record in result:
                 yield f"{self.table.name}({chain},{seq})", record
