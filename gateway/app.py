@@ -190,6 +190,9 @@ class Gateway:
         self.store = CrosswalkStore(config.identity.dsn)
         self.identity = IdentityIndex.build([], self.keys)
         self.idempotent_writes = IdempotentWrites()
+        # Changes to who is linked or restricted, each with the reload that follows it.
+        self.identity_lock = asyncio.Lock()
+        self.identity_refresh: asyncio.Task[None] | None = None
         self.served = self.serve(graph)
         self.authenticator = Authenticator(config.auth)
         try:
@@ -319,7 +322,15 @@ class Gateway:
             self.served = self.serve(graph)
             log.warning("graph declaration reloaded", extra={"fields": len(graph.field_names)})
         log.warning("keys and policies reloaded")
+        self.reread_identity()
         return True
+
+    def reread_identity(self) -> None:
+        """On SIGHUP: read the crosswalk again (in the background), so that an erasure or a
+        restriction made by another process (`c360 subject erase`, another worker) holds
+        here too. Each process reads it at start and after its own changes only."""
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to refresh
+            self.identity_refresh = asyncio.get_running_loop().create_task(self.reload_identity())
 
     async def start(self) -> None:
         await self.access_log.start()
@@ -380,29 +391,39 @@ class Gateway:
         """After a write changed a record's email or phone (normalised): the crosswalk's
         match keys follow, as the next sync would see them (a conflict reported)."""
         hashes = {kind: self.keys.match_hash(kind, value) for kind, value in keys.items()}
-        changed = await self.store.rekey(
-            system,
-            system_id,
-            email_hash=hashes.get("email"),
-            phone_hash=hashes.get("phone"),
-        )
-        if changed is not None:
-            self.identity = self.identity.rekeyed(*changed)
+        async with self.identity_lock:
+            changed = await self.store.rekey(
+                system,
+                system_id,
+                email_hash=hashes.get("email"),
+                phone_hash=hashes.get("phone"),
+            )
+            if changed is not None:
+                self.identity = self.identity.rekeyed(*changed)
 
     async def restrict(self, cuid: str, restricted: bool) -> None:
         """A person restricted (or lifted the restriction of) the processing of their
         data: from the next request on, their fields are denied but for the policy file's
         `restriction_purposes`."""
-        await self.store.restrict(cuid, restricted, now_iso())
-        await self.reload_identity()
+        async with self.identity_lock:
+            await self.store.restrict(cuid, restricted, now_iso())
+            await self._load_identity()
 
     async def unlink(self, cuid: str) -> int:
         """An erasure: the customer's links go (tombstones stay), the index follows."""
-        pairs = await self.store.unlink(cuid, now_iso())
-        await self.reload_identity()
+        async with self.identity_lock:
+            pairs = await self.store.unlink(cuid, now_iso())
+            await self._load_identity()
         return len(pairs)
 
     async def reload_identity(self) -> None:
+        async with self.identity_lock:
+            await self._load_identity()
+
+    async def _load_identity(self) -> None:
+        """The index from the store. Callers hold `identity_lock`: a change and the reload
+        that follows it are one step, so a slower reload never installs an index read
+        before another change (an erasure's links back, a restriction lost)."""
         self.identity = IdentityIndex.build(
             await self.store.links(), self.keys, await self.store.restricted()
         )

@@ -141,6 +141,10 @@ def cmd_subject(args: argparse.Namespace) -> int:
         print(rights.dumps(data))
         if data["manual"]:
             print(f"follow up by hand in: {', '.join(data['manual'])}", file=sys.stderr)
+        print(
+            "running gateways read the crosswalk again on SIGHUP (kill -HUP <pid>)",
+            file=sys.stderr,
+        )
         return 1 if data["failed"] else 0
     if args.html:
         rights.write_html(data, Path(args.html))

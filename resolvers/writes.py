@@ -15,6 +15,7 @@ a request with several writes runs them in order and reports each (not atomic).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import inspect
@@ -67,6 +68,7 @@ class IdempotentWrites:
     ttl_s: float = 24 * 3600
     max_entries: int = 10_000
     _done: OrderedDict[tuple[str, str], tuple[float, str, Any]] = field(default_factory=OrderedDict)
+    _running: dict[tuple[str, str], tuple[str, asyncio.Future[None]]] = field(default_factory=dict)
 
     def get(self, subject: str, key: str) -> tuple[str, Any] | None:
         found = self._done.get((subject, key))
@@ -79,6 +81,19 @@ class IdempotentWrites:
         self._done.move_to_end((subject, key))
         while len(self._done) > self.max_entries:
             self._done.popitem(last=False)
+
+    def running(self, subject: str, key: str) -> tuple[str, asyncio.Future[None]] | None:
+        """A write under this key still under way (a retry sent before it answered)."""
+        return self._running.get((subject, key))
+
+    def begin(self, subject: str, key: str, fingerprint: str) -> None:
+        self._running[(subject, key)] = (fingerprint, asyncio.get_running_loop().create_future())
+
+    def end(self, subject: str, key: str) -> None:
+        """The write is over, done or failed: a retry waiting on it looks again."""
+        found = self._running.pop((subject, key), None)
+        if found is not None and not found[1].done():
+            found[1].set_result(None)
 
 
 def _fingerprint(write: WriteDecl, given: Mapping[str, Any]) -> str:
@@ -159,7 +174,7 @@ class WriteRun:
         """Every change decided with the `edit` verb before anything is sent."""
         ctx = self.ctx
         guard = ctx.guard
-        if cuid in guard.blocked:
+        if cuid in ctx.identity.restricted:  # every edit, whatever the purpose
             self.entry["outcome"] = "forbidden"
             raise _error(
                 "The person restricted the processing of their data.",
@@ -367,13 +382,40 @@ async def perform(
     idempotency = request.headers.get(IDEMPOTENCY_HEADER) if request is not None else None
     store: IdempotentWrites | None = ctx.idempotent_writes
     fingerprint = _fingerprint(write, given)
-    if idempotency and store is not None:
-        done = store.get(ctx.guard.principal.subject, idempotency)
+    subject = ctx.guard.principal.subject
+    if not idempotency or store is None:
+        record = await _write(ctx, run, write, given, key, changes)
+        return await _answer(graph, write, info, cuid, record)
+    while True:  # a retry waits for a write under its key still under way
+        done = store.get(subject, idempotency)
+        running = store.running(subject, idempotency) if done is None else None
+        found = done[0] if done is not None else running[0] if running is not None else None
+        if found is not None and found != fingerprint:
+            raise _error("This Idempotency-Key was used for another write.", "BAD_USER_INPUT")
         if done is not None:
-            if done[0] != fingerprint:
-                raise _error("This Idempotency-Key was used for another write.", "BAD_USER_INPUT")
             run.entry["outcome"] = "repeated"
             return await _answer(graph, write, info, cuid, done[1])
+        if running is None:
+            break
+        await asyncio.shield(running[1])  # then: done, or it failed and this one writes
+    store.begin(subject, idempotency, fingerprint)
+    try:
+        record = await _write(ctx, run, write, given, key, changes)
+        store.put(subject, idempotency, fingerprint, record)
+    finally:
+        store.end(subject, idempotency)
+    return await _answer(graph, write, info, cuid, record)
+
+
+async def _write(
+    ctx: GraphContext,
+    run: WriteRun,
+    write: WriteDecl,
+    given: Mapping[str, Any],
+    key: str,
+    changes: list[Change],
+) -> dict[str, Any] | None:
+    """The version check, the system's write and what follows it; the system's record."""
     values: dict[str, Any] = {change.name: change.value for change in changes}
     values["key"] = key
     masks = ctx.guard.masks
@@ -434,10 +476,7 @@ async def perform(
         change.at: _hashed(masks, change.value) for change in changes if change.edits
     }
     await _after(ctx, write, key, changes)
-    record = dict(result.record) if result.record is not None else None
-    if idempotency and store is not None:
-        store.put(ctx.guard.principal.subject, idempotency, fingerprint, record)
-    return await _answer(graph, write, info, cuid, record)
+    return dict(result.record) if result.record is not None else None
 
 
 def _accepted(ctx: GraphContext, write: WriteDecl, values: dict[str, Any]) -> dict[str, Any]:

@@ -260,9 +260,42 @@ async def test_a_restricted_person_is_denied_to_every_purpose_but_legal(
         },
     )
     assert [e["extensions"].get("policy") for e in edit.errors] == ["restriction"]
+    legal_edit = await gateway.query(
+        """mutation($id: ID!) { updateCustomer(id: $id, input: {address: "x"}) { id } }""",
+        {"id": cuid},
+        headers={
+            "authorization": "Bearer "
+            + mint_token(
+                gateway.gateway.config.auth, "m", ["sales_manager"], ["legal"], amr=["mfa"]
+            )
+        },
+    )
+    assert [e["extensions"].get("policy") for e in legal_edit.errors] == ["restriction"]
     report = await gateway.query(REPORT, {"c": cuid}, headers=privacy(gateway))
     assert not report.errors and report.data["subjectReport"]["records"]
 
     lifted = await gateway.query(RESTRICT, {"c": cuid, "r": False}, headers=privacy(gateway))
     assert lifted.data["subjectRestrict"]["restricted"] is False
     assert (await gateway.query(READ, {"id": cuid})).data == before.data
+
+
+async def test_a_restriction_made_elsewhere_holds_here_after_sighup(
+    rights: tuple[RunningGateway, DemoWorld, DemoSystems],
+) -> None:
+    """Another process (the CLI, another worker) restricts a person in the shared store:
+    this gateway serves its old view until SIGHUP makes it read the crosswalk again."""
+    gateway, world, _ = rights
+    person = [p for p in world.persons if len(p.sales_ids) == 1 and p.requester_id][5]
+    cuid = gateway.gateway.identity.by_record[("sales", str(person.sales_ids[0]))]
+    store = gateway.gateway.store
+    await store.restrict(cuid, True, "2026-12-07T00:00:00Z")  # as another process would
+    try:
+        assert not (await gateway.query(READ, {"id": cuid})).errors  # not yet read here
+        assert gateway.gateway.reload()  # what SIGHUP runs
+        assert gateway.gateway.identity_refresh is not None
+        await gateway.gateway.identity_refresh
+        refused = await gateway.query(READ, {"id": cuid})
+        assert {e["extensions"]["policy"] for e in refused.errors} == {"restriction"}
+    finally:
+        await store.restrict(cuid, False, "2026-12-07T00:00:00Z")
+        await gateway.gateway.reload_identity()

@@ -4,11 +4,13 @@ checks, versions, idempotency, the cache and crosswalk after a write, and the re
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -405,3 +407,20 @@ async def test_a_rest_system_is_written_through_its_own_api(sales: Sales) -> Non
     async with gateway.http.get(f"{url}/api/v2/requesters/{person.requester_id}") as reply:
         requester = await reply.json()
     assert requester["requester"]["phone"] == "+8613512345678"
+
+
+async def test_a_retry_sent_while_the_first_write_runs_waits_for_it(sales: Sales) -> None:
+    """Two requests with one Idempotency-Key at once: one follow-up, one answer."""
+    gateway = sales.gateway
+    sales_id, _ = _owned(sales.world)
+    cuid = sales.cuid(sales_id)
+    headers = {**sales.headers("sales"), "idempotency-key": "race-" + uuid.uuid4().hex}
+    count = "SELECT count(*) FROM crm_followups WHERE customer_id = :id"
+    before = await sales.scalar(count, id=sales_id)
+    variables = {"c": cuid, "note": "Only once, please"}
+    replies = await asyncio.gather(
+        *(gateway.query(FOLLOW_UP, variables, headers=headers) for _ in range(3))
+    )
+    assert [r.errors for r in replies] == [[], [], []]
+    assert len({orjson.dumps(r.data) for r in replies}) == 1
+    assert await sales.scalar(count, id=sales_id) == before + 1
