@@ -297,7 +297,7 @@ class EntityBatch:
             if isinstance(c, str) and is_cuid(c) and self.ctx.identity.links(c) is not None
         ]
         for _, _, future in self.wanted:
-            if not any(future is f for _, _, f in known):
+            if not future.done() and not any(future is f for _, _, f in known):
                 future.set_result(None)
         if not known:
             return
@@ -312,10 +312,12 @@ class EntityBatch:
             ).done()
         except Exception as error:  # every waiting reference reports it
             for _, _, future in known:
-                future.set_exception(error)
+                if not future.done():  # a reference whose request was cancelled is done
+                    future.set_exception(error)
             return
         for (_, _, future), customer in zip(known, customers, strict=True):
-            future.set_result(customer)
+            if not future.done():
+                future.set_result(customer)
 
 
 def entity_reference(info: Any, cuid: Any) -> Any:
