@@ -17,7 +17,6 @@ from typing import Any
 
 import orjson
 import strawberry
-from graphql import GraphQLError
 from strawberry.types import Info
 
 from connectors.base import SourceUnavailable, WriteConflict, WriteRefused, WriteValueError
@@ -25,15 +24,12 @@ from connectors.identity.keys import is_cuid
 from resolvers.audit import AuditQuery
 from resolvers.context import GraphContext
 from resolvers.guard import policy_field
+from resolvers.types import user_error
 
 REPORT_POLICY = "rights.report"
 ERASE_POLICY = "rights.erase"
 RESTRICT_POLICY = "rights.restrict"
 MAX_ACCESSES = 500
-
-
-def _error(message: str, code: str, **extensions: Any) -> GraphQLError:
-    return GraphQLError(message, extensions={"code": code, **extensions})
 
 
 @strawberry.type(description="One value a system holds about the person, as it holds it.")
@@ -105,17 +101,17 @@ def find_customer(
     """The CUID one of the three keys names (exactly one given), or NOT_FOUND."""
     given = [v for v in (email, phone, customer) if v is not None]
     if len(given) != 1:
-        raise _error("Give exactly one of email, phone or customer.", "BAD_USER_INPUT")
+        raise user_error("Give exactly one of email, phone or customer.", "BAD_USER_INPUT")
     if customer is not None:
         if not is_cuid(customer):
-            raise _error("'customer' is not a customer id", "BAD_USER_INPUT", field="customer")
+            raise user_error("'customer' is not a customer id", "BAD_USER_INPUT", field="customer")
         cuid: str | None = customer if ctx.identity.links(customer) is not None else None
     elif email is not None:
         cuid = ctx.identity.find_email(email)
     else:
         cuid = ctx.identity.find_phone(phone or "")
     if cuid is None:
-        raise _error("No customer is linked to this key.", "NOT_FOUND")
+        raise user_error("No customer is linked to this key.", "NOT_FOUND")
     return cuid
 
 
@@ -247,7 +243,7 @@ class RightsMutations:
     ) -> SubjectErasure | None:
         ctx = info.context
         if confirm is not True:
-            raise _error("An erasure needs confirm: true.", "BAD_USER_INPUT", field="confirm")
+            raise user_error("An erasure needs confirm: true.", "BAD_USER_INPUT", field="confirm")
         cuid = find_customer(ctx, email, phone, customer)
         return await erase(ctx, cuid)
 

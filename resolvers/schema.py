@@ -6,7 +6,7 @@ import base64
 import binascii
 import hashlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import strawberry
@@ -30,7 +30,7 @@ from resolvers.loading import CustomerLoad, load_customers
 from resolvers.planning import PlanAhead, take
 from resolvers.rights import RightsMutations, RightsQueries
 from resolvers.selection import selected_fields
-from resolvers.types import Graph, bad_input, page_size
+from resolvers.types import Graph, bad_input, page_size, with_signature
 from resolvers.writes import build_mutations
 
 CURSOR_PREFIX = "c360:"
@@ -114,28 +114,6 @@ async def _customers(
     )
 
 
-def _signature(
-    resolve: Callable[..., Any], parameters: list[tuple[str, Any, Any]], returns: Any
-) -> Any:
-    """Gives `resolve(self, info, **arguments)` the declared arguments (name, annotation,
-    default), which strawberry reads as the field's arguments."""
-    params = [
-        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-        inspect.Parameter("info", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Info),
-    ]
-    annotations: dict[str, Any] = {"info": Info, "return": returns}
-    for name, annotation, default in parameters:
-        kind = inspect.Parameter.KEYWORD_ONLY
-        if default is inspect.Parameter.empty:
-            params.append(inspect.Parameter(name, kind, annotation=annotation))
-        else:
-            params.append(inspect.Parameter(name, kind, default=default, annotation=annotation))
-        annotations[name] = annotation
-    resolve.__signature__ = inspect.Signature(params, return_annotation=returns)  # type: ignore[attr-defined]
-    resolve.__annotations__ = annotations
-    return resolve
-
-
 def _customers_field(graph: Graph) -> Any:
     filters = graph.declaration.page_filters
 
@@ -162,7 +140,7 @@ def _customers_field(graph: Graph) -> Any:
         + "."
     )
     return strawberry.field(
-        resolver=_signature(customers, parameters, graph.connection),
+        resolver=with_signature(customers, parameters, graph.connection),
         name="customers",
         description=description,
         extensions=[PolicyGuard(None)],
@@ -200,7 +178,7 @@ def _lookup_field(graph: Graph, lookup: Lookup) -> Any:
         return await _one(info, cuid)
 
     return strawberry.field(
-        resolver=_signature(
+        resolver=with_signature(
             resolve,
             [(argument, key_type, inspect.Parameter.empty)],
             Optional[graph.customer],  # noqa: UP045
@@ -224,7 +202,7 @@ def forbidden_lookup(
 def build_query(graph: Graph) -> Any:
     """The Query type of a graph: the core's `customer` and `customers`, the declared
     lookups and page filters, and the security console's queries."""
-    by_id = _signature(
+    by_id = with_signature(
         _customer_by_id,
         [("id", strawberry.ID, inspect.Parameter.empty)],
         Optional[graph.customer],  # noqa: UP045

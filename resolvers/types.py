@@ -37,6 +37,31 @@ from resolvers.guard import PolicyGuard
 from resolvers.selection import names_below
 
 
+def user_error(message: str, code: str, **extensions: Any) -> GraphQLError:
+    """An error for the caller: its code and what it names (never a value it sent)."""
+    return GraphQLError(message, extensions={"code": code, **extensions})
+
+
+def with_signature(
+    resolve: Callable[..., Any], parameters: list[tuple[str, Any, Any]], returns: Any
+) -> Any:
+    """Gives `resolve(self, info, **arguments)` the declared arguments (name, annotation,
+    default; `inspect.Parameter.empty` for none), which strawberry reads as the field's
+    arguments."""
+    params = [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("info", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Info),
+    ]
+    annotations: dict[str, Any] = {"info": Info, "return": returns}
+    for name, annotation, default in parameters:
+        kind = inspect.Parameter.KEYWORD_ONLY
+        params.append(inspect.Parameter(name, kind, default=default, annotation=annotation))
+        annotations[name] = annotation
+    resolve.__signature__ = inspect.Signature(params, return_annotation=returns)  # type: ignore[attr-defined]
+    resolve.__annotations__ = annotations
+    return resolve
+
+
 def bad_input(argument: str, message: str) -> GraphQLError:
     return GraphQLError(message, extensions={"code": "BAD_USER_INPUT", "argument": argument})
 
@@ -679,27 +704,13 @@ def _argument_resolver(f: FieldDecl, annotation: Any, python: Mapping[str, Any])
     def resolve(self: CustomerBase, info: Info[GraphContext, None], **arguments: Any) -> Any:
         return self._resolve(info, name, arguments)
 
-    parameters = [
-        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-        inspect.Parameter("info", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Info),
-    ]
-    annotations: dict[str, Any] = {"info": Info}
+    parameters = []
     for argument in f.arguments:
         kind = _annotation(argument.type, python, optional_top=False)
         if not argument.type.non_null:
             kind = Optional[kind]  # noqa: UP045
-        annotations[argument.name] = kind
-        parameters.append(
-            inspect.Parameter(
-                argument.name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=argument.default,
-                annotation=kind,
-            )
-        )
-    annotations["return"] = annotation
-    resolve.__signature__ = inspect.Signature(parameters, return_annotation=annotation)  # type: ignore[attr-defined]
-    resolve.__annotations__ = annotations
+        parameters.append((argument.name, kind, argument.default))
+    with_signature(resolve, parameters, annotation)
     resolve.__name__ = name
     return resolve
 

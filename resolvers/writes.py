@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import strawberry
-from graphql import GraphQLError
 from strawberry.types import Info
 
 from connectors.base import SourceUnavailable, WriteConflict, WriteRefused, WriteValueError
@@ -38,13 +37,9 @@ from resolvers.declaration import ROOT, Argument, WriteDecl
 from resolvers.inputs import CHECKS
 from resolvers.loading import CustomerLoad, record_facts
 from resolvers.selection import selected_fields
-from resolvers.types import Graph, version_token
+from resolvers.types import Graph, user_error, version_token, with_signature
 
 IDEMPOTENCY_HEADER = "idempotency-key"
-
-
-def _error(message: str, code: str, **extensions: Any) -> GraphQLError:
-    return GraphQLError(message, extensions={"code": code, **extensions})
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,14 +149,14 @@ class WriteRun:
             if isinstance(value, str):
                 value = value.strip()
                 if len(value) > 2000 or not value.isprintable():
-                    raise _error(
+                    raise user_error(
                         f"'{change.at}' is not acceptable text", "BAD_USER_INPUT", field=change.at
                     )
             if change.check is not None and value is not None:
                 try:
                     value = CHECKS[change.check](value)
                 except ValueError as error:
-                    raise _error(
+                    raise user_error(
                         f"'{change.at}': {error}", "BAD_USER_INPUT", field=change.at
                     ) from None
             for reader in self.graph.enums.values():
@@ -176,7 +171,7 @@ class WriteRun:
         guard = ctx.guard
         if cuid in ctx.identity.restricted:  # every edit, whatever the purpose
             self.entry["outcome"] = "forbidden"
-            raise _error(
+            raise user_error(
                 "The person restricted the processing of their data.",
                 "FORBIDDEN",
                 policy="restriction",
@@ -190,7 +185,7 @@ class WriteRun:
         for change in changes:
             policy = self.graph.policies.get(change.edits) if change.edits else self.write.policy
             if policy is None:
-                raise _error("This write is not governed by a policy.", "FORBIDDEN")
+                raise user_error("This write is not governed by a policy.", "FORBIDDEN")
             decisions[change.at] = (
                 policy,
                 static_decision(guard.policies, guard.principal, policy, "edit"),
@@ -208,7 +203,7 @@ class WriteRun:
             if decision.step_up:
                 self.entry["outcome"] = "insufficient_auth"
                 required = {key: list(values) for key, values in decision.step_up}
-                raise _error(
+                raise user_error(
                     "This change needs a stronger sign-in.",
                     "INSUFFICIENT_AUTH",
                     required=required,
@@ -216,7 +211,9 @@ class WriteRun:
                     field=at,
                 )
             self.entry["outcome"] = "forbidden"
-            raise _error(f"Not allowed by policy '{policy}'.", "FORBIDDEN", policy=policy, field=at)
+            raise user_error(
+                f"Not allowed by policy '{policy}'.", "FORBIDDEN", policy=policy, field=at
+            )
 
     async def _facts(self, cuid: str, needs: frozenset[str]) -> RecordFacts:
         """The record facts a conditional edit rule reads (its owner, its consents),
@@ -247,7 +244,7 @@ class WriteRun:
         found = (await ctx.fetch_many(source, entity, [key])).get(key)
         if isinstance(found, SourceUnavailable):
             self.entry["outcome"] = "unavailable"
-            raise _error(
+            raise user_error(
                 f"The {source} system is unavailable; nothing was written.",
                 "SOURCE_UNAVAILABLE",
                 source=source,
@@ -322,22 +319,15 @@ def build_mutations(graph: Graph) -> dict[str, Any]:
     for write in graph.declaration.writes:
         returns = graph.customer if write.type.name == ROOT else graph.records[write.type.name].cls
         resolver = _resolver(graph, write)
-        params = [
-            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-            inspect.Parameter("info", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Info),
-        ]
-        annotations: dict[str, Any] = {"info": Info, "return": Optional[returns]}  # noqa: UP045
-        for argument in write.arguments:
-            kind = _annotation(graph, argument, inputs)
-            annotations[argument.name] = kind
-            default = inspect.Parameter.empty if argument.type.non_null else None
-            params.append(
-                inspect.Parameter(
-                    argument.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind
-                )
+        parameters = [
+            (
+                argument.name,
+                _annotation(graph, argument, inputs),
+                inspect.Parameter.empty if argument.type.non_null else None,
             )
-        resolver.__signature__ = inspect.Signature(params, return_annotation=Optional[returns])  # noqa: UP045
-        resolver.__annotations__ = annotations
+            for argument in write.arguments
+        ]
+        with_signature(resolver, parameters, Optional[returns])  # noqa: UP045
         resolver.__name__ = write.name
         fields[write.name] = strawberry.field(
             resolver=resolver,
@@ -362,7 +352,7 @@ async def perform(
     run = WriteRun(graph, write, ctx)
     cuid = given[write.customer]
     if not isinstance(cuid, str) or not is_cuid(cuid):
-        raise _error(
+        raise user_error(
             f"'{write.customer}' is not a customer id", "BAD_USER_INPUT", field=write.customer
         )
     run.entry["customer"] = cuid
@@ -370,12 +360,12 @@ async def perform(
     key = links.get(write.source) if links is not None else None
     if key is None:
         run.entry["outcome"] = "not_found"
-        raise _error(
+        raise user_error(
             f"No such customer in the {write.source} system.", "NOT_FOUND", source=write.source
         )
     changes = run.checked(run.changes(given))
     if not changes:
-        raise _error("Nothing to change: give at least one value.", "BAD_USER_INPUT")
+        raise user_error("Nothing to change: give at least one value.", "BAD_USER_INPUT")
     run.entry["fields"] = [change.at for change in changes]
     await run.decide(cuid, changes)
     request = ctx.request
@@ -391,7 +381,7 @@ async def perform(
         running = store.running(subject, idempotency) if done is None else None
         found = done[0] if done is not None else running[0] if running is not None else None
         if found is not None and found != fingerprint:
-            raise _error("This Idempotency-Key was used for another write.", "BAD_USER_INPUT")
+            raise user_error("This Idempotency-Key was used for another write.", "BAD_USER_INPUT")
         if done is not None:
             run.entry["outcome"] = "repeated"
             return await _answer(graph, write, info, cuid, done[1])
@@ -428,7 +418,7 @@ async def _write(
         )
         if now != wanted_version:
             run.entry["outcome"] = "conflict"
-            raise _error(
+            raise user_error(
                 "The record changed since it was read; read it again.",
                 "CONFLICT",
                 source=write.source,
@@ -445,30 +435,30 @@ async def _write(
         result = await ctx.sources.write(write.source, write.action, connector_values)
     except WriteConflict:
         run.entry["outcome"] = "conflict"
-        raise _error(
+        raise user_error(
             "The record changed since it was read; read it again.", "CONFLICT", source=write.source
         ) from None
     except WriteRefused as refused:
         run.entry["outcome"] = "refused"
         if refused.status == 404:
-            raise _error(
+            raise user_error(
                 f"No such record in the {write.source} system.", "NOT_FOUND", source=write.source
             ) from None
-        raise _error(
+        raise user_error(
             f"The {write.source} system refused the change; nothing was written.",
             "BAD_USER_INPUT",
             source=write.source,
         ) from None
     except (SourceUnavailable, WriteValueError):
         run.entry["outcome"] = "unavailable"
-        raise _error(
+        raise user_error(
             f"The {write.source} system is unavailable; the change may not have been made.",
             "SOURCE_UNAVAILABLE",
             source=write.source,
         ) from None
     if wanted_version is not None and result.affected == 0:
         run.entry["outcome"] = "conflict"
-        raise _error(
+        raise user_error(
             "The record changed since it was read; read it again.", "CONFLICT", source=write.source
         )
     run.entry["outcome"] = "ok"
@@ -525,7 +515,7 @@ async def _answer(
     try:
         return graph.records[write.type.name].reader(None)(record)
     except (TypeError, ValueError, KeyError) as error:
-        raise _error(
+        raise user_error(
             f"The {write.source} system answered the write with a record c360 cannot read "
             f"({type(error).__name__}); it was written.",
             "SOURCE_UNAVAILABLE",
