@@ -1,6 +1,7 @@
 """The Node peers: `@apollo/gateway` under `@apollo/server` and `@graphql-hive/gateway`, over
 the demo marketing subgraph and two thin subgraphs in `bench/peers/` (sales with the identity
-crosswalk, and the helpdesk). Installed with npm into `bench/peers/node_modules` on first use.
+crosswalk, and the helpdesk) whose schemas are derived from c360's graph declaration
+(bench/peer_schemas.py). Installed with npm into `bench/peers/node_modules` on first use.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.peer_schemas import peer_schemas
 from bench.procs import Child, Children, free_port, wait_ready
+from demo import GRAPH_FILE
+from resolvers.declaration import load_declaration
 
 PEERS_DIR = Path(__file__).with_name("peers")
 PEER_NAMES = ("apollo", "hive")
@@ -117,6 +121,12 @@ class NodePeers:
         sales_latency_ms: int,
     ) -> Subgraphs:
         customers_port, helpdesk_port = free_port(), free_port()
+        # The subgraphs serve the fields c360's declaration declares, from the same columns.
+        schemas = peer_schemas(load_declaration(GRAPH_FILE))
+        spec = {
+            name: schema.write(self.work_dir / f"{name}-subgraph.json")
+            for name, schema in schemas.items()
+        }
         customers = self._node(
             "peer-customers-subgraph",
             "customers-subgraph.mjs",
@@ -125,12 +135,17 @@ class NodePeers:
                 "SALES_DB": str(sales_db),
                 "CROSSWALK": str(crosswalk),
                 "LATENCY_MS": str(sales_latency_ms),
+                "SCHEMA": str(spec["customers"]),
             },
         )
         helpdesk = self._node(
             "peer-helpdesk-subgraph",
             "helpdesk-subgraph.mjs",
-            {"PORT": str(helpdesk_port), "HELPDESK_URL": helpdesk_url},
+            {
+                "PORT": str(helpdesk_port),
+                "HELPDESK_URL": helpdesk_url,
+                "SCHEMA": str(spec["helpdesk"]),
+            },
         )
         customers_base = f"http://127.0.0.1:{customers_port}"
         helpdesk_base = f"http://127.0.0.1:{helpdesk_port}"

@@ -3,7 +3,12 @@
 // holds c360's identity crosswalk (a JSON file the harness writes), because federation needs
 // one subgraph that knows which helpdesk requester and marketing contact a customer is.
 //
-// env: PORT, SALES_DB (path of sales.db), CROSSWALK (path of crosswalk.json), LATENCY_MS
+// Its schema and which column holds each field come from SCHEMA, a JSON file the harness
+// derives from c360's graph declaration (bench/peer_schemas.py): the same fields, read
+// from the same columns.
+//
+// env: PORT, SALES_DB (path of sales.db), CROSSWALK (path of crosswalk.json), LATENCY_MS,
+//      SCHEMA (path of the subgraph's spec: { typeDefs, columns: { field: { column, number } } })
 import { createServer } from 'node:http';
 import { readFileSync } from 'node:fs';
 import { parse } from 'graphql';
@@ -19,6 +24,9 @@ const SQL = await initSqlJs();
 const db = new SQL.Database(readFileSync(process.env.SALES_DB));
 // { "ordered": [cuid, ...], "links": { cuid: { sales, service, marketing } } }
 const crosswalk = JSON.parse(readFileSync(process.env.CROSSWALK, 'utf8'));
+const { typeDefs: sdl, columns } = JSON.parse(readFileSync(process.env.SCHEMA, 'utf8'));
+const typeDefs = parse(sdl);
+const selected = ['id', ...new Set(Object.values(columns).map((c) => c.column))].join(', ');
 // total: SQL queries (the calls to the sales system); operations: GraphQL requests served.
 const stats = { total: 0, operations: 0 };
 
@@ -39,8 +47,7 @@ async function salesRecords(cuids) {
     if (latencyMs > 0) await sleep(latencyMs);
     const marks = ids.map(() => '?').join(',');
     const statement = db.prepare(
-      `SELECT id, full_name, email, phone, national_id, address, lifetime_value
-       FROM crm_customers WHERE id IN (${marks})`,
+      `SELECT ${selected} FROM crm_customers WHERE id IN (${marks})`,
     );
     statement.bind(ids.map(Number));
     while (statement.step()) {
@@ -51,50 +58,6 @@ async function salesRecords(cuids) {
   }
   return cuids.map((cuid) => ({ cuid, row: byId.get(String(crosswalk.links[cuid]?.sales)) }));
 }
-
-const typeDefs = parse(/* GraphQL */ `
-  extend schema @link(url: "https://specs.apollo.dev/federation/v2.3", import: ["@key"])
-
-  type Query {
-    customer(id: ID!): Customer
-    customers(first: Int = 20, after: String): CustomerConnection!
-  }
-
-  type Customer {
-    id: ID!
-    name: String
-    email: String
-    phone: String
-    nationalId: String
-    address: String
-    lifetimeValue: Float
-    requester: Requester
-    contact: Contact
-  }
-
-  type Requester @key(fields: "id", resolvable: false) {
-    id: ID!
-  }
-
-  type Contact @key(fields: "id", resolvable: false) {
-    id: ID!
-  }
-
-  type CustomerConnection {
-    edges: [CustomerEdge!]!
-    pageInfo: PageInfo!
-  }
-
-  type CustomerEdge {
-    cursor: String!
-    node: Customer!
-  }
-
-  type PageInfo {
-    hasNextPage: Boolean!
-    endCursor: String
-  }
-`);
 
 const cursorOf = (cuid) => Buffer.from(`c360:${cuid}`).toString('base64url');
 const cuidOf = (cursor) => Buffer.from(cursor, 'base64url').toString().replace(/^c360:/, '');
@@ -127,12 +90,14 @@ const resolvers = {
   },
   Customer: {
     id: (c) => c.cuid,
-    name: (c) => text(c.row?.full_name),
-    email: (c) => text(c.row?.email),
-    phone: (c) => text(c.row?.phone),
-    nationalId: (c) => text(c.row?.national_id),
-    address: (c) => text(c.row?.address),
-    lifetimeValue: (c) => (c.row?.lifetime_value == null ? null : Number(c.row.lifetime_value)),
+    ...Object.fromEntries(
+      Object.entries(columns).map(([field, { column, number }]) => [
+        field,
+        number
+          ? (c) => (c.row?.[column] == null ? null : Number(c.row[column]))
+          : (c) => text(c.row?.[column]),
+      ]),
+    ),
     requester: (c) => {
       const id = crosswalk.links[c.cuid]?.service;
       return id ? { id } : null;

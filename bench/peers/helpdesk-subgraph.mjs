@@ -2,8 +2,9 @@
 // tickets come from the demo helpdesk's batch endpoint, one HTTP call per `_entities` request
 // (a per-request DataLoader gathers the representations), shaped as c360 shapes them.
 //
-// env: PORT, HELPDESK_URL (the demo helpdesk's base URL)
+// env: PORT, HELPDESK_URL (the demo helpdesk's base URL), SCHEMA (the subgraph's spec)
 import { createServer } from 'node:http';
+import { readFileSync } from 'node:fs';
 import { parse } from 'graphql';
 import { buildSubgraphSchema } from '@apollo/subgraph';
 import { createYoga } from 'graphql-yoga';
@@ -22,58 +23,64 @@ async function ticketsOf(requesterIds) {
   return requesterIds.map((id) => grouped.get(id));
 }
 
-const shape = (t) => ({
-  id: t.id,
-  subject: t.subject,
-  status: String(t.status).trim().toUpperCase(),
-  satisfaction: t.csat,
-  openedAt: t.created_at,
-  closedAt: t.closed_at,
-});
+// The schema, each Ticket field's attribute, the list's rule and the derived values come
+// from SCHEMA, a JSON file the harness derives from c360's graph declaration
+// (bench/peer_schemas.py), so the peer answers the fields c360 answers, shaped alike.
+const spec = JSON.parse(readFileSync(process.env.SCHEMA, 'utf8'));
+const typeDefs = parse(spec.typeDefs);
+const { list, item, derived } = spec;
 
-const typeDefs = parse(/* GraphQL */ `
-  extend schema @link(url: "https://specs.apollo.dev/federation/v2.3", import: ["@key"])
+// An enum code is read as c360 reads it: the system's own code mapped, else its name in
+// capitals without surrounding spaces.
+const enumValue = (codes, value) =>
+  value == null ? null : (codes[value] ?? String(value).trim().toUpperCase());
+const shape = (t) =>
+  Object.fromEntries(
+    Object.entries(item).map(([field, { attribute, codes }]) => [
+      field,
+      codes ? enumValue(codes, t[attribute]) : t[attribute] ?? null,
+    ]),
+  );
+const compare = (field, descending) => (a, b) => {
+  const order = a[field] < b[field] ? -1 : a[field] > b[field] ? 1 : 0;
+  return descending ? -order : order;
+};
 
-  type Requester @key(fields: "id") {
-    id: ID!
-    tickets(first: Int = 10): [Ticket!]
-    satisfaction: Float
-  }
+const aggregates = {
+  count: (values) => values.length,
+  sum: (values) => values.reduce((a, b) => a + b, 0),
+  mean: (values) => (values.length ? values.reduce((a, b) => a + b, 0) / values.length : null),
+  min: (values) => (values.length ? Math.min(...values) : null),
+  max: (values) => (values.length ? Math.max(...values) : null),
+};
 
-  type Ticket {
-    id: ID!
-    subject: String!
-    status: TicketStatus!
-    satisfaction: Int
-    openedAt: String!
-    closedAt: String
-  }
-
-  enum TicketStatus {
-    OPEN
-    PENDING
-    CLOSED
-  }
-`);
+function derive({ op, of, where, round }) {
+  return (r) => {
+    let rows = r[list.name].map(shape);
+    if (where) rows = rows.filter((row) => String(row[where[0]]) === where[1]);
+    const values = op === 'count' ? rows : rows.map((row) => row[of]).filter((v) => v != null);
+    const value = aggregates[op](values);
+    if (value == null || round == null) return value;
+    const scale = 10 ** round;
+    return Math.round(value * scale) / scale;
+  };
+}
 
 const resolvers = {
   Requester: {
     async __resolveReference({ id }, context) {
-      return { id, tickets: await context.tickets.load(id) };
+      return { id, [list.name]: await context.tickets.load(id) };
     },
-    tickets: (r, { first }) =>
-      r.tickets
-        .map(shape)
-        .sort((a, b) => (a.openedAt < b.openedAt ? 1 : a.openedAt > b.openedAt ? -1 : 0))
-        .slice(0, first ?? 10),
-    satisfaction: (r) => {
-      const scores = r.tickets
-        .map(shape)
-        .filter((t) => t.status === 'CLOSED' && t.satisfaction != null)
-        .map((t) => t.satisfaction);
-      if (scores.length === 0) return null;
-      return Math.round((scores.reduce((a, b) => a + b, 0) / scores.length) * 100) / 100;
+    [list.name]: (r, args) => {
+      let rows = r[list.name].map(shape);
+      for (const filter of list.filters) {
+        if (args[filter] != null) rows = rows.filter((row) => row[filter] === args[filter]);
+      }
+      if (list.orderBy) rows.sort(compare(list.orderBy, list.descending));
+      const limit = list.limit ? (args[list.limit] ?? list.limitDefault) : null;
+      return limit == null ? rows : rows.slice(0, limit);
     },
+    ...Object.fromEntries(derived.map((d) => [d.name, derive(d)])),
   },
 };
 
