@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -81,6 +82,13 @@ Slot = tuple[str, str, str]
 # What one key's lookup came to: its record(s), None (absent) or the source's error, and
 # the age of a stale record served in place of a fresh one.
 Outcome = tuple[Any, float | None]
+
+
+def client_span(name: str, attributes: Mapping[str, Any]) -> AbstractContextManager[Span]:
+    """The CLIENT span of one call to a department system, when spans are recorded."""
+    if not tracing_on():
+        return _NO_SPAN
+    return tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes)
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
@@ -168,20 +176,10 @@ class SourceHub:
     async def _traced(
         self, source: str, entity: str, keys: Sequence[str], stats: _FetchStats
     ) -> dict[str, Outcome]:
-        spans = (
-            tracer.start_as_current_span(
-                f"source {source}.{entity}",
-                kind=SpanKind.CLIENT,
-                attributes={
-                    "c360.source": source,
-                    "c360.entity": entity,
-                    "c360.batch_size": len(keys),
-                },
-            )
-            if tracing_on()
-            else _NO_SPAN
-        )
-        with spans as span:
+        with client_span(
+            f"source {source}.{entity}",
+            {"c360.source": source, "c360.entity": entity, "c360.batch_size": len(keys)},
+        ) as span:
             stats.span = span
             if self.store is None:
                 fetched = await self._call(source, entity, keys)
@@ -420,21 +418,15 @@ class SourceHub:
         connector = self.connectors[source]
         assert isinstance(connector, Writable)
         spec.check(source, values)
-        spans = (
-            tracer.start_as_current_span(
-                f"source {source} write {action}",
-                kind=SpanKind.CLIENT,
-                # The names of the values, never the values themselves.
-                attributes={
-                    "c360.source": source,
-                    "c360.write.action": action,
-                    "c360.write.fields": sorted(values),
-                },
-            )
-            if tracing_on()
-            else _NO_SPAN
-        )
-        with spans as span:
+        # The names of the values, never the values themselves.
+        with client_span(
+            f"source {source} write {action}",
+            {
+                "c360.source": source,
+                "c360.write.action": action,
+                "c360.write.fields": sorted(values),
+            },
+        ) as span:
             try:
                 outcome = await call_with_resilience(
                     self.breakers[source],
