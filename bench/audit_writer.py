@@ -1,8 +1,9 @@
-"""What signed checkpoints cost the access-log writer: records per second through the real
-writer (AccessLog, JSONL sink, group commit every 100 ms) with checkpoints every N records
-and without, in interleaved rounds.
+"""What signed checkpoints and encryption at rest cost the access-log writer: records per
+second through the real writer (AccessLog, JSONL sink, group commit every 100 ms) with
+checkpoints every N records and without, and with each line sealed (`[audit] encrypt`),
+in interleaved rounds.
 
-    .venv/bin/python -m bench.audit_writer [--records 20000] [--rounds 3]
+    .venv/bin/python -m bench.audit_writer [--records 20000] [--rounds 3] [--only encrypt]
 """
 
 from __future__ import annotations
@@ -50,10 +51,18 @@ def record(n: int) -> dict[str, Any]:
     }
 
 
-async def run(every: int, records: int, directory: Path) -> float:
-    table: dict[str, Any] = {"path": "access.jsonl", "chain": "bench"}
-    if every:
-        table |= {"checkpoint_key": KEY, "checkpoint_every": every}
+# label -> what [audit] adds to the plain writer; the first is the baseline
+VARIANTS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "encrypted (aes-256-gcm)": {"encrypt": True},
+    "checkpoint every 10000": {"checkpoint_key": KEY, "checkpoint_every": 10_000},
+    "checkpoint every 1000": {"checkpoint_key": KEY, "checkpoint_every": 1_000},
+    "checkpoint every 100": {"checkpoint_key": KEY, "checkpoint_every": 100},
+}
+
+
+async def run(extra: dict[str, Any], records: int, directory: Path) -> float:
+    table: dict[str, Any] = {"path": "access.jsonl", "chain": "bench", **extra}
     settings, sink = parse_audit(table, directory)
     access_log = AccessLog(settings, sink)
     await access_log.start()
@@ -75,19 +84,26 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--only", choices=["encrypt", "checkpoints"], help="the baseline and these variants"
+    )
     args = parser.parse_args()
-    settings = (0, 10_000, 1_000, 100)
-    rates: dict[int, list[float]] = {every: [] for every in settings}
+    chosen = [
+        label
+        for label in VARIANTS
+        if label == "plain" or args.only is None or label.startswith(args.only[:5])
+    ]
+    rates: dict[str, list[float]] = {label: [] for label in chosen}
     for _ in range(args.rounds):
-        for every in settings:
+        for label in chosen:
             with tempfile.TemporaryDirectory() as directory:
-                rates[every].append(await run(every, args.records, Path(directory)))
-    base = statistics.median(rates[0])
-    print(f"{args.records} records x {args.rounds} rounds (median records/s)")
-    for every, found in rates.items():
+                rates[label].append(await run(VARIANTS[label], args.records, Path(directory)))
+    base = statistics.median(rates["plain"])
+    print(f"{args.records} records x {args.rounds} rounds (median records/s; each round's)")
+    for label, found in rates.items():
         rate = statistics.median(found)
-        label = f"checkpoint every {every}" if every else "no checkpoints"
-        print(f"  {label:<26} {rate:>9,.0f}/s  {100 * (rate / base - 1):+.1f} %")
+        each = ", ".join(f"{r:,.0f}" for r in found)
+        print(f"  {label:<26} {rate:>9,.0f}/s  {100 * (rate / base - 1):+6.1f} %  ({each})")
 
 
 if __name__ == "__main__":

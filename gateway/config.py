@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.admission import AdmissionSettings
 from gateway.audit.log import AuditSettings
-from gateway.audit.settings import parse_audit
+from gateway.audit.settings import parse_audit, shared_redis
 from gateway.audit.sinks import AccessSink
 from gateway.auth import AuthConfig
 from gateway.cache import CacheSettings, parse_cache_settings
@@ -231,7 +231,15 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
     hash_key = policies.get("hash_key", str, "")
     if len(hash_key.encode()) < 16:
         raise ConfigError("policies.hash_key: required, at least 16 bytes (the hash mask's key)")
-    audit, audit_sink = parse_audit(root.table("audit").data, base_dir)
+    cache = parse_cache_settings(root.table("cache").data, sources.data)
+    rate_limit = RateLimitSettings.parse(data["rate_limit"]) if "rate_limit" in data else None
+    # The alert windows go to a Redis the instances already share (README, Alerts).
+    redis: list[tuple[str, str]] = []
+    if cache is not None and cache.shared:
+        redis.append(shared_redis(cache.url, cache.key_secret))
+    if rate_limit is not None and rate_limit.url:
+        redis.append(shared_redis(rate_limit.url, rate_limit.key_prefix.encode()))
+    audit, audit_sink = parse_audit(root.table("audit").data, base_dir, redis)
     graph = root.table("graph")
     for graph_key in graph.data:
         if graph_key not in ("file", "max_page_size"):
@@ -271,12 +279,12 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
             quality_on_sync=identity.get("quality_on_sync", bool, False),
         ),
         auth=auth,
-        cache=parse_cache_settings(root.table("cache").data, sources.data),
+        cache=cache,
         audit=audit,
         audit_sink=audit_sink,
         keys=KeyPolicy.parse(root.table("keys").data),
         limits=QueryLimits.parse(root.table("limits").data),
-        rate_limit=RateLimitSettings.parse(data["rate_limit"]) if "rate_limit" in data else None,
+        rate_limit=rate_limit,
         resilience=ResilienceSettings.parse(root.table("resilience").data),
         documents=TrustedDocuments.parse(root.table("documents").data, base_dir),
         policies=PoliciesConfig(

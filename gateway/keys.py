@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.audit.encryption import LogKey, LogKeys
 from gateway.errors import ConfigError
 
 
@@ -96,11 +97,40 @@ def inventory(config: Any, policy: KeyPolicy, today: dt.date) -> list[KeyInfo]:
     for index, (key_id, _) in enumerate(checkpoints.keys if checkpoints else ()):
         use = "access-log checkpoints (" + ("signs and verifies)" if index == 0 else "verifies)")
         found.append((f"audit.checkpoint_key.{key_id}", use))
+    # Keys c360 makes itself know their age: their files say when they were made.
+    made: dict[str, dt.date] = {}
+    encryption = getattr(config.audit, "encryption", None)
+    if encryption is not None:
+        ring = LogKeys(encryption.key_dir).listing()
+        for index, key in enumerate(ring):
+            newest = index == len(ring) - 1
+            use = "access-log encryption at rest (" + (
+                "encrypts new lines, decrypts)"
+                if newest and encryption.encrypt
+                else "decrypts older lines)"
+            )
+            key_id = f"audit.encryption_key.{key.id}"
+            found.append((key_id, use))
+            made[key_id] = key.created.date()
     rows = []
     for key_id, use in found:
-        created = policy.created.get(key_id)
+        created = policy.created.get(key_id, made.get(key_id))
         age = (today - created).days if created else None
         rows.append(
             KeyInfo(key_id, use, created, age, age is not None and age > policy.max_age_days)
         )
     return rows
+
+
+ROTATABLE = ("audit.encryption_key",)
+
+
+def rotate(config: Any, which: str) -> LogKey:
+    """`c360 keys rotate audit.encryption_key`: the next access-log key. Writers seal new
+    lines with it within a second; the older keys stay to read what they sealed."""
+    if which != "audit.encryption_key":
+        raise ConfigError(f"keys rotate: {which} is rotated in the config (README, Keys)")
+    encryption = getattr(config.audit, "encryption", None)
+    if encryption is None:
+        raise ConfigError("audit.encrypt: the access log is not encrypted (no key to rotate)")
+    return LogKeys(encryption.key_dir).rotate()

@@ -17,6 +17,7 @@ from gateway.audit import checkpoint as checkpoints
 from gateway.audit import merkle
 from gateway.audit.chain import ChainReport, Cut, verify
 from gateway.audit.checkpoint import CheckpointError, CheckpointSettings, LogScan
+from gateway.audit.encryption import NOT_A_RECORD
 from gateway.audit.log import AuditSettings
 from gateway.audit.sinks import AccessSink, JsonlSink
 
@@ -78,7 +79,15 @@ async def verify_log(sink: AccessSink, audit: AuditSettings, checkpoint_file: st
     cut_problem = _cut_problem(items, settings)
     if cut_problem:
         problems.append(f"BROKEN cut: {cut_problem}")
+    unreadable = sink.unreadable if isinstance(sink, JsonlSink) else {}
     for broken in report.breaks:
+        why = unreadable.get(broken.where)
+        if why is not None and why is not NOT_A_RECORD:
+            # A sealed line says whose place it takes, even when it does not open.
+            problems.append(
+                f"BROKEN chain {why.chain or '?'} at seq {why.seq} ({broken.where}): {why.problem}"
+            )
+            continue
         problems.append(
             f"BROKEN chain {broken.chain} at seq {broken.seq} ({broken.where}): "
             f"{broken.kind + ': ' if broken.kind else ''}{broken.problem}"

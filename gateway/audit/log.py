@@ -9,7 +9,8 @@ order per chain holds. Each process claims a chain of its own when it starts
 tree from what the sink has taken and signs a checkpoint of it every that many records
 (and when it stops). In `fail_closed` mode a request waits until its record is durable
 (in the sink, or fsynced in the spill) and is refused (503) when it cannot be; otherwise
-its record is made a moment after its answer (`later()`).
+its record is made a moment after its answer (`later()`). With `[audit] encrypt`, the
+spill file's lines are sealed as the JSONL log's are (gateway/audit/encryption.py).
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from gateway.audit import checkpoint as checkpoints
 from gateway.audit import merkle, otel
-from gateway.audit.alerts import AccessPatterns, AlertSettings
+from gateway.audit.alerts import AccessPatterns, Alert, AlertSettings, build_alert_tracker
 from gateway.audit.chain import GENESIS, ChainHead
+from gateway.audit.encryption import EncryptionSettings, LineCodec, LogKeyMissing, Unreadable
 from gateway.audit.sinks import AccessSink, SinkUnavailable
 from gateway.audit.writers import ChainClaim, claim_chain, suffixed
 
@@ -61,6 +61,7 @@ class AuditSettings:
     alerts: AlertSettings = field(default_factory=AlertSettings)
     checkpoints: checkpoints.CheckpointSettings | None = None
     retention_days: int = 0  # `c360 audit prune` without --before keeps this many days
+    encryption: EncryptionSettings | None = None  # `[audit] encrypt`: JSONL and spill lines
 
 
 @dataclass
@@ -75,7 +76,9 @@ class AccessLog:
         self.settings = settings
         self.sink = sink
         self.head = ChainHead(settings.chain)
-        self.patterns = AccessPatterns(settings.alerts)
+        self.patterns = build_alert_tracker(settings.alerts)
+        self._watching: set[asyncio.Task[None]] = set()  # alerts asked of Redis, not answered
+        self.codec = LineCodec.of(settings.encryption)  # the spill file's lines
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(settings.queue_size)
         self._writer: asyncio.Task[None] | None = None
         self._spilling = False
@@ -118,7 +121,7 @@ class AccessLog:
         if spill.exists() and spill.stat().st_size:
             # Records spilled before a restart are newer than the sink's: continue from them.
             self._spilling = True
-            for record in _read_spill(spill, 0)[0]:
+            for record in _read_spill(spill, 0, self.codec)[0]:
                 if record.get("chain") == self.head.name and record["seq"] > self.head.seq:
                     self.head = ChainHead(self.head.name, record["seq"], record["hash"])
         cp = self.settings.checkpoints
@@ -186,10 +189,15 @@ class AccessLog:
         return True
 
     async def flush(self) -> None:
-        """Wait until every record, those due after an answer too, is in the sink (or
-        spilled)."""
+        """Wait until every record, those due after an answer too (and the alerts they
+        raise), is in the sink (or spilled)."""
         self._run_due()
+        await self._watched()
         await self._queue.join()
+
+    async def _watched(self) -> None:
+        while self._watching:
+            await asyncio.gather(*self._watching, return_exceptions=True)
 
     @property
     def spilling(self) -> bool:
@@ -202,6 +210,7 @@ class AccessLog:
         self._run_due()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
+                await self._watched()
                 await self._queue.join()
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -218,6 +227,7 @@ class AccessLog:
         if self.tree is not None and self.tree.frontier.size > self.tree.checkpointed:
             await self._checkpoint()
         await self.sink.close()
+        await self.patterns.close()
         if self.export is not None:
             await asyncio.to_thread(self.export.shutdown)
             self.export = None
@@ -279,10 +289,43 @@ class AccessLog:
         except TimeoutError as error:
             raise AuditUnavailable("the access record was not durable in time") from error
 
-    def alerts_for(
-        self, subject: str, read_customers: set[str], denied: int
-    ) -> list[dict[str, object]]:
-        return self.patterns.observe(subject, read_customers, denied, time.monotonic())
+    def watch(self, record: dict[str, Any], read_customers: set[str], denied: int) -> None:
+        """Count a request's reads and denials in its subject's alert windows, and record
+        the alerts that raises after the request's record: at once when the windows are
+        in memory, once Redis has answered when they are shared (off the request's path;
+        flush() and stop() wait for it)."""
+        subject = record.get("subject")
+        if not subject or (not read_customers and not denied):
+            return
+        patterns = self.patterns
+        if isinstance(patterns, AccessPatterns):
+            alerts = patterns.observe(subject, read_customers, denied, time.monotonic())
+            self._raise(record, alerts)
+            return
+
+        async def shared() -> None:
+            self._raise(record, await patterns.observe(subject, read_customers, denied))
+
+        task = asyncio.get_running_loop().create_task(shared())
+        self._watching.add(task)
+        task.add_done_callback(self._watched_one)
+
+    def _watched_one(self, task: asyncio.Task[None]) -> None:
+        self._watching.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("access pattern alerts not counted", exc_info=task.exception())
+
+    def _raise(self, record: Mapping[str, Any], alerts: list[Alert]) -> None:
+        for alert in alerts:
+            log.warning(
+                "access pattern alert",
+                extra={
+                    "subject": record.get("subject"),
+                    "trace_id": record.get("trace_id"),
+                    **alert,
+                },
+            )
+            self.record(alert_record(record, alert))
 
     # -- the writer --------------------------------------------------------------------
 
@@ -358,9 +401,9 @@ class AccessLog:
     def _spill(self, batch: list[_Pending]) -> None:
         """Append to the spill file and fsync: durable, in order. Synchronous on purpose,
         so nothing can be queued between two spilled records."""
-        data = b"".join(orjson.dumps(pending.record) + b"\n" for pending in batch)
         path = self.settings.spill_path
         try:
+            data = b"".join(self.codec.encode(pending.record) + b"\n" for pending in batch)
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
@@ -368,11 +411,14 @@ class AccessLog:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        except OSError as error:
+        except (OSError, ValueError) as error:  # ValueError: a key file that does not load
             self.lost += len(batch)
             log.critical(
                 "access records could not be written anywhere",
-                extra={"records": len(batch), "reason": error.strerror},
+                extra={
+                    "records": len(batch),
+                    "reason": getattr(error, "strerror", None) or str(error),
+                },
             )
             for pending in batch:
                 _fail(pending.durable, AuditUnavailable("neither the sink nor the spill file"))
@@ -425,7 +471,14 @@ class AccessLog:
             except (SinkUnavailable, OSError):
                 return
         while True:
-            records, end = await asyncio.to_thread(_read_spill, path, self._replayed)
+            try:
+                records, end = await asyncio.to_thread(
+                    _read_spill, path, self._replayed, self.codec
+                )
+            except LogKeyMissing as error:
+                # Kept, not skipped: the replay resumes once the key is back.
+                log.critical("the spill file cannot be replayed", extra={"reason": str(error)})
+                return
             if not records:
                 # Caught up (checked with no await since the read): nothing can be appended
                 # between this check and the truncation.
@@ -458,10 +511,11 @@ def _tree_at(entry: dict[str, Any]) -> checkpoints.WriterTree:
     )
 
 
-def _read_spill(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+def _read_spill(path: Path, offset: int, codec: LineCodec) -> tuple[list[dict[str, Any]], int]:
     """Complete records from `offset`; the returned offset ends at the last complete line.
-    A line that is not a record (not JSON, or JSON but not a sealed object) cannot have
-    been spilled by the gateway: it is skipped, with a warning naming it."""
+    A line that is not a record (not JSON, or JSON but not a sealed object, or a sealed
+    line that does not open) cannot have been spilled by the gateway: it is skipped, with a
+    warning naming it. One sealed under a key nobody holds raises LogKeyMissing."""
     if not path.exists():
         return [], offset
     with path.open("rb") as handle:
@@ -469,14 +523,15 @@ def _read_spill(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
         data = handle.read()
     complete = data[: data.rfind(b"\n") + 1]
     records = []
-    for line in complete.splitlines():
+    for at, line in enumerate(complete.splitlines()):
         if not line.strip():
             continue
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            record = None
-        if isinstance(record, dict) and isinstance(record.get("seq"), int) and "hash" in record:
+        record = codec.decode(line, f"{path.name} (+{offset} bytes, line {at + 1})")
+        if (
+            not isinstance(record, Unreadable)
+            and isinstance(record.get("seq"), int)
+            and "hash" in record
+        ):
             records.append(record)
         else:
             log.warning(

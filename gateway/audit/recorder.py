@@ -14,7 +14,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from gateway.audit.log import AccessLog, alert_record
+from gateway.audit.log import AccessLog
 from policies.principal import Principal
 
 log = logging.getLogger("c360.audit")
@@ -168,15 +168,9 @@ def superseding(record: Mapping[str, Any], status: int, reason: str) -> dict[str
 def record_with_alerts(access_log: AccessLog, record: dict[str, Any]) -> Any:
     """Queue the record, then any alert it raises; returns the durability future."""
     durable = access_log.record(record)
-    subject = record.get("subject")
-    if subject:
+    if record.get("subject"):
         fields: Mapping[str, Mapping[str, str]] = record["fields"]
         read = {c for c, seen in fields.items() if any(d in PERSONAL for d in seen.values())}
         denied = sum(1 for seen in fields.values() for d in seen.values() if d == "deny")
-        for alert in access_log.alerts_for(subject, read, denied):
-            log.warning(
-                "access pattern alert",
-                extra={"subject": subject, "trace_id": record.get("trace_id"), **alert},
-            )
-            access_log.record(alert_record(record, alert))
+        access_log.watch(record, read, denied)
     return durable

@@ -1,15 +1,18 @@
-"""`[audit]`: which sink, the chain's name, spill file, fail-closed, alert thresholds,
-checkpoints (key, directories, interval) and retention."""
+"""`[audit]`: which sink, the chain's name, spill file, fail-closed, alert thresholds and
+where their windows are kept, checkpoints (key, directories, interval), retention and
+encryption at rest."""
 
 from __future__ import annotations
 
+import hashlib
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from gateway.audit.alerts import AlertSettings
 from gateway.audit.checkpoint import CheckpointSettings, parse_keys
+from gateway.audit.encryption import EncryptionSettings, LineCodec
 from gateway.audit.log import AuditSettings
 from gateway.audit.sinks import AccessSink, JsonlSink, PostgresSink
 from gateway.errors import ConfigError
@@ -31,12 +34,29 @@ KEYS = {
     "witness_dir",
     "checkpoint_every",
     "retention_days",
+    "encrypt",
+    "encryption_key_dir",
 }
+ALERT_KEYS = {"bulk_customers", "denied_fields", "window_s", "url", "key_prefix"}
+DEFAULT_ALERT_PREFIX = AlertSettings().key_prefix
+
+
+def shared_redis(url: str, namespace: bytes) -> tuple[str, str]:
+    """The alert windows kept in a Redis the gateway already uses (its cache's, or its rate
+    limiter's), under keys named after a digest of that use's own namespace (the cache's
+    key secret, the rate limiter's key prefix): instances of one deployment share them,
+    two deployments on one Redis do not."""
+    digest = hashlib.blake2b(namespace, digest_size=6, person=b"c360-alerts").hexdigest()
+    return url, f"{DEFAULT_ALERT_PREFIX}{digest}:"
 
 
 def parse_audit(
-    table: Mapping[str, Any], base_dir: Path | None
+    table: Mapping[str, Any],
+    base_dir: Path | None,
+    redis: Sequence[tuple[str, str]] = (),
 ) -> tuple[AuditSettings, AccessSink]:
+    """`redis`: (url, key prefix) of the Redis the gateway already uses, if any
+    (`shared_redis`), where the alert windows go unless `[audit.alerts] url` says."""
     unknown = sorted(set(table) - KEYS)
     if unknown:
         raise ConfigError(f"audit.{unknown[0]}: unknown key")
@@ -51,6 +71,7 @@ def parse_audit(
     fail_closed = table.get("fail_closed", False)
     if not isinstance(fail_closed, bool):
         raise ConfigError("audit.fail_closed: true or false")
+    encryption = parse_encryption(table, base)
     kind = table.get("sink", "jsonl")
     sink: AccessSink
     if kind == "jsonl":
@@ -65,6 +86,7 @@ def parse_audit(
             path("path", "access.jsonl"),
             max_bytes,
             sync_interval_s=0.0 if fail_closed else interval_ms / 1000,
+            codec=LineCodec.of(encryption),
         )
     elif kind == "postgresql":
         dsn = table.get("dsn")
@@ -85,19 +107,7 @@ def parse_audit(
     queue_size = table.get("queue_size", 10_000)
     if not isinstance(queue_size, int) or queue_size < 1:
         raise ConfigError("audit.queue_size: a positive integer")
-    alerts = table.get("alerts", {})
-    unknown = sorted(set(alerts) - {"bulk_customers", "denied_fields", "window_s"})
-    if unknown:
-        raise ConfigError(f"audit.alerts.{unknown[0]}: unknown key")
-    defaults = AlertSettings()
-    try:
-        alert_settings = AlertSettings(
-            bulk_customers=int(alerts.get("bulk_customers", defaults.bulk_customers)),
-            denied_fields=int(alerts.get("denied_fields", defaults.denied_fields)),
-            window_s=float(alerts.get("window_s", defaults.window_s)),
-        )
-    except (TypeError, ValueError) as error:
-        raise ConfigError("audit.alerts: numbers") from error
+    alert_settings = parse_alerts(table.get("alerts", {}), redis)
     retention_days = table.get("retention_days", 0)
     if type(retention_days) is not int or retention_days < 0:
         raise ConfigError("audit.retention_days: days to keep records (0: forever)")
@@ -110,8 +120,47 @@ def parse_audit(
         alerts=alert_settings,
         checkpoints=parse_checkpoints(table, base),
         retention_days=retention_days,
+        encryption=encryption,
     )
     return settings, sink
+
+
+def parse_alerts(alerts: Mapping[str, Any], redis: Sequence[tuple[str, str]]) -> AlertSettings:
+    """`[audit.alerts]`: thresholds, and `url` (redis://…, or "" for this instance's
+    memory; default: the Redis the gateway already uses, `redis`) with `key_prefix`."""
+    unknown = sorted(set(alerts) - ALERT_KEYS)
+    if unknown:
+        raise ConfigError(f"audit.alerts.{unknown[0]}: unknown key")
+    defaults = AlertSettings()
+    try:
+        bulk_customers = int(alerts.get("bulk_customers", defaults.bulk_customers))
+        denied_fields = int(alerts.get("denied_fields", defaults.denied_fields))
+        window_s = float(alerts.get("window_s", defaults.window_s))
+    except (TypeError, ValueError) as error:
+        raise ConfigError("audit.alerts: numbers") from error
+    url, prefix = redis[0] if redis and "url" not in alerts else ("", DEFAULT_ALERT_PREFIX)
+    url = alerts.get("url", url)
+    prefix = alerts.get("key_prefix", prefix)
+    if not isinstance(url, str) or (url and not url.startswith(("redis://", "rediss://"))):
+        raise ConfigError("audit.alerts.url: empty (this instance's memory) or a redis:// URL")
+    if not isinstance(prefix, str) or not prefix:
+        raise ConfigError("audit.alerts.key_prefix: a non-empty string")
+    return AlertSettings(bulk_customers, denied_fields, window_s, url, prefix)
+
+
+def parse_encryption(table: Mapping[str, Any], base: Path) -> EncryptionSettings | None:
+    """`encrypt` (seal new lines of the JSONL log and the spill file) and
+    `encryption_key_dir` (default `access-keys`: the keys, made on first use; needed to
+    read a sealed log, so it may be set with `encrypt = false`)."""
+    encrypt = table.get("encrypt", False)
+    if not isinstance(encrypt, bool):
+        raise ConfigError("audit.encrypt: true or false")
+    if not encrypt and "encryption_key_dir" not in table:
+        return None
+    directory = table.get("encryption_key_dir", "access-keys")
+    if not isinstance(directory, str) or not directory:
+        raise ConfigError("audit.encryption_key_dir: a directory")
+    return EncryptionSettings((base / directory).resolve(), encrypt)
 
 
 def parse_checkpoints(table: Mapping[str, Any], base: Path) -> CheckpointSettings | None:

@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from gateway.audit import checkpoint as checkpoints
 from gateway.audit import reach
 from gateway.audit.chain import GENESIS, ChainHead, Cut
+from gateway.audit.encryption import PLAIN, LineCodec, Unreadable
 
 log = logging.getLogger("c360.audit")
 
@@ -132,14 +133,6 @@ class AccessSink(Protocol):
 _ROTATED = re.compile(r"\.(\d{5})\.jsonl$")
 
 
-def _parse(line: bytes) -> Record | None:
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) else None
-
-
 def _replace_file(path: Path, data: bytes) -> None:
     """Write a file whole or not at all: a temporary file, fsynced, renamed over it."""
     partial = path.with_name(f".{path.name}.partial")
@@ -178,7 +171,10 @@ class JsonlSink:
     append holds a shared lock on `.<stem>.lock` for its write(2), a rotation (checked
     again under the lock, numbered under it) and the start-up repair an exclusive one, and
     so does `c360 audit prune` while it moves the head file aside. A pruned log starts at
-    its cut (`<stem>.cut.json`, the signed checkpoint `prune` wrote)."""
+    its cut (`<stem>.cut.json`, the signed checkpoint `prune` wrote).
+
+    Lines are made and read by `codec` (gateway/audit/encryption.py): plain JSON, or with
+    `[audit] encrypt` each sealed in an envelope; records are the same either way."""
 
     INLINE_BYTES = 64 * 1024
 
@@ -186,9 +182,16 @@ class JsonlSink:
     idempotent = False
 
     def __init__(
-        self, path: Path, max_bytes: int = 64 * 1024 * 1024, sync_interval_s: float = 0.0
+        self,
+        path: Path,
+        max_bytes: int = 64 * 1024 * 1024,
+        sync_interval_s: float = 0.0,
+        codec: LineCodec = PLAIN,
     ) -> None:
         self.path = path
+        self.codec = codec
+        # Lines `lines()` found unreadable, by file:line, with why (what verify prints).
+        self.unreadable: dict[str, Unreadable] = {}
         self.max_bytes = max_bytes
         self.sync_interval_s = sync_interval_s
         self.torn_bytes = 0
@@ -264,7 +267,8 @@ class JsonlSink:
             log.warning("cut a torn record off the access log", extra={"bytes": self.torn_bytes})
 
     async def write(self, records: Sequence[Record]) -> None:
-        data = b"".join(orjson.dumps(record) + b"\n" for record in records)
+        encode = self.codec.encode
+        data = b"".join(encode(record) + b"\n" for record in records)
         now = time.monotonic()
         sync = now - self._synced_at >= self.sync_interval_s
         try:
@@ -349,8 +353,12 @@ class JsonlSink:
         or JSON but not an object: `123`, `[]`), which `verify` names and everything else
         skips. The last line of the newest file, when it has no newline, is a write a
         crash cut short: it is skipped and named in `torn_at` (the gateway cuts it off
-        when it starts)."""
+        when it starts). A sealed line is opened here (`codec`); one that does not open is
+        None too, with why in `unreadable`, and one under a key nobody holds raises
+        LogKeyMissing."""
         self.torn_at: str | None = None
+        self.unreadable = {}
+        decode = self.codec.decode
         files = self.files()
         for path in files:
             with path.open("rb") as handle:
@@ -361,11 +369,12 @@ class JsonlSink:
                         return
                     if not line.strip():
                         continue
-                    try:
-                        record = orjson.loads(line)
-                    except orjson.JSONDecodeError:
-                        record = None
-                    yield where, record if isinstance(record, dict) else None
+                    record = decode(line, where)
+                    if isinstance(record, Unreadable):
+                        self.unreadable[where] = record
+                        yield where, None
+                    else:
+                        yield where, record
 
     def _cut(self) -> dict[str, Any] | None:
         if not self.cut_path.exists():
@@ -424,8 +433,8 @@ class JsonlSink:
         return await asyncio.to_thread(self._prune, cuts)
 
     def _prune(self, cuts: Mapping[str, int]) -> int:
-        def drop(record: Record | None) -> bool:
-            if record is None:
+        def drop(record: Record | Unreadable) -> bool:
+            if isinstance(record, Unreadable):
                 return False
             seq = record.get("seq")
             return isinstance(seq, int) and seq <= cuts.get(str(record.get("chain")), 0)
@@ -440,7 +449,11 @@ class JsonlSink:
                 continue
             with path.open("rb") as handle:
                 lines = handle.readlines()
-            kept = [line for line in lines if not drop(_parse(line))]
+            kept = [
+                line
+                for number, line in enumerate(lines, 1)
+                if not line.strip() or not drop(self.codec.decode(line, f"{path.name}:{number}"))
+            ]
             if len(kept) == len(lines):
                 continue
             removed += len(lines) - len(kept)
@@ -514,6 +527,14 @@ access_table = Table(
     Index("ix_c360_access_subject_ts", "subject", "ts"),
     Index("ix_c360_access_customers", "customers", postgresql_using="gin"),
 )
+# A rights request's record (gateway/console/rights.py reads them): a subject report, an
+# erasure or a restriction. Literal, so that the partial index below serves the query
+# that repeats it (a bound parameter would not prove the index's condition).
+RIGHTS_REQUEST = text(
+    '(record @> \'{"audit_query": {"view": "subject-report"}}\''
+    ' OR record @> \'{"writes": [{"mutation": "subjectErase"}]}\''
+    ' OR record @> \'{"writes": [{"mutation": "subjectRestrict"}]}\')'
+)
 # Added after the table first shipped, so `open()` creates them on an existing table too.
 # Alerts and acknowledgements are a sliver of the log: a partial index finds them without
 # walking the access records.
@@ -536,6 +557,14 @@ LATER_INDEXES = (
         access_table.c.subject,
         access_table.c.kind,
         access_table.c.ts,
+    ),
+    # The rights requests, a sliver of the log, for the console's list of them.
+    Index(
+        "ix_c360_access_rights",
+        access_table.c.ts,
+        access_table.c.chain,
+        access_table.c.seq,
+        postgresql_where=RIGHTS_REQUEST,
     ),
 )
 

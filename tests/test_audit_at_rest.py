@@ -1,0 +1,309 @@
+"""The JSONL access log and its spill file encrypted at rest (issue 23 item 8): nothing of
+a subject or a customer in clear on disk, and every reader (verify, checkpoint, prove,
+prune, search, the console's views, the spill replay) works as on a plain log; keys
+rotate; a tampered ciphertext or a missing key is named."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from demo.systems import DemoSystems
+from gateway.audit.encryption import LogKeyMissing
+from gateway.audit.log import AccessLog
+from gateway.audit.settings import parse_audit
+from gateway.audit.sinks import AccessQuery, JsonlSink, SinkUnavailable
+from gateway.cli import main
+from gateway.console.jsonl_views import JsonlViews
+from gateway.demo import to_toml
+from harness import running_gateway
+
+PAGE = """query Page($n: Int) { customers(first: $n) { edges { node { id name email } } } }"""
+
+
+def checkpoint_key() -> str:
+    raw = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return base64.b64encode(raw).decode()
+
+
+def audit_table(**more: Any) -> dict[str, Any]:
+    return {
+        "path": "log/access.jsonl",
+        "chain": "gw",
+        "encrypt": True,
+        "encryption_key_dir": "keys/access",
+        "checkpoint_key": checkpoint_key(),
+        "checkpoint_dir": "checkpoints",
+        **more,
+    }
+
+
+def write_config(tmp_path: Path, audit: dict[str, Any]) -> Path:
+    data = {
+        "identity": {"key": "x" * 32},
+        "auth": {"issuer": "i", "audience": "a", "hs256": {"k": "s" * 32}},
+        "policies": {"hash_key": "h" * 16},
+        "sources": {"s": {"kind": "rest", "base_url": "http://127.0.0.1:1", "entities": {}}},
+        "audit": audit,
+    }
+    path = tmp_path / "c360.toml"
+    path.write_text(to_toml(data), encoding="utf-8")
+    return path
+
+
+def record(n: int, subject: str = "zhang.wei@example.com") -> dict[str, Any]:
+    customer = f"cus_secret{n:08d}"
+    return {
+        "kind": "access",
+        "ts": f"2026-11-25T09:{n // 60:02d}:{n % 60:02d}.000Z",
+        "request_id": f"req-{n:04d}",
+        "subject": subject,
+        "roles": ["sales"],
+        "outcome": "ok",
+        "status": 200,
+        "customers": [customer],
+        "fields": {customer: {"email": "allow"}},
+    }
+
+
+async def write_records(
+    tmp_path: Path, audit: dict[str, Any], records: Sequence[dict[str, Any]]
+) -> AccessLog:
+    settings, sink = parse_audit(audit, tmp_path)
+    access_log = AccessLog(settings, sink)
+    await access_log.start()
+    for item in records:
+        access_log.record(item)
+        await access_log.flush()
+    await access_log.stop()
+    return access_log
+
+
+@pytest.fixture
+def c360(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
+    """`c360 …` in process (on a thread: it runs its own event loop); (exit, out, err)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = await asyncio.to_thread(main, list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield run
+    root.handlers[:], root.level = handlers, level
+
+
+def envelopes(path: Path) -> list[dict[str, Any]]:
+    """The lines of a file, or of a log's every file (oldest first)."""
+    files = JsonlSink(path).files() if path.name == "access.jsonl" else [path]
+    return [orjson.loads(line) for file in files for line in file.read_bytes().splitlines()]
+
+
+async def test_an_encrypted_log_holds_nothing_in_clear_and_verifies_searches_proves(
+    tmp_path: Path, c360: Any
+) -> None:
+    audit = audit_table()
+    await write_records(tmp_path, audit, [record(n) for n in range(1, 6)])
+    config = write_config(tmp_path, audit)
+    raw = (tmp_path / "log" / "access.jsonl").read_bytes()
+    for secret in (b"zhang.wei", b"cus_secret", b"sales", b"req-0003", b"email"):
+        assert secret not in raw
+    lines = envelopes(tmp_path / "log" / "access.jsonl")
+    assert [(e["enc"], e["kid"], e["chain"], e["seq"]) for e in lines] == [
+        ("aes-256-gcm", "k1", "gw", n) for n in range(1, 6)
+    ]
+    key_file = tmp_path / "keys" / "access" / "k1.json"
+    assert key_file.stat().st_mode & 0o777 == 0o600  # made on first use, for its owner only
+
+    code, out, err = await c360("audit", "verify", "--config", str(config))
+    assert (code, err) == (0, "")
+    assert "intact: 5 records in 1 chain(s) (gw: 5)" in out
+    code, out, _ = await c360(
+        "audit", "search", "--config", str(config), "--customer", "cus_secret00000003", "--json"
+    )
+    assert code == 0
+    [found] = [orjson.loads(line) for line in out.splitlines()]
+    assert found["subject"] == "zhang.wei@example.com" and found["seq"] == 3
+    assert (await c360("audit", "checkpoint", "--config", str(config)))[0] == 0
+    code, out, _ = await c360("audit", "prove", "--config", str(config), "--request-id", "req-0004")
+    assert code == 0
+    proof = orjson.loads(out)
+    assert proof["proofs"][0]["index"] == 3
+    code, out, _ = await c360("audit", "verify", "--config", str(config), "--checkpoint", "latest")
+    assert code == 0 and "matches checkpoint" in out
+    # The console's JSONL views read through the same decoding.
+    _, sink = parse_audit(audit, tmp_path)
+    assert isinstance(sink, JsonlSink)
+    seen = await JsonlViews(sink).find("gw", 2)
+    assert seen is not None and seen["request_id"] == "req-0002"
+
+
+async def test_a_rotated_key_seals_new_lines_old_ones_still_read_and_prune_retires_it(
+    tmp_path: Path, c360: Any
+) -> None:
+    audit = audit_table()
+    config = write_config(tmp_path, audit)
+    await write_records(tmp_path, audit, [record(n) for n in range(1, 4)])
+    code, out, _ = await c360("keys", "rotate", "audit.encryption_key", "--config", str(config))
+    assert code == 0 and "audit.encryption_key.k2" in out
+    await write_records(tmp_path, audit, [record(n) for n in range(4, 7)])
+    log_file = tmp_path / "log" / "access.jsonl"
+    assert [e["kid"] for e in envelopes(log_file)] == ["k1"] * 3 + ["k2"] * 3
+    code, out, _ = await c360("audit", "verify", "--config", str(config))
+    assert code == 0 and "intact: 6 records" in out
+
+    code, out, err = await c360("keys", "status", "--config", str(config), "--json")
+    rows = {row["id"]: row for row in map(orjson.loads, out.splitlines())}
+    assert rows["audit.encryption_key.k1"]["age_days"] == 0  # the key file knows its date
+    assert "decrypts older lines" in rows["audit.encryption_key.k1"]["use"]
+    assert "encrypts new lines" in rows["audit.encryption_key.k2"]["use"]
+    secrets = [orjson.loads(p.read_bytes())["key"] for p in (tmp_path / "keys/access").glob("k*")]
+    assert not any(secret in out + err for secret in secrets)  # never the key itself
+
+    # Prune what k1 sealed; then k1 can go, and the rest still verifies and searches.
+    code, out, _ = await c360(
+        "audit", "prune", "--config", str(config), "--before", "2026-11-25T09:00:04+00:00"
+    )
+    assert code == 0, out
+    assert [e["kid"] for e in envelopes(log_file)] == ["k2"] * 3
+    assert all(b"cus_secret" not in p.read_bytes() for p in log_file.parent.glob("*.jsonl"))
+    (tmp_path / "keys" / "access" / "k1.json").unlink()
+    code, out, err = await c360("audit", "verify", "--config", str(config))
+    assert code == 0, err
+    assert "pruned: the chains start at their signed cut (gw after seq 3)" in out
+    code, out, _ = await c360("audit", "search", "--config", str(config), "--json")
+    assert [orjson.loads(line)["seq"] for line in out.splitlines()] == [6, 5, 4]
+
+
+async def test_a_tampered_ciphertext_is_named_by_verify_and_a_missing_key_is_one_line(
+    tmp_path: Path, c360: Any
+) -> None:
+    audit = audit_table()
+    config = write_config(tmp_path, audit)
+    await write_records(tmp_path, audit, [record(n) for n in range(1, 5)])
+    log_file = tmp_path / "log" / "access.jsonl"
+    original = log_file.read_bytes()
+    lines = envelopes(log_file)
+
+    def rewrite(changed: list[dict[str, Any]]) -> None:
+        log_file.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in changed))
+
+    sealed = bytearray(base64.b64decode(lines[1]["ct"]))
+    sealed[10] ^= 1  # one bit of the ciphertext
+    rewrite([lines[0], {**lines[1], "ct": base64.b64encode(bytes(sealed)).decode()}, *lines[2:]])
+    code, _, err = await c360("audit", "verify", "--config", str(config))
+    assert code == 1
+    assert (
+        "BROKEN chain gw at seq 2 (access.jsonl:2): tampered: the ciphertext does not "
+        "authenticate under key k1" in err
+    )
+    # Swapping two ciphertexts between their envelopes: neither opens in the other's place.
+    swapped = [lines[0], {**lines[1], "ct": lines[2]["ct"]}, {**lines[2], "ct": lines[1]["ct"]}]
+    rewrite([*swapped, lines[3]])
+    code, _, err = await c360("audit", "verify", "--config", str(config))
+    assert code == 1
+    assert "(access.jsonl:2): tampered" in err and "(access.jsonl:3): tampered" in err
+    # Swapping whole lines: each opens, and the chain names the reordering.
+    rewrite([lines[0], lines[2], lines[1], lines[3]])
+    code, _, err = await c360("audit", "verify", "--config", str(config))
+    assert code == 1 and "reordered" in err
+
+    log_file.write_bytes(original)
+    (tmp_path / "keys" / "access" / "k1.json").unlink()
+    for command in (("audit", "verify"), ("audit", "search"), ("audit", "checkpoint")):
+        code, _, err = await c360(*command, "--config", str(config))
+        assert code == 1
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert "access.jsonl:1: the line is encrypted under key k1" in err
+
+
+async def test_a_spilled_encrypted_record_is_sealed_on_disk_and_replayed(tmp_path: Path) -> None:
+    settings, sink = parse_audit(
+        {
+            "path": "access.jsonl",
+            "chain": "gw",
+            "encrypt": True,
+            "spill_path": "spill.jsonl",
+        },
+        tmp_path,
+    )
+    assert isinstance(sink, JsonlSink)
+    access_log = AccessLog(dataclasses.replace(settings, retry_interval_s=0.02), sink)
+    await access_log.start()
+    real_write = sink.write
+    down = [True]
+
+    async def flaky_write(batch: Sequence[Any]) -> None:
+        if down[0]:
+            raise SinkUnavailable("injected: the disk is gone")
+        await real_write(batch)
+
+    sink.write = flaky_write  # type: ignore[method-assign,assignment]
+    for n in range(1, 4):
+        access_log.record(record(n))
+    await access_log.flush()
+    spill = tmp_path / "spill.jsonl"
+    assert access_log.spilling and spill.exists()
+    assert b"cus_secret" not in spill.read_bytes() and b"zhang" not in spill.read_bytes()
+    assert [e["kid"] for e in envelopes(spill)] == ["k1"] * 3  # the default key dir's first
+    assert (tmp_path / "access-keys" / "k1.json").exists()
+    down[0] = False
+    async with asyncio.timeout(5):
+        while access_log.spilling:  # noqa: ASYNC110 - the writer replays on its own
+            await asyncio.sleep(0.02)
+    await access_log.stop()
+    assert not spill.exists()
+    assert [r["seq"] for _, r in sink.lines() if r] == [1, 2, 3]
+    assert b"cus_secret" not in (tmp_path / "access.jsonl").read_bytes()
+    found = await sink.search(AccessQuery(customer="cus_secret00000002"))
+    assert [r["seq"] for r in found] == [2]
+
+
+async def test_a_plain_log_turned_encrypted_reads_both_and_a_sealed_one_needs_its_keys(
+    tmp_path: Path,
+) -> None:
+    plain = {"path": "access.jsonl", "chain": "gw"}
+    await write_records(tmp_path, plain, [record(1), record(2)])
+    await write_records(tmp_path, {**plain, "encrypt": True}, [record(3)])
+    _, sink = parse_audit({**plain, "encryption_key_dir": "access-keys"}, tmp_path)
+    assert isinstance(sink, JsonlSink)  # encrypt off, keys kept to read: a plain sink reads
+    assert [r["seq"] for _, r in sink.lines() if r] == [1, 2, 3]
+    _, without_keys = parse_audit(plain, tmp_path)
+    assert isinstance(without_keys, JsonlSink)
+    missing = r"access\.jsonl:3: .* key k1, and no audit\.encryption_key_dir"
+    with pytest.raises(LogKeyMissing, match=missing):
+        list(without_keys.lines())
+
+
+async def test_the_gateway_writes_an_encrypted_log_with_no_subject_or_customer_in_clear(
+    demo_systems: DemoSystems, tmp_path: Path
+) -> None:
+    overrides = {"audit.encrypt": True}
+    async with running_gateway(demo_systems, tmp_path, overrides) as gateway:
+        reply = await gateway.query(
+            PAGE, {"n": 5}, headers=gateway.as_role("sales", subject="carol")
+        )
+        await gateway.gateway.access_log.flush()
+        sink = gateway.gateway.config.audit_sink
+    assert isinstance(sink, JsonlSink) and not reply.errors
+    customers = [edge["node"]["id"] for edge in reply.data["customers"]["edges"]]
+    [written] = [r for _, r in sink.lines() if r and r.get("subject") == "carol"]
+    assert written["customers"] == customers
+    raw = b"".join(path.read_bytes() for path in sink.files())
+    assert b"carol" not in raw and b'"sales"' not in raw
+    assert not any(customer.encode() in raw for customer in customers)
+    assert (tmp_path / "access-keys" / "k1.json").exists()  # beside the config: the data dir
