@@ -163,6 +163,46 @@ class ChainBreak:
     problem: str
 
 
+@strawberry.type
+class CheckpointChain:
+    chain: str
+    size: int = strawberry.field(description="Records of the chain the checkpoint covers.")
+    root: str = strawberry.field(description="The chain's Merkle tree root (hex), RFC 6962.")
+
+
+@strawberry.type(description="What of the log no longer matches the checkpoint.")
+class CheckpointFinding:
+    chain: str
+    kind: str = strawberry.field(
+        description="truncated, rewritten, inserted, deleted, broken, forged or pruned."
+    )
+    message: str
+    fatal: bool = strawberry.field(description="False for a note (its records were pruned).")
+
+
+@strawberry.type(
+    description="The newest signed checkpoint (`c360 audit verify --checkpoint latest`'s), "
+    "and whether the log verifies against it."
+)
+class CheckpointState:
+    file: str
+    scope: str = strawberry.field(description="log, chain (a writer's own) or cut (a prune's).")
+    timestamp: dt.datetime
+    key_id: str = strawberry.field(description="The id of the key that signed it.")
+    tree_size: int = strawberry.field(description="Records it covers, over all its chains.")
+    chains: list[CheckpointChain]
+    signature_valid: bool = strawberry.field(
+        description="A configured checkpoint key signed exactly this checkpoint."
+    )
+    signature_problem: str | None
+    log_verifies: bool | None = strawberry.field(
+        description="The log is intact and holds the checkpoint's records unchanged; null "
+        "until a check compared them (or when the signature does not verify)."
+    )
+    compared_at: dt.datetime | None
+    findings: list[CheckpointFinding]
+
+
 @strawberry.type(description="What `c360 audit verify` reports, from the gateway's last check.")
 class AccessLogIntegrity:
     checking: bool = strawberry.field(description="A check is running; ask again shortly.")
@@ -173,6 +213,12 @@ class AccessLogIntegrity:
     breaks: list[ChainBreak]
     torn_tail: str | None = strawberry.field(
         description="An incomplete last record (a crash), ignored as verify ignores it."
+    )
+    checkpoints_configured: bool = strawberry.field(
+        default=False, description="An `audit.checkpoint_key` is configured."
+    )
+    checkpoint: CheckpointState | None = strawberry.field(
+        default=None, description="Null when no checkpoint was written yet."
     )
 
 

@@ -88,6 +88,7 @@ def test_shipped_default_loads_and_is_clean() -> None:
         "marketing",
         "security",
         "privacy",
+        "steward",
     )
     assert set(policy_set.policies) == {
         "authenticated",
@@ -108,6 +109,8 @@ def test_shipped_default_loads_and_is_clean() -> None:
         "rights.report",
         "rights.erase",
         "rights.restrict",
+        "rights.requests",
+        "quality.read",
     }
     assert policy_set.warnings == ()
     assert policy_set.masks_used() <= MASK_NAMES - {"hash"}

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from gateway.audit.sinks import JsonlSink, sort_key
+from gateway.console.rights import is_rights_record
 from resolvers.audit_views import (
     AccessOverview,
     AlertQuery,
@@ -204,6 +205,9 @@ class JsonlViews:
             if record.get("chain") == chain and record.get("seq") == seq:
                 return record
         return None
+
+    async def rights_records(self) -> list[Record]:
+        return [r for r in await self._records() if is_rights_record(r)]
 
     async def acknowledgement(self, alert_id: str) -> Record | None:
         acks = [

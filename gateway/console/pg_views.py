@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import TIMESTAMP
 
 from gateway.audit import reach
 from gateway.audit.sinks import (
+    RIGHTS_REQUEST,
     PostgresSink,
     Rollup,
     customer_table,
@@ -263,6 +264,13 @@ class PostgresViews:
                 for (record,) in ack_rows:
                     first_ack.setdefault(str(record.get("alert_id")), record)
         return [(record, first_ack.get(f"{record['chain']}:{record['seq']}")) for record in found]
+
+    async def rights_records(self) -> list[Record]:
+        log = self.log
+        # The condition the partial index `ix_c360_access_rights` is built on, verbatim.
+        statement = select(log.c.record).where(RIGHTS_REQUEST)
+        async with self.sink.engine.connect() as connection:
+            return [row[0] for row in await connection.execute(statement)]
 
     async def find(self, chain: str, seq: int) -> Record | None:
         log = self.log

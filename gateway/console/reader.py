@@ -4,32 +4,47 @@ integrity monitor, and the access log itself for the records a reviewer's action
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gateway.audit.checkpoint import CheckpointSettings
 from gateway.audit.log import AccessLog
 from gateway.audit.sinks import AccessSink, JsonlSink, PostgresSink
-from gateway.console.integrity import monitor_for
+from gateway.console.integrity import IntegrityReport, LatestCheckpoint, monitor_for
 from gateway.console.jsonl_views import JsonlViews
 from gateway.console.pg_views import PostgresViews
+from gateway.console.quality import QualityDesk, data_quality
+from gateway.console.rights import request_node, rights_requests
 from resolvers.audit_views import (
     AccessLogIntegrity,
     AccessOverview,
     AlertQuery,
     ChainBreak,
     ChainState,
+    CheckpointChain,
+    CheckpointFinding,
+    CheckpointState,
     CustomerSeen,
     FootprintSummary,
     Window,
 )
+from resolvers.console_pages import DataQuality
+from resolvers.console_pages import RightsRequest as RightsRequestNode
 
 Record = Mapping[str, Any]
 
 
 class ConsoleReader:
-    def __init__(self, sink: AccessSink, access_log: AccessLog | None = None) -> None:
+    def __init__(
+        self,
+        sink: AccessSink,
+        access_log: AccessLog | None = None,
+        quality: QualityDesk | None = None,
+    ) -> None:
         self.sink = sink
         self.access_log = access_log
+        self.quality = quality
 
     @property
     def views(self) -> JsonlViews | PostgresViews:
@@ -60,6 +75,21 @@ class ConsoleReader:
     async def acknowledgement(self, alert_id: str) -> Record | None:
         return await self.views.acknowledgement(alert_id)
 
+    async def rights_requests(self) -> list[RightsRequestNode]:
+        """Every rights request in the log, newest first (they are few: all at once)."""
+        found = rights_requests(await self.views.rights_records())
+        return [request_node(request) for request in found]
+
+    async def data_quality(self, runs: int) -> DataQuality:
+        if self.quality is None:
+            raise RuntimeError("this reader has no data-quality figures")
+        return await data_quality(self.quality, runs)
+
+    def start_quality_run(self) -> bool:
+        if self.quality is None:
+            raise RuntimeError("this reader cannot start a data-quality run")
+        return self.quality.start()
+
     async def append(self, record: dict[str, Any]) -> Record:
         """Seal a record into this gateway's chain and wait until it is durable (in the
         sink, or in the spill file), so an acknowledgement that is answered is kept."""
@@ -70,9 +100,16 @@ class ConsoleReader:
             await self.access_log.flush()  # readable by the next page load
         return record
 
+    @property
+    def checkpoint_settings(self) -> CheckpointSettings | None:
+        # The access log's own settings: a SIGHUP that rotates checkpoint keys updates them.
+        return self.access_log.settings.checkpoints if self.access_log is not None else None
+
     async def integrity(self, refresh: bool) -> AccessLogIntegrity:
         monitor = monitor_for(self.sink)
-        last = monitor.current(refresh)
+        settings = self.checkpoint_settings
+        last = await monitor.current(refresh, settings)
+        checkpoint = checkpoint_state(monitor.latest, last)
         if last is None:
             return AccessLogIntegrity(
                 checking=monitor.checking,
@@ -82,6 +119,8 @@ class ConsoleReader:
                 chains=[],
                 breaks=[],
                 torn_tail=None,
+                checkpoints_configured=settings is not None,
+                checkpoint=checkpoint,
             )
         report = last.report
         return AccessLogIntegrity(
@@ -97,4 +136,42 @@ class ConsoleReader:
                 for b in report.breaks
             ],
             torn_tail=last.torn_tail,
+            checkpoints_configured=settings is not None,
+            checkpoint=checkpoint,
         )
+
+
+def checkpoint_state(
+    latest: LatestCheckpoint | None, last: IntegrityReport | None
+) -> CheckpointState | None:
+    """The newest checkpoint as it is now, and the log compared with it when the last
+    finished check compared exactly that one."""
+    if latest is None:
+        return None
+    cp = latest.checkpoint
+    if last is not None and last.checkpoint is not None and last.checkpoint.key == latest.key:
+        compared_at, findings = last.checked_at, last.findings
+    else:
+        compared_at, findings = None, None
+    verifies: bool | None = None
+    if findings is not None and last is not None:
+        verifies = last.report.intact and not any(f.fatal for f in findings)
+    return CheckpointState(
+        file=latest.file,
+        scope=str(cp["scope"]),
+        timestamp=dt.datetime.fromisoformat(str(cp["timestamp"])),
+        key_id=str(cp["key_id"]),
+        tree_size=sum(int(entry["size"]) for entry in cp["chains"].values()),
+        chains=[
+            CheckpointChain(chain=name, size=int(entry["size"]), root=str(entry["root"]))
+            for name, entry in sorted(cp["chains"].items())
+        ],
+        signature_valid=latest.trusted,
+        signature_problem=latest.signature_problem,
+        log_verifies=verifies,
+        compared_at=compared_at,
+        findings=[
+            CheckpointFinding(chain=f.chain, kind=f.kind, message=f.message, fatal=f.fatal)
+            for f in findings or ()
+        ],
+    )

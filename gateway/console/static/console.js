@@ -17,6 +17,8 @@
   // The graph's Customer fields, from its declaration (the page carries them).
   const FIELDS = JSON.parse(document.getElementById("c360-fields").textContent);
   const DECISIONS = ["allow", "mask", "deny"];
+  // A refusal by one of these is the console's "not allowed" page, not an error.
+  const CONSOLE_POLICIES = new Set(["audit.read", "audit.ack", "rights.requests", "quality.read"]);
   const RESOLUTIONS = ["REVIEWED", "EXPECTED", "ESCALATED", "FALSE_POSITIVE"];
   const COLORS = {
     sales: "#1f5fbf", sales_manager: "#5b8fd9", service: "#2e7d4f", marketing: "#8e44ad",
@@ -32,7 +34,7 @@
   // session: the sign-in session ({subject, roles, expiresAt, refreshable}), null without
   // one, undefined until asked
   const state = { lang: pickLanguage(), checked: false, focus: false, route: "#/overview",
-    session: undefined, renewal: null };
+    session: undefined, renewal: null, pages: [] };
 
   // --- language, text, time -----------------------------------------------------------
 
@@ -182,7 +184,7 @@
     const body = await response.json().catch(() => ({}));
     const errors = body.errors || [];
     const refused = errors.some((e) => (e.extensions || {}).code === "FORBIDDEN"
-      && String((e.extensions || {}).policy || "").startsWith("audit."));
+      && CONSOLE_POLICIES.has(String((e.extensions || {}).policy || "")));
     if (refused) throw new Refused();
     if (!body.data) {
       throw new Error(errors.map((e) => e.message).join("; ") || `HTTP ${response.status}`);
@@ -804,7 +806,309 @@
       integrityHolder);
   }
 
-  const VIEWS = { overview: overviewView, timeline: timelineView, footprint: footprintView, alerts: alertsView };
+  // --- integrity, rights requests, data quality ----------------------------------------
+
+  const INTEGRITY_FIELDS = `checking checkedAt intact records chains { chain lastSeq }
+    breaks { chain seq location problem } tornTail checkpointsConfigured
+    checkpoint { file scope timestamp keyId treeSize chains { chain size root }
+      signatureValid signatureProblem logVerifies comparedAt
+      findings { chain kind message fatal } }`;
+
+  function definitions(pairs) {
+    return h("dl", { class: "stats" }, pairs.map(([label, value]) =>
+      h("div", { class: "stat" }, h("dt", { class: "note" }, t(label)), h("dd", {}, value))));
+  }
+
+  function checkpointPanel(integrity) {
+    const panel = h("section", { class: "panel", id: "checkpoint" }, h("h2", {}, t("checkpoint.title")));
+    const cp = integrity.checkpoint;
+    if (!cp) {
+      panel.append(h("p", { class: "note", role: "status" },
+        t(integrity.checkpointsConfigured ? "checkpoint.none" : "checkpoint.nokey")));
+      return panel;
+    }
+    panel.append(definitions([
+      ["checkpoint.time", when(cp.timestamp)],
+      ["checkpoint.signer", h("span", { class: "mono" }, cp.keyId)],
+      ["checkpoint.scope", cp.scope],
+      ["checkpoint.size", numberText(cp.treeSize)],
+      ["checkpoint.file", h("span", { class: "mono" }, cp.file)],
+    ]));
+    panel.append(h("p", { class: cp.signatureValid ? "ok" : "bad", id: "checkpoint-signature" },
+      `${t("checkpoint.signature")}: `, cp.signatureValid ? t("checkpoint.sigok")
+        : t("checkpoint.sigbad", { problem: cp.signatureProblem || "" })));
+    let verdict;
+    if (!cp.signatureValid) verdict = h("p", { class: "bad" }, t("checkpoint.untrusted"));
+    else if (cp.logVerifies === null) verdict = h("p", { role: "status" }, t("checkpoint.pending"));
+    else if (cp.logVerifies) verdict = h("p", { class: "ok", role: "status" }, t("checkpoint.verifies", { at: when(cp.comparedAt) }));
+    else verdict = h("p", { class: "bad", role: "status" }, t("checkpoint.fails", { at: when(cp.comparedAt) }));
+    verdict.id = "checkpoint-log";
+    panel.append(h("h3", {}, t("checkpoint.log")), verdict);
+    const rows = cp.chains.map((c) => {
+      const found = cp.findings.filter((f) => f.chain === c.chain);
+      return h("tr", {}, h("td", { class: "mono" }, c.chain), h("td", { class: "num" }, numberText(c.size)),
+        h("td", { class: "mono" }, c.root),
+        h("td", {}, found.length ? found.map((f) => h("div", { class: f.fatal ? "bad" : "note" }, `${f.kind}: ${f.message}`)) : "—"));
+    });
+    for (const f of cp.findings.filter((f) => !cp.chains.some((c) => c.chain === f.chain))) {
+      rows.push(h("tr", {}, h("td", { class: "mono" }, f.chain), h("td", { class: "num" }, "—"), h("td", {}, "—"),
+        h("td", {}, h("div", { class: f.fatal ? "bad" : "note" }, `${f.kind}: ${f.message}`))));
+    }
+    panel.append(h("div", { class: "tablewrap" }, h("table", { id: "checkpoint-chains" },
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, t("integrity.chain")), h("th", { scope: "col", class: "num" }, t("checkpoint.size")),
+        h("th", { scope: "col", class: "wide" }, t("checkpoint.root")), h("th", { scope: "col" }, t("checkpoint.kind")))),
+      h("tbody", {}, rows))));
+    return panel;
+  }
+
+  async function integrityView(root) {
+    root.replaceChildren(h("section", { class: "panel" }, h("h1", { tabindex: "-1" }, t("integrity.title"))));
+    const holder = h("div", {});
+    root.append(holder);
+    let asked = 0;
+    const show = (integrity) => {
+      const recheck = async () => {
+        try {
+          const again = await gql(`query ConsoleIntegrity($refresh: Boolean!) { accessLogIntegrity(refresh: $refresh) { ${INTEGRITY_FIELDS} } }`, { refresh: true });
+          show(again.accessLogIntegrity);
+        } catch (error) { fail(error); }
+      };
+      holder.replaceChildren(checkpointPanel(integrity), integrityPanel(integrity, recheck));
+      const pending = integrity.checking || integrity.intact === null;
+      if (pending && route().view === "integrity") {
+        setTimeout(async () => {
+          if (!holder.isConnected) return;
+          try {
+            const again = await gql(`query ConsoleIntegrity { accessLogIntegrity { ${INTEGRITY_FIELDS} } }`);
+            show(again.accessLogIntegrity);
+          } catch (error) { fail(error); }
+        }, integrity.checking ? Math.min(1000 * 2 ** asked++, 10000) : 5000);
+      }
+    };
+    const data = await gql(`query ConsoleIntegrity { accessLogIntegrity { ${INTEGRITY_FIELDS} } }`);
+    show(data.accessLogIntegrity);
+  }
+
+  function rightsStatus(r) {
+    const status = r.status.toLowerCase();
+    const lines = [h("div", { class: r.status === "COMPLETED" || r.status === "LIFTED" ? "ok" : r.status === "IN_FORCE" ? null : "bad" },
+      t(`rights.status.${status}`))];
+    const systems = (key, list) => (list.length ? h("div", { class: "note" }, t(key, { systems: list.join(", ") })) : null);
+    lines.push(systems("rights.failed", r.failed), systems("rights.manual", r.manual),
+      systems("rights.unavailable", r.unavailable), systems("rights.erased", r.erased));
+    return h("div", {}, lines);
+  }
+
+  async function rightsView(root, params) {
+    const show = params.get("state") || "all";
+    const stateSelect = select("r-state", [["all", t("rights.all")], ["open", t("rights.open")]], show);
+    stateSelect.addEventListener("change", () => go("rights", { state: stateSelect.value }));
+    const count = h("p", { class: "note", id: "rights-count" });
+    root.replaceChildren(h("section", { class: "panel" }, h("h1", { tabindex: "-1" }, t("rights.title")),
+      h("p", { class: "note" }, t("rights.help")),
+      h("div", { class: "filters" }, field("col.state", stateSelect)), count));
+    const canTrace = (state.pages || []).includes("timeline");
+    const table = pagedTable({
+      title: t("rights.title"),
+      columns: [
+        { label: "col.when", width: "when", cell: (r) => when(r.at) },
+        { label: "col.kind", cell: (r) => t(`rights.kind.${r.kind.toLowerCase()}`) },
+        { label: "col.customer", mono: true, cell: (r) => (canTrace ? link("timeline", { customer: r.customer }, r.customer) : r.customer) },
+        { label: "col.requester", cell: (r) => `${r.requester || "—"}${r.roles.length ? ` (${r.roles.join(", ")})` : ""}` },
+        { label: "col.status", width: "wide", cell: rightsStatus },
+        { label: "col.request", mono: true, cell: (r) => r.requestId || "—" },
+      ],
+      fetch: async (after, first) => {
+        const data = await gql(`query ConsoleRights($open: Boolean, $first: Int, $after: String) {
+          rightsRequests(open: $open, first: $first, after: $after) {
+            open total
+            edges { node { id at kind customer requester roles purpose client requestId status erased failed manual unavailable } }
+            pageInfo { hasNextPage endCursor } } }`, { open: show === "open" ? true : null, first, after });
+        const found = data.rightsRequests;
+        count.textContent = t("rights.count", { open: found.open, total: found.total });
+        return { rows: found.edges.map((e) => e.node), pageInfo: found.pageInfo };
+      },
+    });
+    table.section.id = "rights-table";
+    root.append(table.section);
+    await table.load();
+  }
+
+  function share(value) {
+    return value === null || value === undefined ? "—" : `${(100 * value).toFixed(1)} %`;
+  }
+
+  // rows: [{label, values: [{key, value (0..1 or null)}]}]; one horizontal bar per value
+  function shareBars({ title, rows, keys, labelOf }) {
+    const width = 560;
+    const left = 150;
+    const barHeight = 9;
+    const rowHeight = keys.length * (barHeight + 2) + 8;
+    const height = Math.max(30, rows.length * rowHeight + 18);
+    const scale = (width - left - 50) / 1;
+    const parts = [];
+    rows.forEach((row, i) => {
+      const top = 4 + i * rowHeight;
+      parts.push(svg("text", { x: left - 6, y: top + rowHeight / 2, "font-size": 10, "text-anchor": "end", fill: "#1d2430" }, row.label));
+      row.values.forEach(({ key, value }, j) => {
+        const y = top + j * (barHeight + 2);
+        const w = value === null || value === undefined ? 0 : Math.max(1, value * scale);
+        parts.push(svg("rect", { x: left, y, width: w.toFixed(1), height: barHeight, fill: colorOf(key, keys) },
+          svg("title", {}, `${row.label} · ${labelOf(key)}: ${share(value)}`)));
+        parts.push(svg("text", { x: left + w + 4, y: y + barHeight - 1, "font-size": 9, fill: "#5b6575" }, share(value)));
+      });
+    });
+    parts.push(svg("line", { x1: left, y1: 0, x2: left, y2: height - 14, stroke: "#9aa6b5" }));
+    const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img",
+      "aria-label": `${title}. ${rows.map((r) => `${r.label}: ${r.values.map((v) => `${labelOf(v.key)} ${share(v.value)}`).join(", ")}`).join("; ")}` }, parts);
+    const legend = h("div", { class: "legend" }, keys.map((k) => h("span", {},
+      svg("svg", { class: "swatch", viewBox: "0 0 10 10", "aria-hidden": "true" }, svg("rect", { width: 10, height: 10, fill: colorOf(k, keys) })),
+      labelOf(k))));
+    return h("figure", { class: "chart" }, h("figcaption", {}, h("h2", {}, title)),
+      rows.length ? chart : h("p", { class: "note" }, t("chart.empty")), legend);
+  }
+
+  // series: [{key, points: [{at, value}]}]; shares (0..1) or counts
+  function lineChart({ title, series, percent }) {
+    const width = 560;
+    const height = 190;
+    const left = 44;
+    const bottom = 24;
+    const top = 8;
+    const times = [...new Set(series.flatMap((s) => s.points.map((p) => p.at)))].sort();
+    const values = series.flatMap((s) => s.points.map((p) => p.value)).filter((v) => v !== null && v !== undefined);
+    const max = percent ? 1 : Math.max(1, ...values);
+    const x = (at) => left + (times.length > 1 ? (times.indexOf(at) * (width - left - 10)) / (times.length - 1) : (width - left) / 2);
+    const y = (v) => height - bottom - (v / max) * (height - top - bottom);
+    const keys = series.map((s) => s.key);
+    const parts = [
+      svg("line", { x1: left, y1: height - bottom, x2: width, y2: height - bottom, stroke: "#9aa6b5" }),
+      svg("text", { x: left - 6, y: top + 10, "font-size": 10, "text-anchor": "end", fill: "#5b6575" }, percent ? "100 %" : String(max)),
+      svg("text", { x: left - 6, y: height - bottom, "font-size": 10, "text-anchor": "end", fill: "#5b6575" }, "0"),
+    ];
+    const every = Math.max(1, Math.ceil(times.length / 6));
+    times.forEach((at, i) => {
+      if (i % every === 0) parts.push(svg("text", { x: x(at).toFixed(1), y: height - 6, "font-size": 10, "text-anchor": "middle", fill: "#5b6575" }, hourLabel(new Date(at), true)));
+    });
+    for (const s of series) {
+      const points = s.points.filter((p) => p.value !== null && p.value !== undefined);
+      const color = colorOf(s.key, keys);
+      if (points.length > 1) {
+        parts.push(svg("polyline", { points: points.map((p) => `${x(p.at).toFixed(1)},${y(p.value).toFixed(1)}`).join(" "), fill: "none", stroke: color, "stroke-width": 2 }));
+      }
+      for (const p of points) {
+        parts.push(svg("circle", { cx: x(p.at).toFixed(1), cy: y(p.value).toFixed(1), r: 3, fill: color },
+          svg("title", {}, `${s.key} · ${when(p.at)}: ${percent ? share(p.value) : p.value}`)));
+      }
+    }
+    const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img",
+      "aria-label": `${title}. ${series.map((s) => { const last = s.points[s.points.length - 1]; return `${s.key}: ${last ? (percent ? share(last.value) : last.value) : "—"}`; }).join(", ")}` }, parts);
+    const legend = h("div", { class: "legend" }, keys.map((k) => h("span", {},
+      svg("svg", { class: "swatch", viewBox: "0 0 10 10", "aria-hidden": "true" }, svg("rect", { width: 10, height: 10, fill: colorOf(k, keys) })), k)));
+    return h("figure", { class: "chart" }, h("figcaption", {}, h("h2", {}, title)),
+      times.length ? chart : h("p", { class: "note" }, t("chart.empty")), legend);
+  }
+
+  const QUALITY_FIGURES = {
+    matchRate: { label: "quality.matchrate", percent: true, of: "systems" },
+    duplicates: { label: "quality.duplicates", percent: false, of: "systems" },
+    conflicts: { label: "quality.conflicts", percent: false, of: "systems" },
+    completeness: { label: "quality.completeness", percent: true, of: "fields" },
+    validity: { label: "quality.validity", percent: true, of: "fields" },
+  };
+
+  function trendSeries(trend, figure) {
+    const { of } = QUALITY_FIGURES[figure];
+    const series = new Map();
+    for (const run of trend) {
+      for (const item of run[of]) {
+        const key = of === "systems" ? item.system : `${item.system}.${item.field}`;
+        if (!series.has(key)) series.set(key, { key, points: [] });
+        series.get(key).points.push({ at: run.ranAt, value: item[figure] });
+      }
+    }
+    return [...series.values()];
+  }
+
+  async function qualityView(root, params) {
+    const figure = QUALITY_FIGURES[params.get("figure")] ? params.get("figure") : "matchRate";
+    const data = (await gql(`query ConsoleQuality { dataQuality(runs: 30) {
+      running worstRanAt
+      latest { ranAt systems { system records matchRate duplicates conflicts unlinkable missing error }
+        fields { system field check completeness validity records filled invalid } }
+      trend { ranAt systems { system matchRate duplicates conflicts } fields { system field completeness validity } }
+      worst { system id customer failed } } }`)).dataQuality;
+    const status = h("p", { class: "note", role: "status", id: "quality-status" }, data.running ? t("quality.running") : "");
+    const run = h("button", { type: "button", id: "quality-run", disabled: data.running, onclick: async () => {
+      run.disabled = true;
+      try {
+        await gql("mutation ConsoleQualityRun { startDataQualityRun }");
+        status.textContent = t("quality.started");
+        const wait = async () => {
+          if (!root.isConnected || route().view !== "quality") return;
+          const again = (await gql("query ConsoleQualityRunning { dataQuality(runs: 1) { running } }")).dataQuality;
+          if (again.running) setTimeout(() => wait().catch(fail), 3000);
+          else render();
+        };
+        setTimeout(() => wait().catch(fail), 1500);
+      } catch (error) { fail(error); }
+    } }, t("quality.run"));
+    const latest = data.latest;
+    root.replaceChildren(h("section", { class: "panel" }, h("h1", { tabindex: "-1" }, t("quality.title")),
+      h("p", {}, latest ? t("quality.ran", { at: when(latest.ranAt) }) : t("quality.never")),
+      h("div", { class: "pager" }, run, status)));
+    if (!latest) return;
+    const count = (n) => (n === null || n === undefined ? "—" : numberText(n));
+    const systemsTable = summaryTableOf("quality-systems", t("quality.systems"), [
+      { label: "col.system", cell: (r) => r.system },
+      { label: "quality.records", num: true, cell: (r) => count(r.records) },
+      { label: "quality.matchrate", num: true, cell: (r) => share(r.matchRate) },
+      { label: "quality.duplicates", num: true, cell: (r) => count(r.duplicates) },
+      { label: "quality.conflicts", num: true, cell: (r) => count(r.conflicts) },
+      { label: "quality.unlinkable", num: true, cell: (r) => count(r.unlinkable) },
+      { label: "quality.missing", num: true, cell: (r) => count(r.missing) },
+      { label: "quality.error", cell: (r) => (r.error ? h("span", { class: "bad" }, r.error) : "—") },
+    ], latest.systems);
+    const fieldRows = latest.fields.map((f) => ({ label: `${f.system}.${f.field}`,
+      values: [{ key: "completeness", value: f.completeness }, { key: "validity", value: f.validity }] }));
+    const bars = shareBars({ title: t("quality.fields"), rows: fieldRows, keys: ["completeness", "validity"],
+      labelOf: (k) => t(`quality.${k}`) });
+    const fieldsTable = summaryTableOf("quality-fields", t("quality.fields"), [
+      { label: "col.system", cell: (r) => r.system },
+      { label: "col.field", cell: (r) => r.field },
+      { label: "quality.check", cell: (r) => r.check || "—" },
+      { label: "quality.completeness", num: true, cell: (r) => share(r.completeness) },
+      { label: "quality.validity", num: true, cell: (r) => share(r.validity) },
+      { label: "quality.invalid", num: true, cell: (r) => count(r.invalid) },
+    ], latest.fields);
+    const figureSelect = select("q-figure", Object.entries(QUALITY_FIGURES).map(([k, v]) => [k, t(v.label)]), figure);
+    figureSelect.addEventListener("change", () => go("quality", { figure: figureSelect.value }));
+    const trend = h("section", { class: "panel", id: "quality-trend" },
+      h("div", { class: "filters" }, field("quality.figure", figureSelect)),
+      lineChart({ title: `${t("quality.trend")}: ${t(QUALITY_FIGURES[figure].label)}`,
+        series: trendSeries(data.trend, figure), percent: QUALITY_FIGURES[figure].percent }));
+    const worst = data.worstRanAt
+      ? summaryTableOf("quality-worst", t("quality.worst"), [
+        { label: "col.system", cell: (r) => r.system },
+        { label: "col.record", mono: true, cell: (r) => r.id },
+        { label: "col.customer", mono: true, cell: (r) => r.customer || "—" },
+        { label: "col.failed", cell: (r) => r.failed.join(", ") },
+      ], data.worst, t("quality.worsthelp", { at: when(data.worstRanAt) }))
+      : h("section", { class: "panel", id: "quality-worst" }, h("h2", {}, t("quality.worst")), h("p", { class: "note" }, t("quality.noworst")));
+    root.append(systemsTable, h("div", { class: "grid" }, h("section", { class: "panel", id: "chart-quality" }, bars), trend),
+      fieldsTable, worst);
+  }
+
+  // A plain table of rows the page holds whole (no export: nothing here is personal data).
+  function summaryTableOf(id, title, columns, rows, note) {
+    return h("section", { class: "panel", id }, h("h2", {}, title), note ? h("p", { class: "note" }, note) : null,
+      rows.length ? h("div", { class: "tablewrap" }, h("table", {},
+        h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.num ? "num" : null }, t(c.label))))),
+        h("tbody", {}, rows.map((r) => h("tr", {}, columns.map((c) => h("td", { class: c.num ? "num" : c.mono ? "mono" : null }, c.cell(r)))))))) : h("p", { class: "note" }, t("none")));
+  }
+
+  const VIEWS = { overview: overviewView, timeline: timelineView, footprint: footprintView, alerts: alertsView,
+    integrity: integrityView, rights: rightsView, quality: qualityView };
 
   // --- the shell ----------------------------------------------------------------------------
 
@@ -873,13 +1177,17 @@
     $("#whoami").textContent = `${t("signedin")} ${token ? subjectOf(token) : state.session.subject}`;
     try {
       if (!state.checked) {
-        await gql("query ConsoleSignIn { accessAlerts(first: 0) { pageInfo { hasNextPage } } }");
+        // The pages this principal's policies open; none: the "not allowed" page.
+        state.pages = (await gql("query ConsoleSignIn { consolePages }")).consolePages;
+        if (!state.pages.length) throw new Refused();
         state.checked = true;
       }
-      const { view, params } = route();
-      const draw = VIEWS[view] || overviewView;
+      const { view: asked, params } = route();
+      const view = VIEWS[asked] && state.pages.includes(asked) ? asked : state.pages[0];
+      const draw = VIEWS[view];
       for (const a of document.querySelectorAll("#nav a")) {
-        if (a.dataset.view === (VIEWS[view] ? view : "overview")) a.setAttribute("aria-current", "page");
+        a.hidden = !state.pages.includes(a.dataset.view);
+        if (a.dataset.view === view) a.setAttribute("aria-current", "page");
         else a.removeAttribute("aria-current");
       }
       only("view");
