@@ -33,12 +33,12 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.console_page import missing, page_times
+from demo.console_seed import cuid, seed_log
 from demo.systems import DemoSystems
 from gateway.app import Gateway, build_app
 from gateway.audit.sinks import PostgresSink
 from gateway.auth import mint_token
 from gateway.config import parse_config
-from gateway.console.seed import cuid, seed_log
 from gateway.demo import demo_config
 from gateway.serving import start_server
 

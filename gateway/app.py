@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,24 +28,26 @@ from connectors.identity.store import CrosswalkStore
 from connectors.identity.sync import SyncReport, sync_identity
 from connectors.registry import build_connector
 from gateway.admission import Admission
-from gateway.audit.log import AccessLog, AuditUnavailable
-from gateway.audit.recorder import (
-    GraphFacts,
-    access_record,
-    client_name,
-    current_trace_id,
-    now_iso,
-    record_with_alerts,
-    superseding,
-)
+from gateway.audit.alerts import AlertStoreMetrics
+from gateway.audit.log import AccessLog
+from gateway.audit.recorder import now_iso
 from gateway.audit.sinks import AccessQuery, AccessSink
 from gateway.auth import Authenticator
 from gateway.cache import RecordStore
 from gateway.config import Config, ConfigError, load_config
 from gateway.console.oidc import ConsoleSignIn
+from gateway.console.quality import QualityDesk
 from gateway.console.reader import ConsoleReader
 from gateway.console.routes import console_routes
 from gateway.documents import DocumentStore, DocumentStoreError
+from gateway.http.accounting import Accounting
+from gateway.http.admission import AdmissionStage
+from gateway.http.authn import Authentication
+from gateway.http.body import BodyLimit
+from gateway.http.execution import Execution
+from gateway.http.pipeline import GraphQLEndpoint
+from gateway.http.rate import RateLimit
+from gateway.http.state import RequestState
 from gateway.invalidation import InvalidationRefused, parse_request, verify
 from gateway.limits import limit_extensions
 from gateway.metrics import Metrics
@@ -66,7 +68,7 @@ from gateway.telemetry import (
     TracingMiddleware,
     traceparent_headers,
 )
-from gateway.view import GraphQLView, error_body
+from gateway.view import GraphQLView
 from policies.engine import StaticDecisions
 from policies.masks import masks_with_hash
 from policies.rules import (
@@ -118,8 +120,13 @@ class AuditReaderAdapter(ConsoleReader):
     """The access-log sink as the `accessLog` resolver and the console's queries read it
     (and the access log, for the records a reviewer's actions add)."""
 
-    def __init__(self, sink: AccessSink, access_log: AccessLog | None = None) -> None:
-        super().__init__(sink, access_log)
+    def __init__(
+        self,
+        sink: AccessSink,
+        access_log: AccessLog | None = None,
+        quality: QualityDesk | None = None,
+    ) -> None:
+        super().__init__(sink, access_log, quality)
 
     async def search(self, query: AuditQuery) -> list[Mapping[str, Any]]:
         return list(await self.sink.search(AccessQuery(**dataclasses.asdict(query))))
@@ -202,6 +209,7 @@ class Gateway:
         self.policies = self.load_policies()
         self.decisions = StaticDecisions(self.policies)
         self.access_log = AccessLog(config.audit, config.audit_sink)
+        self.metrics.registry.register(AlertStoreMetrics(self.access_log.patterns))
         # The console's OIDC sign-in and its sessions (this instance's, in memory)
         self.console_sign_in = (
             ConsoleSignIn(
@@ -211,6 +219,8 @@ class Gateway:
             else None
         )
         self.quality_run: asyncio.Task[QualityReport | None] | None = None  # quality_on_sync
+        # The console's data-quality page: its runs, and this process's last one
+        self.quality_desk = QualityDesk(self.store, self.quality)
 
     def serve(self, graph: Graph) -> Served:
         """A graph with the schema the gateway serves it through."""
@@ -376,6 +386,7 @@ class Gateway:
             record=record,
         )
         show_quality(self.metrics, report)
+        self.quality_desk.keep(report)
         return report
 
     async def _quality_after_sync(self) -> QualityReport | None:
@@ -430,6 +441,7 @@ class Gateway:
         log.info("identity crosswalk loaded", extra={"customers": len(self.identity)})
 
     async def stop(self) -> None:
+        await self.quality_desk.stop()
         if self.quality_run is not None and not self.quality_run.done():
             self.quality_run.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -442,8 +454,10 @@ class Gateway:
         # Spans and metrics last, after the access log is flushed (a blocking export).
         await asyncio.to_thread(self.telemetry.shutdown)
 
-    def context(self, request: Request) -> GraphContext | None:
-        principal = getattr(request.state, "principal", None)
+    def context(self, state: RequestState, request: Request | None = None) -> GraphContext | None:
+        """The resolvers' view of one request (`request`: its headers, when it came over
+        HTTP); None without a principal."""
+        principal = state.principal
         if principal is None:
             return None  # only the GraphiQL page is served without a principal
         if self.decisions.policy_set is not self.policies:  # reloaded
@@ -476,56 +490,9 @@ class Gateway:
             guard=guard,
             max_page_size=self.config.max_page_size,
             request=request,
-            audit=AuditReaderAdapter(self.config.audit_sink, self.access_log),
+            request_id=state.request_id,
+            audit=AuditReaderAdapter(self.config.audit_sink, self.access_log, self.quality_desk),
         )
-
-    def _access_record(
-        self, request: Request, response: Response, seconds: float
-    ) -> Callable[[], dict[str, Any]]:
-        """The request's access record, to be made: what it reads of the request, taken
-        now (its time and trace are the answer's)."""
-        return functools.partial(
-            access_record,
-            ts=now_iso(),
-            trace_id=current_trace_id(),
-            request_id=request.state.request_id,
-            principal=getattr(request.state, "principal", None),
-            client=client_name(request.headers.get("x-client-name")),
-            status=response.status_code,
-            outcome=getattr(request.state, "outcome", "rejected"),
-            duration_ms=seconds * 1000,
-            reason=getattr(request.state, "reason", None),
-            graph=GraphFacts.of(getattr(request.state, "context", None)),
-        )
-
-    async def account(self, request: Request, response: Response, seconds: float) -> Response:
-        """Write the request's access record before its answer, and wait until it is
-        durable (fail_closed): what cannot be recorded is refused."""
-        record = self._access_record(request, response, seconds)()
-        try:
-            await self.access_log.durable(record_with_alerts(self.access_log, record))
-        except AuditUnavailable:
-            # The record above says what the answer would have been; this one what it is.
-            self.access_log.record(superseding(record, 503, "audit_unavailable"), awaited=False)
-            return Response(
-                error_body(
-                    "The access log cannot record this request; it was refused.",
-                    "AUDIT_UNAVAILABLE",
-                ),
-                status_code=503,
-                media_type="application/json",
-            )
-        return response
-
-    def account_later(self, request: Request, response: Response, seconds: float) -> None:
-        """Write the request's access record once its answer is sent (AccessLog.later),
-        from what it reads of the request taken now; and let go of the request's context
-        now."""
-        record = self._access_record(request, response, seconds)
-        context = getattr(request.state, "context", None)
-        if context is not None:
-            context.release()
-        self.access_log.later(lambda: record_with_alerts(self.access_log, record()))
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -545,19 +512,21 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
         gw.schema,
         graphql_ide="graphiql" if config.server.graphiql else None,
         context_factory=gw.context,
-        authenticator=gw.authenticator,
-        account=gw.account,
-        rate_limiter=gw.rate_limiter,
-        admission=gw.admission,
-        deadline_s=config.resilience.request_deadline_s,
         limits=config.limits,
         documents=lambda: (gw.documents, gw.config.documents),
-        max_body_bytes=config.server.max_body_bytes,
-        body_timeout_s=config.server.body_timeout_s,
-        account_later=gw.account_later,
+    )
+    graphql = GraphQLEndpoint(
+        view,
+        body=BodyLimit(config.server.max_body_bytes, config.server.body_timeout_s),
+        authentication=Authentication(
+            gw.authenticator,
+            session=gw.console_sign_in.principal if gw.console_sign_in is not None else None,
+        ),
+        rate_limit=RateLimit(gw.rate_limiter) if gw.rate_limiter is not None else None,
+        admission=AdmissionStage(gw.admission),
+        execution=Execution(config.resilience.request_deadline_s),
+        accounting=Accounting(gw.access_log),
         observe=observe,
-        durable_first=lambda: gw.access_log.settings.fail_closed,
-        session=gw.console_sign_in.principal if gw.console_sign_in is not None else None,
     )
 
     async def healthz(request: Request) -> Response:
@@ -636,7 +605,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
     app = Starlette(
         middleware=middleware,
         routes=[
-            Route("/graphql", view),  # every method: the view answers (and records) a 405
+            Route("/graphql", graphql),  # every method: the pipeline answers (and records) a 405
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),

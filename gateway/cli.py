@@ -326,6 +326,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
+    from demo.banner import demo_banner, demo_tokens
     from demo.ca import DemoCertificates
     from gateway.app import Gateway, build_app
     from gateway.demo import DemoOptions, demo_config, demo_systems, demo_tls_overrides, to_toml
@@ -368,27 +369,6 @@ async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
     return 0
 
 
-DEMO_PRINCIPALS = (
-    ("alice", ["sales"], ["sales"]),
-    ("rep-01", ["sales"], ["sales"]),
-    ("maria", ["sales_manager"], ["sales"]),
-    ("bob", ["service"], ["service"]),
-    ("carol", ["marketing"], ["marketing", "sales"]),
-    ("sam", ["security"], ["audit"]),
-)
-
-
-def demo_tokens(config: Config) -> str:
-    from gateway.auth import mint_token
-
-    lines = ["Tokens (valid 12 h; send as Authorization: Bearer <token>):"]
-    for subject, roles, purposes in DEMO_PRINCIPALS:
-        token = mint_token(config.auth, subject, roles, purposes, ttl_s=12 * 3600)
-        lines.append(f"  {'/'.join(roles):<14} {subject:<7} purposes={','.join(purposes)}")
-        lines.append(f"    {token}")
-    return "\n".join(lines)
-
-
 def reload_on_sighup(gateway: Any, running: Any) -> None:
     """SIGHUP re-reads the keys and the policy file atomically (a broken file is refused),
     and the TLS certificate the gateway serves."""
@@ -399,34 +379,6 @@ def reload_on_sighup(gateway: Any, running: Any) -> None:
 
     with contextlib.suppress(NotImplementedError, RuntimeError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
-
-
-def demo_banner(
-    base: str, customers: int, endpoints: dict[str, dict[str, str]], down: Sequence[str]
-) -> str:
-    systems = [
-        f"  {name:<10} {next(iter(ep.values()))}" + ("  (down)" if name in down else "")
-        for name, ep in endpoints.items()
-    ]
-    query = "{ customers(first: 2) { edges { node { id name segment tickets { subject } } } } }"
-    auth = '-H "authorization: Bearer $TOKEN"'
-    return "\n".join(
-        [
-            "",
-            f"c360 demo is running ({customers} customers)",
-            f"  GraphiQL:  {base}/graphql",
-            f"  health:    {base}/readyz   metrics: {base}/metrics",
-            f"  console:   {base}/console   (sign in with the security token below)",
-            *systems,
-            "",
-            "Try:",
-            "  TOKEN=<a token from below>",
-            f"  curl -s {base}/graphql -H 'content-type: application/json' {auth} \\",
-            f'    -d \'{{"query": "{query}"}}\'',
-            "",
-            "Ctrl-C stops everything.",
-        ]
-    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -687,9 +639,13 @@ def cmd_documents(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from gateway.keys import inventory
+    from gateway.keys import inventory, rotate
 
     config = _audit_config(args)
+    if args.action == "rotate":
+        key = rotate(config, args.which)
+        print(f"{args.which}.{key.id}: new lines are encrypted with it; older keys still decrypt")
+        return 0
     rows = inventory(config, config.keys, dt.datetime.now(dt.UTC).date())
     if args.json:
         for row in rows:
@@ -858,7 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = commands.add_parser("audit", help="the access log")
     audit_actions = audit.add_subparsers(dest="action", required=True)
-    from gateway.console.seed import add_seed_parser
+    from demo.console_seed import add_seed_parser
 
     add_seed_parser(audit_actions, DEFAULT_CONFIG)  # c360 audit seed: test logs only
     search = audit_actions.add_parser("search", help="records, newest first")
@@ -915,6 +871,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--config", default=str(DEFAULT_CONFIG))
     status.add_argument("--data-dir", help="the demo's data directory (instead of --config)")
     status.add_argument("--json", action="store_true")
+    rotate_cmd = keys_actions.add_parser("rotate", help="a new key c360 manages itself")
+    rotate_cmd.add_argument("which", choices=["audit.encryption_key"])
+    rotate_cmd.add_argument("--config", default=str(DEFAULT_CONFIG))
+    rotate_cmd.add_argument("--data-dir", help="the demo's data directory (instead of --config)")
     keys.set_defaults(handler=cmd_keys)
 
     documents = commands.add_parser("documents", help="trusted documents (persisted queries)")

@@ -15,7 +15,6 @@ import getpass
 import os
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import jinja2
@@ -23,6 +22,7 @@ import orjson
 
 from gateway.audit.recorder import GraphFacts, access_record, now_iso
 from gateway.config import Config
+from gateway.http.state import RequestState, new_request_id
 from policies.principal import Principal
 
 REPORT = """query SubjectReport($email: String, $phone: String, $customer: ID) {
@@ -86,7 +86,6 @@ async def run(config: Config, operation: str, keys: dict[str, str | None]) -> di
     """Run `subjectReport` or `subjectErase` in a gateway built from `config`, record the
     request, and return the GraphQL result (`data`, `errors`)."""
     from gateway.app import Gateway
-    from gateway.view import new_request_id
 
     # A chain of its own: a gateway serving the same log keeps writing its chain meanwhile.
     chain = f"{config.audit.chain}-cli-{os.getpid()}"
@@ -104,11 +103,8 @@ async def run(config: Config, operation: str, keys: dict[str, str | None]) -> di
             purpose="rights",
             purposes=("rights",),
         )
-        request = SimpleNamespace(
-            state=SimpleNamespace(principal=principal, request_id=new_request_id()),
-            headers={},
-        )
-        context = gateway.context(request)  # type: ignore[arg-type]
+        state = RequestState(new_request_id(), principal=principal)
+        context = gateway.context(state)
         result = await gateway.schema.execute(
             REPORT if operation == "report" else ERASE,
             variable_values=keys,
@@ -118,7 +114,7 @@ async def run(config: Config, operation: str, keys: dict[str, str | None]) -> di
         record = access_record(
             ts=now_iso(),
             trace_id=None,
-            request_id=request.state.request_id,
+            request_id=state.request_id,
             principal=principal,
             client="c360-cli",
             status=200,

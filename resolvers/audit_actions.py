@@ -150,11 +150,10 @@ class ConsoleMutations:
         if earlier is not None:  # acknowledged already: the first acknowledgement stands
             return acknowledgement(earlier)
         principal = ctx.guard.principal
-        request = ctx.request
         record = {
             "kind": "ack",
             "ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "request_id": getattr(getattr(request, "state", None), "request_id", None),
+            "request_id": ctx.request_id,
             "subject": principal.subject,
             "roles": sorted(principal.roles),
             "purpose": principal.purpose,
@@ -198,9 +197,8 @@ class ConsoleMutations:
         if table is not None:  # a view with several tables: which one left the console
             kept = {"table": table.value, **kept}
         note_audit_use(ctx, "export", export=view.value, rows=rows, **kept)
-        request = ctx.request
         return ConsoleExportReceipt(
-            request_id=getattr(getattr(request, "state", None), "request_id", None),
+            request_id=ctx.request_id,
             view=view,
             rows=rows,
         )

@@ -84,7 +84,8 @@ class GraphContext:
     restrict: Any = None  # (cuid, restricted) -> None: a restriction of processing
     unlink: Any = None  # an erasure: cuid -> number of links removed (tombstones left)
     entity_batch: Any = None  # the _entities references being gathered (resolvers/loading.py)
-    request: Any = None
+    request: Any = None  # the HTTP request (its headers); None outside HTTP
+    request_id: str | None = None  # the request's id, as its access record carries it
     failures: dict[str, SourceFailure] = field(default_factory=dict)
     stale_ages: dict[tuple[str, str], float] = field(default_factory=dict)  # oldest served
     sources_used: dict[str, SourceUse] = field(default_factory=dict)

@@ -1,4 +1,5 @@
-"""Every place c360 relies on strawberry's or graphql-core's internals, in one module.
+"""Every place c360 relies on strawberry's, graphql-core's or Starlette's internals, in one
+module.
 
 Each name below is something the libraries do not document as public: a private
 attribute, an internal class, the back-reference strawberry leaves on graphql-core's
@@ -23,6 +24,7 @@ __all__ = [
     "core_schema",
     "field_definition",
     "has_default_resolver",
+    "keep_body",
     "raw_info",
 ]
 
@@ -58,3 +60,10 @@ def has_default_resolver(field_def: GraphQLField) -> bool:
     """Whether graphql-core resolves the field with strawberry's default resolver (an
     attribute read), which strawberry marks `_is_default`."""
     return bool(getattr(field_def.resolve, "_is_default", False))
+
+
+def keep_body(request: Any, body: bytes) -> None:
+    """Hand a body read from the ASGI messages (gateway/http/body.py counts it as it
+    streams) to a Starlette `Request`: its `body()`, `json()` and `stream()` look at the
+    private `_body` first, which is where the body they read themselves is kept."""
+    request._body = body

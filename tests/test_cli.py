@@ -209,8 +209,8 @@ def test_audit_seed_never_writes_the_configured_log(tmp_path: Path) -> None:
 
 
 def test_a_log_is_the_same_however_it_is_named(tmp_path: Path) -> None:
+    from demo.console_seed import same_log
     from gateway.audit.sinks import JsonlSink, PostgresSink
-    from gateway.console.seed import same_log
 
     real = JsonlSink(tmp_path / "access.jsonl")
     (tmp_path / "access.00001.jsonl").write_text("")  # rotated: still the real log

@@ -16,12 +16,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from demo.console_seed import SeedRefused, cuid, seed_log
 from demo.people import DemoWorld
 from demo.systems import DemoSystems
 from gateway.audit.sinks import AccessQuery, JsonlSink, PostgresSink
 from gateway.console.jsonl_views import JsonlViews
 from gateway.console.pg_views import PostgresViews
-from gateway.console.seed import SeedRefused, cuid, seed_log
 from harness import RunningGateway, running_gateway
 from resolvers.audit_views import AlertQuery, Window
 
@@ -359,9 +359,9 @@ async def test_an_overview_answers_at_once_while_the_integrity_check_runs(
     gate.set()
     real_check = integrity.verify_sink
 
-    async def gated_check(sink: Any) -> Any:
+    async def gated_check(sink: Any, *checkpoint: Any) -> Any:
         await gate.wait()
-        return await real_check(sink)
+        return await real_check(sink, *checkpoint)
 
     monkeypatch.setattr(integrity, "verify_sink", gated_check)
     async with running_gateway(demo_systems, tmp_path, {"audit.chain": "ours"}) as gateway:

@@ -16,6 +16,7 @@ from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.demo import demo_config
 from gateway.errors import ConfigError
+from gateway.http.state import RequestState
 from gateway.limits import (
     CostCache,
     CostEstimate,
@@ -297,14 +298,15 @@ async def graph(tmp_path: Path) -> Any:
     config = parse_config(demo_config(endpoints, port=0, overrides=overrides), base_dir=tmp_path)
     gateway = Gateway(config)
     request = Request({"type": "http", "method": "POST", "path": "/graphql", "headers": []})
-    request.state.principal = Principal("alice", frozenset({"sales"}), "sales", ("sales",))
+    alice = Principal("alice", frozenset({"sales"}), "sales", ("sales",))
+    state = RequestState("limits", principal=alice)
     schema = build_schema(
         load_graph(GRAPH_FILE),
         extensions=limit_extensions(LIMITS, page_size_cap=config.max_page_size),
     )
     try:
         yield lambda query, **variables: schema.execute(
-            query, variable_values=variables, context_value=gateway.context(request)
+            query, variable_values=variables, context_value=gateway.context(state, request)
         )
     finally:
         await gateway.stop()

@@ -9,9 +9,9 @@ import socket
 
 import pytest
 
-from gateway import view
+from gateway.http import state
+from gateway.http.state import new_request_id
 from gateway.serving import YOUNG_THRESHOLD, HeadersWithBody, bind, settle_heap
-from gateway.view import new_request_id
 
 
 def test_accepted_connections_have_tcp_nodelay() -> None:
@@ -76,7 +76,7 @@ def test_request_ids_are_unique_per_process_and_drawn_again_after_a_fork(
     assert len(set(ids)) == 1000
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     assert len({i[:16] for i in ids}) == 1  # one prefix, then a counter
-    monkeypatch.setattr(view.os, "getpid", lambda: -1)  # as in a forked worker
+    monkeypatch.setattr(state.os, "getpid", lambda: -1)  # as in a forked worker
     child = new_request_id()
     assert child[:16] != ids[0][:16] and child not in ids
 

@@ -13,6 +13,7 @@ import strawberry
 import uvicorn
 from graphql import GraphQLError, GraphQLSchema
 from graphql.execution.executor import Executor
+from starlette.requests import Request
 from strawberry.types import Info
 from strawberry.types.field import StrawberryField
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -23,6 +24,7 @@ from resolvers.upstream import (
     core_schema,
     field_definition,
     has_default_resolver,
+    keep_body,
     raw_info,
 )
 
@@ -112,3 +114,17 @@ def test_uvicorn_seams_the_server_uses() -> None:
     assert isinstance(server.capture_signals(), contextlib.AbstractContextManager)
     assert callable(server.handle_exit)
     assert asyncio.iscoroutinefunction(uvicorn.Server.serve)
+
+
+async def test_starlette_hands_out_a_body_kept_for_it() -> None:
+    """gateway/http/body.py reads the body itself (counted, timed) and keeps it for
+    Starlette's Request, whose body(), json() and stream() then read no message."""
+
+    async def no_messages() -> dict[str, object]:
+        raise AssertionError("the body was read again")
+
+    request = Request({"type": "http", "method": "POST", "headers": []}, no_messages)
+    keep_body(request, b'{"query": "{ __typename }"}')
+    assert await request.body() == b'{"query": "{ __typename }"}'
+    assert await request.json() == {"query": "{ __typename }"}
+    assert b"".join([chunk async for chunk in request.stream()]) == b'{"query": "{ __typename }"}'

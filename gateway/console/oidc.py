@@ -48,6 +48,7 @@ from gateway.audit.recorder import access_record, client_name, current_trace_id,
 from gateway.auth import AuthConfig, Authenticator, AuthError
 from gateway.console.routes import SECURITY_HEADERS, environment, labels, language
 from gateway.errors import ConfigError
+from gateway.http.state import new_request_id
 from policies.principal import Principal
 
 log = logging.getLogger("c360.console.oidc")
@@ -818,8 +819,6 @@ class ConsoleSignIn:
     def _record_refusal(self, request: Request, refusal: Refusal, seconds: float) -> None:
         """The refused sign-in in the access log, as a rejected request of the subject the
         provider named: its roles, the console's purpose, no customers."""
-        from gateway.view import new_request_id  # the view imports this package's routes
-
         record = access_record(
             ts=now_iso(),
             trace_id=current_trace_id(),
