@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from connectors.base import EntitySpec
+from resolvers.merging import PRIMARY, EntityMerge, MergeRule, ValueRule
 
 if TYPE_CHECKING:
     from resolvers.declaration import Declaration
@@ -46,6 +47,9 @@ class GraphBindings:
     # with channel and granted, under `consent_keys`' attribute names).
     facts: Mapping[str, Binding] = field(default_factory=dict)
     consent_keys: tuple[str, str] = ("channel", "granted")
+    # (source, entity) -> how a person's several records there read as one (`@merge`);
+    # an entity absent here reads its one-to-one values from the primary record.
+    merges: Mapping[tuple[str, str], EntityMerge] = field(default_factory=dict)
 
 
 def parse_path(value: str) -> Binding:
@@ -75,7 +79,34 @@ def bindings_of(declaration: Declaration) -> GraphBindings:
             channel, granted = item.field("channel"), item.field("granted")
             if channel is not None and granted is not None:
                 consent_keys = (channel.attribute, granted.attribute)
-    return GraphBindings(customer, filters, facts, consent_keys)
+    return GraphBindings(customer, filters, facts, consent_keys, merges_of(declaration, facts))
+
+
+def merges_of(
+    declaration: Declaration, facts: Mapping[str, Binding]
+) -> dict[tuple[str, str], EntityMerge]:
+    """Each entity's `@merge` rules: the entity's own (on `type Customer`), each field's
+    for the attribute it reads, and PRIMARY for what policy facts and `@version` read,
+    unless a field reading a fact declares otherwise (a version never may)."""
+    root = declaration.root
+    defaults: dict[tuple[str, str], ValueRule] = {}
+    for merge in root.merges:
+        if merge.path is not None:
+            defaults[parse_path(merge.path).slot] = ValueRule(MergeRule(merge.rule), merge.by)
+    attributes: dict[tuple[str, str], dict[str, ValueRule]] = {}
+    for binding in facts.values():
+        if binding.attribute is not None:
+            attributes.setdefault(binding.slot, {})[binding.attribute] = PRIMARY
+    for f in root.fields:
+        if f.path is None or f.path.count(".") != 2 or (f.merge is None and not f.version):
+            continue
+        binding = parse_path(f.path)
+        rule = PRIMARY if f.merge is None else ValueRule(MergeRule(f.merge.rule), f.merge.by)
+        attributes.setdefault(binding.slot, {})[binding.attribute or ""] = rule
+    return {
+        slot: EntityMerge(defaults.get(slot, PRIMARY), attributes.get(slot, {}))
+        for slot in {*defaults, *attributes}
+    }
 
 
 def check_bindings(
@@ -162,6 +193,9 @@ def check_bindings(
                 f"{lookup.file}:{lookup.line}: Query.{lookup.name}: @lookup(by:) is email, "
                 f"phone or a configured system, not '{lookup.by}'"
             )
+    for merge in root.merges:
+        if merge.path is not None:
+            check(f"{root.name} @merge(path:)", merge.line, merge.path, many=False, file=merge.file)
     if root.owner:
         if root.owner.count(".") != 2:
             raise BindingError(

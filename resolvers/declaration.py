@@ -62,6 +62,9 @@ directive @write(action: String!, customer: String!, policy: String, version: St
   on FIELD_DEFINITION
 directive @edits(field: String!) on INPUT_FIELD_DEFINITION
 directive @check(as: String!) on INPUT_FIELD_DEFINITION | ARGUMENT_DEFINITION
+directive @merge(rule: MergeRule!, by: String, path: String) repeatable
+  on FIELD_DEFINITION | OBJECT
+enum MergeRule { PRIMARY LATEST FIRST_NON_EMPTY SUM }
 scalar DateTime
 scalar Date
 type CustomerConnection { edges: [Boolean] }
@@ -69,6 +72,7 @@ type CustomerConnection { edges: [Boolean] }
 
 SCALARS = frozenset({"String", "Int", "Float", "Boolean", "ID", "DateTime", "Date"})
 DERIVE_OPS = ("count", "sum", "mean", "min", "max", "latest")
+MERGE_RULES = ("PRIMARY", "LATEST", "FIRST_NON_EMPTY", "SUM")
 IDENTITY_KEYS = ("email", "phone")  # lookups through the crosswalk's normalised keys
 RESERVED = frozenset({"id", "links", "records", "prepared"})  # Customer's own attributes
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -131,6 +135,20 @@ class Derivation:
 
 
 @dataclass(frozen=True, slots=True)
+class MergeDecl:
+    """`@merge`: which value of a person's records in one system the graph serves, when
+    the crosswalk links more than one (a duplicate). On a Customer field, for the
+    attribute it reads; on `type Customer` with `path: "source.entity"`, for the
+    entity's attributes no field decides."""
+
+    rule: str  # one of MERGE_RULES
+    by: str | None = None  # LATEST: the record's attribute that orders them
+    path: str | None = None  # on the type: the entity
+    line: int | None = None
+    file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class FieldDecl:
     name: str
     type: TypeRef
@@ -144,6 +162,7 @@ class FieldDecl:
     derive: Derivation | None = None
     file: str = ""  # the declaration file it is in (a graph may span several)
     version: bool = False  # @version: an opaque token of the bound value, for `ifVersion`
+    merge: MergeDecl | None = None
 
     @property
     def attribute(self) -> str:
@@ -161,6 +180,7 @@ class TypeDecl:
     consents: str | None = None  # @facts(consents:): a root field of consent records
     file: str = ""
     erase: tuple[str, ...] = ()  # @erase(actions:) on the root: "source.action" per system
+    merges: tuple[MergeDecl, ...] = ()  # @merge(path:, rule:) on the root, per entity
 
     def field(self, name: str) -> FieldDecl | None:
         return next((f for f in self.fields if f.name == name), None)
@@ -286,6 +306,20 @@ class _Reader:
     def error(self, node: Any, message: str) -> DeclarationError:
         return DeclarationError(self.file(node), self.line(node), message)
 
+    def merges(self, node: Any) -> tuple[MergeDecl, ...]:
+        """Every `@merge` on a node (repeatable on a type: one per entity)."""
+        return tuple(
+            MergeDecl(
+                rule=str(found["rule"]),
+                by=found.get("by"),
+                path=found.get("path"),
+                line=self.line(d) or self.line(node),
+                file=self.file(node),
+            )
+            for d in node.directives or ()
+            if d.name.value == "merge" and (found := _args(d))
+        )
+
     def argument(self, node: InputValueDefinitionNode) -> Argument:
         default = value_from_ast_untyped(node.default_value) if node.default_value else None
         found = _directives(node)
@@ -347,7 +381,14 @@ class _Reader:
             derive=derivation,
             file=self.file(node),
             version="version" in found,
+            merge=self.merge(node),
         )
+
+    def merge(self, node: FieldDefinitionNode) -> MergeDecl | None:
+        merges = self.merges(node)
+        if len(merges) > 1:
+            raise self.error(node, f"{node.name.value}: one @merge per field")
+        return merges[0] if merges else None
 
 
 def parse_declaration(text: str, source: str = "graph.graphql") -> Declaration:
@@ -421,6 +462,7 @@ def parse_declarations(files: Sequence[tuple[str, str]]) -> Declaration:
                 consents=facts.get("consents"),
                 file=reader.file(definition),
                 erase=tuple(str(a) for a in erase),
+                merges=reader.merges(definition),
             )
         elif isinstance(definition, EnumTypeDefinitionNode):
             codes: dict[str, str] = {}
@@ -445,7 +487,9 @@ def parse_declarations(files: Sequence[tuple[str, str]]) -> Declaration:
         if _directives(extension).get("facts"):
             raise reader.error(extension, "@facts belongs on the type's own declaration")
         added = tuple(reader.field(node) for node in extension.fields or ())
-        types[base.name] = dataclasses.replace(base, fields=base.fields + added)
+        types[base.name] = dataclasses.replace(
+            base, fields=base.fields + added, merges=base.merges + reader.merges(extension)
+        )
     if ROOT not in types:
         raise DeclarationError(source, None, f"no 'type {ROOT}' declared")
     ordered = {ROOT: types[ROOT], **{k: v for k, v in types.items() if k != ROOT}}
@@ -626,6 +670,7 @@ def _check(declaration: Declaration) -> None:
                     f"{item.name}: consent records need a '{needed}' field",
                 )
     _check_writes(declaration)
+    _check_merges(declaration)
     names = {f.name for f in declaration.root.fields}
     for lookup in declaration.lookups:
         if lookup.guard_field is not None and lookup.guard_field not in names:
@@ -686,6 +731,75 @@ def _check_writes(declaration: Declaration) -> None:
                         f"{item.name}.{input_field.name}: @edits(field:) names a Customer field "
                         "with a @policy"
                     )
+
+
+def _check_merges(declaration: Declaration) -> None:
+    """`@merge` rules: where each may stand, and one rule per attribute."""
+    root = declaration.root
+    # "source.entity.attribute" -> its rule; a write's version is the primary record's
+    decided: dict[str, tuple[str, str | None]] = {
+        f.path: ("PRIMARY", None) for f in root.fields if f.version and f.path
+    }
+    for type_decl in declaration.types.values():
+        for f in type_decl.fields:
+            merge = f.merge
+            if merge is None:
+                continue
+            where = f"{type_decl.name}.{f.name}: @merge"
+
+            def fail(message: str, f: FieldDecl = f, where: str = where) -> DeclarationError:
+                return DeclarationError(f.file or declaration.source, f.line, f"{where}{message}")
+
+            _check_rule(merge, fail)
+            if type_decl is not root:
+                raise fail(" belongs on a Customer field or on type Customer")
+            if merge.path is not None:
+                raise fail("(path:) belongs on type Customer; a field's rule is its own")
+            if f.derive is not None:
+                raise fail(": a derived value is computed over every record's items")
+            if f.path is None or f.path.count(".") != 2:
+                raise fail(
+                    ": a list of records of a one-to-many entity holds every record's items; "
+                    "a rule chooses one value, of a field bound to 'source.entity.attribute'"
+                )
+            if f.version:
+                raise fail(": a @version is the primary record's, the one writes go to")
+            if merge.rule == "SUM" and (f.type.is_list or f.type.name not in ("Int", "Float")):
+                raise fail("(rule: SUM) adds numbers: an Int or a Float")
+            rule: tuple[str, str | None] = (merge.rule, merge.by)
+            if decided.setdefault(f.path, rule) != rule:
+                raise fail(f": another field reads {f.path} with another rule")
+    entities: set[str] = set()
+    for merge in root.merges:
+
+        def fail_type(message: str, merge: MergeDecl = merge) -> DeclarationError:
+            return DeclarationError(
+                merge.file or declaration.source, merge.line, f"{root.name} @merge{message}"
+            )
+
+        _check_rule(merge, fail_type)
+        if merge.path is None or merge.path.count(".") != 1:
+            raise fail_type("(path:) names the entity: 'source.entity'")
+        if merge.rule == "SUM":
+            raise fail_type("(rule: SUM) adds numbers: declare it on a field")
+        if merge.path in entities:
+            raise fail_type(f": one rule per entity, and {merge.path} has two")
+        entities.add(merge.path)
+        for f in root.fields:
+            if f.path == merge.path and f.type.is_list:
+                raise fail_type(
+                    f"(path: {merge.path!r}): {f.name} lists its records; a one-to-many "
+                    "entity holds every record's items"
+                )
+
+
+def _check_rule(merge: MergeDecl, fail: Any) -> None:
+    if merge.rule not in MERGE_RULES:
+        raise fail(f"(rule:) is one of {', '.join(MERGE_RULES)}")
+    if merge.rule == "LATEST" and not merge.by:
+        raise fail("(rule: LATEST) needs by: the record's attribute that orders them")
+    if merge.rule != "LATEST" and merge.by is not None:
+        raise fail("(by:) orders records for rule: LATEST only")
 
 
 def _check_list(declaration: Declaration, owner: TypeDecl, f: FieldDecl, fail: Any) -> None:

@@ -8,7 +8,7 @@ resolve without awaiting.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,45 +16,14 @@ import strawberry
 from graphql import GraphQLError
 
 from connectors.base import SourceUnavailable
-from policies.engine import Conditional, Decision, RecordFacts
+from policies.engine import Decision, RecordFacts
 from resolvers.bindings import GraphBindings
 from resolvers.context import GraphContext
-from resolvers.guard import RESTRICTED, forbidden
+from resolvers.decisions import Slot, field_rule, plan_selection
+from resolvers.guard import forbidden
+from resolvers.merging import NO_RULES, merge_records
 from resolvers.selection import Selection
 from resolvers.types import CustomerBase, Wanted, shape_value
-
-Slot = tuple[str, str]  # (source, entity)
-
-
-def denied_outright(ctx: GraphContext, name: str) -> bool:
-    """Whether the field is denied to this request whatever the record (role, purpose)."""
-    decision = ctx.guard.static(ctx.graph.policies.get(name))
-    return isinstance(decision, Decision) and decision.effect == "deny"
-
-
-def slots_of(ctx: GraphContext, name: str) -> set[Slot]:
-    """The (source, entity) pairs one field needs: none for a denied field, and the fact
-    sources (consents, owner) for a field whose policy depends on the record."""
-    binding = ctx.bindings.customer.get(name)
-    decision = ctx.guard.static(ctx.graph.policies.get(name))
-    if binding is None or (isinstance(decision, Decision) and decision.effect == "deny"):
-        return set()
-    slots = {binding.slot}
-    if isinstance(decision, Conditional):
-        for need in decision.needs:
-            fact = ctx.bindings.facts.get("owner" if need == "owner" else "consents")
-            if fact is not None:
-                slots.add(fact.slot)
-    return slots
-
-
-def slowest_first(ctx: GraphContext, needs: Iterable[set[Slot]]) -> list[Slot]:
-    """The (source, entity) pairs the selected fields need (`slots_of` each), all told,
-    the slowest system's first: the calls are set up one after the other (the SQL
-    statement built, the HTTP request written) before any answer can arrive, and the
-    answer waits for the slowest call, so that one goes out first."""
-    slots = set().union(*needs)
-    return sorted(slots, key=lambda slot: (-ctx.sources.expected_latency_s(slot[0]), slot))
 
 
 def not_linked(source: str) -> SourceUnavailable:
@@ -121,21 +90,28 @@ class CustomerLoad:
             make(id=strawberry.ID(cuid), links=ctx.identity.links(cuid) or {})
             for cuid in self.cuids
         ]
+        # The customers with more than one record in a system (duplicates): all of their
+        # records are read, in the same call, and merged. One lookup per customer; none
+        # at all while the crosswalk holds no duplicate.
+        duplicates = ctx.identity.duplicates
+        self.duplicated = (
+            [(c, others) for c in self.customers if (others := duplicates.get(c.id))]
+            if duplicates
+            else []
+        )
         ctx.touched.update(self.cuids)
         self.batch = CustomerBatch(self.customers, path_of)
-        needs = {name: slots_of(ctx, name) for name in fields}
+        plan = plan_selection(ctx, fields)
         plain, arguments = ctx.graph.plain, ctx.graph.arguments
         self.waiting = {
-            name: slots
-            for name, slots in needs.items()
+            name: rule.slots
+            for name, rule in plan.rules.items()
             if name in plain
-            or (name in arguments and (name in fields.bare or denied_outright(ctx, name)))
+            or (name in arguments and (name in fields.bare or name in plan.refused))
         }
         self.answered: set[Slot] = set()
-        self._settle_ready()  # denied fields need no system
-        self.calls = [
-            asyncio.ensure_future(self._fill(slot)) for slot in slowest_first(ctx, needs.values())
-        ]
+        self._settle_ready()  # refused fields need no system
+        self.calls = [asyncio.ensure_future(self._fill(slot)) for slot in plan.slots]
 
     def _settle_ready(self) -> None:
         ctx, fields = self.ctx, self.fields
@@ -157,11 +133,21 @@ class CustomerLoad:
                 customer.records[slot] = unlinked
         else:
             keys = [key for customer in customers if (key := customer.links.get(source))]
+            others = [
+                (customer, ids) for customer, dups in self.duplicated if (ids := dups.get(source))
+            ]
+            for _, ids in others:
+                keys.extend(ids)
             # Per key: a failing system may still have served some keys stale from the cache.
             found = await self.ctx.fetch_many(source, entity, keys)
             for customer in customers:
                 key = customer.links.get(source)
                 customer.records[slot] = found.get(key) if key is not None else None
+            if others:
+                rules = self.ctx.bindings.merges.get(slot, NO_RULES)
+                for customer, ids in others:
+                    fetched = [customer.records[slot], *(found.get(key) for key in ids)]
+                    customer.records[slot] = merge_records(fetched, rules)
         self.answered.add(slot)
         self._settle_ready()
 
@@ -231,24 +217,22 @@ class CustomerBatch:
         One loop per field with what is the same for every customer looked up once: a
         page settles some 800 values."""
         guard = ctx.guard
-        static = guard.static(ctx.graph.policies.get(name))
+        static = field_rule(ctx, name).static
         binding = ctx.bindings.customer.get(name)
         slot = binding.slot if binding is not None else None
         blocked = guard.blocked  # people who restricted processing, for this purpose
-        if isinstance(static, Decision):  # the same for every customer: noted at once
+        uniform = static.__class__ is Decision  # the same for every customer not blocked
+        if uniform:  # noted at once
             noted = [c.id for c in self.customers if c is not skip and c.id not in blocked]
-            guard.note_all(noted, name, static)
+            guard.note_all(noted, name, static)  # type: ignore[arg-type]
         settled: list[tuple[CustomerBase, Any]] = []
         for index, customer in enumerate(self.customers):
             if customer is skip:
                 continue
-            if blocked and customer.id in blocked:
-                decision = RESTRICTED
-                guard.note(customer.id, name, decision)
-            elif isinstance(static, Decision):
-                decision = static
+            if uniform and not (blocked and customer.id in blocked):
+                decision: Decision = static  # type: ignore[assignment]
             else:
-                decision = guard.decide_for(static, customer)
+                decision = guard.decide_record(static, customer)
                 guard.note(customer.id, name, decision)
             if decision.effect == "deny":
                 value = self.refusals.get(decision)

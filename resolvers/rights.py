@@ -117,7 +117,7 @@ def find_customer(
 
 def records_of(ctx: GraphContext, cuid: str) -> dict[str, list[str]]:
     """Every record of every system that the crosswalk links to the person, by system
-    (duplicates included: the graph reads one, the person is owed all)."""
+    (duplicates included: the person is owed every record, each listed on its own)."""
     found: dict[str, list[str]] = {}
     for (system, system_id), linked in ctx.identity.by_record.items():
         if linked == cuid:

@@ -34,6 +34,7 @@ from resolvers.context import GraphContext
 from resolvers.declaration import ROOT, Declaration, FieldDecl, TypeDecl, TypeRef
 from resolvers.execution import PREPARED_FIELD
 from resolvers.guard import PolicyGuard
+from resolvers.merging import NO_RULES, merge_records
 from resolvers.selection import names_below
 
 
@@ -358,8 +359,14 @@ class CustomerBase:
         if binding.source not in ctx.identity.linked_systems:
             fetched = SourceUnavailable(binding.source, "no record of this system is linked")
         elif key is not None:
+            others = ctx.identity.duplicates.get(self.id, {}).get(binding.source, ())
             try:
-                fetched = await ctx.loader(*binding.slot).load(key)
+                if not others:
+                    fetched = await ctx.loader(*binding.slot).load(key)
+                else:  # every record of the person's, in the same call (resolvers/merging.py)
+                    records = await ctx.loader(*binding.slot).load_many([key, *others])
+                    rules = ctx.bindings.merges.get(binding.slot, NO_RULES)
+                    fetched = merge_records(records, rules)
             except SourceUnavailable as error:
                 fetched = error
         self.records[binding.slot] = fetched

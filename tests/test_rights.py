@@ -72,7 +72,7 @@ async def test_a_report_holds_every_record_unmasked_and_every_access(
     customers = [
         r for r in report["records"] if (r["system"], r["entity"]) == ("sales", "customer")
     ]
-    # Both of the person's CRM records, the duplicate the graph does not read included.
+    # Both of the person's CRM records, each listed on its own (the graph merges them).
     assert sorted(r["key"] for r in customers) == sorted(str(i) for i in person.sales_ids)
     national_ids = {
         v["value"] for r in customers for v in r["values"] if v["name"] == "national_id"

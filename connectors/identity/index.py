@@ -19,6 +19,13 @@ def page_after(ordered: Sequence[str], after: str | None, first: int) -> tuple[l
     return list(ordered[start : start + first]), start + first < len(ordered)
 
 
+def id_order(system_id: str) -> tuple[int, str]:
+    """The order of a person's records in one system: deterministic for any id, and
+    numeric order for numeric ids (a SQL system's scan order, in which the sync linked
+    them)."""
+    return (len(system_id), system_id)
+
+
 @dataclass(frozen=True, slots=True)
 class IdentityIndex:
     systems: Mapping[str, Mapping[str, str]]  # cuid -> system -> primary system id
@@ -31,6 +38,10 @@ class IdentityIndex:
     # (down at the sync), so an absent key says nothing about its records.
     linked_systems: frozenset[str] = frozenset()
     restricted: frozenset[str] = frozenset()  # CUIDs of people who restricted processing
+    # cuid -> system -> the ids of the person's other records there (duplicates), for the
+    # few customers who have any: a load looks a customer up here once and reads every
+    # record of theirs; a customer without duplicates is absent.
+    duplicates: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -40,18 +51,40 @@ class IdentityIndex:
         by_email: dict[str, str] = {}
         by_record: dict[tuple[str, str], str] = {}
         by_phone: dict[str, str] = {}
+        others: dict[str, dict[str, list[str]]] = {}
         for link in links:
             by_record[(link.system, link.system_id)] = link.cuid
             entry = systems.setdefault(link.cuid, {})
             if link.is_primary:
                 entry[link.system] = link.system_id
+            else:
+                others.setdefault(link.cuid, {}).setdefault(link.system, []).append(link.system_id)
             if link.email_hash:
                 by_email.setdefault(link.email_hash, link.cuid)
             if link.phone_hash:
                 by_phone.setdefault(link.phone_hash, link.cuid)
         linked = frozenset(system for system, _ in by_record)
+        # A non-primary record of a system with no primary for the person (the sync never
+        # makes one) stays out of reads: a merge starts from the primary record.
+        duplicates: dict[str, dict[str, tuple[str, ...]]] = {}
+        for cuid, by_system in others.items():
+            kept = {
+                system: tuple(sorted(ids, key=id_order))
+                for system, ids in by_system.items()
+                if system in systems[cuid]
+            }
+            if kept:
+                duplicates[cuid] = kept
         return cls(
-            systems, tuple(sorted(systems)), by_email, by_record, keys, by_phone, linked, restricted
+            systems,
+            tuple(sorted(systems)),
+            by_email,
+            by_record,
+            keys,
+            by_phone,
+            linked,
+            restricted,
+            duplicates,
         )
 
     def rekeyed(self, before: Link, after: Link) -> IdentityIndex:
@@ -73,6 +106,7 @@ class IdentityIndex:
         return dataclasses.replace(self, by_email=by_email, by_phone=by_phone)
 
     def links(self, cuid: str) -> Mapping[str, str] | None:
+        """Each system's primary id for the customer (the record writes go to)."""
         return self.systems.get(cuid)
 
     def find_email(self, email: str) -> str | None:
