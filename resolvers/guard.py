@@ -31,6 +31,7 @@ from policies.engine import (
 )
 from policies.principal import Principal
 from policies.rules import PolicySet
+from resolvers.decisions import FieldRule
 
 log = logging.getLogger("c360.policy")
 
@@ -59,31 +60,45 @@ class FieldGuard:
     # CUIDs whose every field is denied to this request: they restricted processing, and
     # its purpose is not one the policy file keeps for them.
     blocked: frozenset[str] = frozenset()
+    # The declared fields' rules for this request (resolvers/decisions.py).
+    rules: dict[str, FieldRule] = field(default_factory=dict)
     _static: dict[str, Decision | Conditional] = field(default_factory=dict)
 
-    def static(self, policy: str | None) -> Decision | Conditional:
+    def static(self, policy: str | None, verb: str | None = None) -> Decision | Conditional:
+        """The decision's static part (role, purpose, verb, sign-in) for a policy, made
+        once per request; `verb` defaults to the request's."""
         name = policy or self.policies.default_policy
-        found = self._static.get(name)
+        verb = verb or self.verb
+        key = name if verb == self.verb else f"{verb}:{name}"
+        found = self._static.get(key)
         if found is None:
             shared = self.decisions
-            found = self._static[name] = (
-                shared(self.principal, name, self.verb)
+            found = self._static[key] = (
+                shared(self.principal, name, verb)
                 if shared is not None and shared.policy_set is self.policies
-                else static_decision(self.policies, self.principal, name, self.verb)
+                else static_decision(self.policies, self.principal, name, verb)
             )
         return found
 
     def decide(self, policy: str | None, record_owner: Any) -> Decision:
+        """A field's whole decision for the record it belongs to."""
+        return self.decide_record(self.static(policy), record_owner)
+
+    def decide_record(self, static: Decision | Conditional, record_owner: Any) -> Decision:
+        """The one place a decision meets a record: a person who restricted processing is
+        denied every field (but for the purposes the policy file keeps), then a rule's
+        consent and ownership conditions read what was fetched of the record."""
         if self.blocked and getattr(record_owner, "id", None) in self.blocked:
             return RESTRICTED
-        decision = self.static(policy)
-        if isinstance(decision, Conditional):
-            return self.decide_for(decision, record_owner)
-        return decision
+        if static.__class__ is Decision:
+            return static
+        return self.finish(static, self.facts_of(record_owner))  # type: ignore[arg-type]
 
-    def decide_for(self, conditional: Conditional, record_owner: Any) -> Decision:
-        """The record part of a decision: consent and ownership facts of one customer."""
-        return decide_record(conditional, self.facts_of(record_owner))
+    @staticmethod
+    def finish(conditional: Conditional, facts: RecordFacts) -> Decision:
+        """A conditional decision finished with a record's facts (a write reads them from
+        the system it is about to change)."""
+        return decide_record(conditional, facts)
 
     def note_all(self, customer_ids: Iterable[str], field_name: str, decision: Decision) -> None:
         """`note` for many customers given the same decision (a page's static ones)."""

@@ -35,8 +35,8 @@ from graphql.execution.values import get_argument_values, get_variable_values
 from strawberry.extensions import SchemaExtension
 
 from connectors.identity.keys import is_cuid
-from policies.engine import Decision
 from resolvers.context import GraphContext
+from resolvers.decisions import allowed_at_root
 from resolvers.loading import CustomerLoad
 from resolvers.selection import Selection, field_names, included_fields, selection_below
 from resolvers.upstream import core_schema
@@ -60,8 +60,7 @@ def plan_loads(
         return {}
     if not isinstance(raw_variables, Mapping):  # execution will refuse them
         return {}
-    decision = ctx.guard.static(None)  # the root fields' policy: the default one
-    if not isinstance(decision, Decision) or decision.effect != "allow":
+    if not allowed_at_root(ctx):
         return {}
     fragments = {
         definition.name.value: definition

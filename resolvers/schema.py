@@ -22,7 +22,9 @@ from policies.engine import Decision
 from resolvers.audit import AuditQueries
 from resolvers.audit_actions import ConsoleMutations
 from resolvers.audit_views import ConsoleQueries
+from resolvers.console_pages import ConsolePageMutations, ConsolePageQueries
 from resolvers.context import GraphContext
+from resolvers.decisions import field_rule
 from resolvers.declaration import Lookup
 from resolvers.execution import PlainFieldExecutor
 from resolvers.guard import PolicyGuard, policies_of
@@ -153,18 +155,18 @@ def _lookup_field(graph: Graph, lookup: Lookup) -> Any:
     exists, so a lookup never tells who is a customer (an enumeration oracle)."""
     argument = lookup.argument.name
     policy = graph.policies.get(lookup.guard_field) if lookup.guard_field else None
-    guarded = lookup.guard_field is not None
+    guard_field = lookup.guard_field
     by = lookup.by
     key_type: Any = strawberry.ID if lookup.argument.type.name == "ID" else str
 
     async def resolve(self: Any, info: Info[GraphContext, None], **given: Any) -> Any:
         ctx = info.context
         value = given[argument]
-        if guarded:
-            decision = ctx.guard.static(policy)
-            if not isinstance(decision, Decision) or decision.effect != "allow":
-                refusal = decision if isinstance(decision, Decision) else None
-                raise forbidden_lookup(refusal, policy, lookup.guard_field)
+        if guard_field is not None:
+            rule = field_rule(ctx, guard_field)
+            if not rule.allowed:
+                refusal = rule.static if isinstance(rule.static, Decision) else None
+                raise forbidden_lookup(refusal, policy, guard_field)
         if not isinstance(value, str) or len(value) > 320:
             raise bad_input(argument, f"'{argument}' is not a {by} key")
         if by == "email":
@@ -218,7 +220,9 @@ def build_query(graph: Graph) -> Any:
     for lookup in graph.declaration.lookups:
         namespace[lookup.name] = _lookup_field(graph, lookup)
     namespace["customers"] = _customers_field(graph)
-    return strawberry.type(type("Query", (AuditQueries, ConsoleQueries, RightsQueries), namespace))
+    return strawberry.type(
+        type("Query", (AuditQueries, ConsoleQueries, ConsolePageQueries, RightsQueries), namespace)
+    )
 
 
 async def _customer_by_id(self: Any, info: Info[GraphContext, None], **given: Any) -> Any:
@@ -308,7 +312,11 @@ class SubgraphSchema(strawberry.federation.Schema):
 def build_mutation(graph: Graph) -> Any:
     """The Mutation type: the graph's declared writes and the security console's actions."""
     return strawberry.type(
-        type("Mutation", (ConsoleMutations, RightsMutations), build_mutations(graph))
+        type(
+            "Mutation",
+            (ConsoleMutations, ConsolePageMutations, RightsMutations),
+            build_mutations(graph),
+        )
     )
 
 
@@ -319,6 +327,8 @@ def schema_policies(graph: Graph) -> set[str]:
         | set(policies_of(AuditQueries).values())
         | set(policies_of(ConsoleQueries).values())
         | set(policies_of(ConsoleMutations).values())
+        | set(policies_of(ConsolePageQueries).values())
+        | set(policies_of(ConsolePageMutations).values())
         | set(policies_of(RightsQueries).values())
         | set(policies_of(RightsMutations).values())
         | {w.policy for w in graph.declaration.writes if w.policy}

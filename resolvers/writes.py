@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import strawberry
 from strawberry.types import Info
@@ -31,7 +31,7 @@ from strawberry.types import Info
 from connectors.base import SourceUnavailable, WriteConflict, WriteRefused, WriteValueError
 from connectors.identity.keys import is_cuid
 from policies.directive import Policy
-from policies.engine import Conditional, Decision, RecordFacts, decide_record, static_decision
+from policies.engine import Conditional, Decision, RecordFacts
 from resolvers.context import GraphContext
 from resolvers.declaration import ROOT, Argument, WriteDecl
 from resolvers.inputs import CHECKS
@@ -165,10 +165,28 @@ class WriteRun:
             out.append(Change(change.name, change.at, value, change.edits, change.check))
         return out
 
-    async def decide(self, cuid: str, changes: list[Change]) -> None:
-        """Every change decided with the `edit` verb before anything is sent."""
+    def rules(self, changes: list[Change]) -> dict[str, tuple[str, Decision | Conditional]]:
+        """Every change's `edit` rule, and the refusal of one denied whatever the record:
+        before the customer is looked up, so that a caller who may not make this edit
+        learns nothing of which customers exist."""
+        guard = self.ctx.guard
+        rules: dict[str, tuple[str, Decision | Conditional]] = {}
+        if self.write.policy is not None:
+            rules[self.write.name] = (self.write.policy, guard.static(self.write.policy, "edit"))
+        for change in changes:
+            policy = self.graph.policies.get(change.edits) if change.edits else self.write.policy
+            if policy is None:
+                raise user_error("This write is not governed by a policy.", "FORBIDDEN")
+            rules[change.at] = (policy, guard.static(policy, "edit"))
+        for at, (policy, rule) in rules.items():
+            if isinstance(rule, Decision) and rule.effect != "allow":
+                self._refuse(at, policy, rule)
+        return rules
+
+    async def decide(self, cuid: str, rules: dict[str, tuple[str, Decision | Conditional]]) -> None:
+        """Every change decided for this customer before anything is sent: a person who
+        restricted processing first, then the rules that read the record."""
         ctx = self.ctx
-        guard = ctx.guard
         if cuid in ctx.identity.restricted:  # every edit, whatever the purpose
             self.entry["outcome"] = "forbidden"
             raise user_error(
@@ -176,44 +194,32 @@ class WriteRun:
                 "FORBIDDEN",
                 policy="restriction",
             )
-        decisions: dict[str, tuple[str, Decision | Conditional]] = {}
-        if self.write.policy is not None:
-            decisions[self.write.name] = (
-                self.write.policy,
-                static_decision(guard.policies, guard.principal, self.write.policy, "edit"),
-            )
-        for change in changes:
-            policy = self.graph.policies.get(change.edits) if change.edits else self.write.policy
-            if policy is None:
-                raise user_error("This write is not governed by a policy.", "FORBIDDEN")
-            decisions[change.at] = (
-                policy,
-                static_decision(guard.policies, guard.principal, policy, "edit"),
-            )
         facts: RecordFacts | None = None
-        for at, (policy, decision) in decisions.items():
-            if isinstance(decision, Conditional):
+        for at, (policy, rule) in rules.items():
+            if isinstance(rule, Conditional):
                 if facts is None:
-                    facts = await self._facts(cuid, decision.needs)
-                decision = decide_record(decision, facts)
-            effect = "allow" if decision.effect == "allow" else "deny"
-            self.entry["decisions"][at] = effect
-            if effect == "allow":
-                continue
-            if decision.step_up:
-                self.entry["outcome"] = "insufficient_auth"
-                required = {key: list(values) for key, values in decision.step_up}
-                raise user_error(
-                    "This change needs a stronger sign-in.",
-                    "INSUFFICIENT_AUTH",
-                    required=required,
-                    policy=policy,
-                    field=at,
-                )
-            self.entry["outcome"] = "forbidden"
+                    facts = await self._facts(cuid, rule.needs)
+                decision = ctx.guard.finish(rule, facts)
+            else:
+                decision = rule
+            if decision.effect != "allow":
+                self._refuse(at, policy, decision)
+            self.entry["decisions"][at] = "allow"
+
+    def _refuse(self, at: str, policy: str, decision: Decision) -> NoReturn:
+        self.entry["decisions"][at] = "deny"
+        if decision.step_up:
+            self.entry["outcome"] = "insufficient_auth"
+            required = {key: list(values) for key, values in decision.step_up}
             raise user_error(
-                f"Not allowed by policy '{policy}'.", "FORBIDDEN", policy=policy, field=at
+                "This change needs a stronger sign-in.",
+                "INSUFFICIENT_AUTH",
+                required=required,
+                policy=policy,
+                field=at,
             )
+        self.entry["outcome"] = "forbidden"
+        raise user_error(f"Not allowed by policy '{policy}'.", "FORBIDDEN", policy=policy, field=at)
 
     async def _facts(self, cuid: str, needs: frozenset[str]) -> RecordFacts:
         """The record facts a conditional edit rule reads (its owner, its consents),
@@ -356,6 +362,11 @@ async def perform(
             f"'{write.customer}' is not a customer id", "BAD_USER_INPUT", field=write.customer
         )
     run.entry["customer"] = cuid
+    changes = run.checked(run.changes(given))
+    if not changes:
+        raise user_error("Nothing to change: give at least one value.", "BAD_USER_INPUT")
+    run.entry["fields"] = [change.at for change in changes]
+    rules = run.rules(changes)  # a refusal whatever the record comes before NOT_FOUND
     links = ctx.identity.links(cuid)
     key = links.get(write.source) if links is not None else None
     if key is None:
@@ -363,11 +374,7 @@ async def perform(
         raise user_error(
             f"No such customer in the {write.source} system.", "NOT_FOUND", source=write.source
         )
-    changes = run.checked(run.changes(given))
-    if not changes:
-        raise user_error("Nothing to change: give at least one value.", "BAD_USER_INPUT")
-    run.entry["fields"] = [change.at for change in changes]
-    await run.decide(cuid, changes)
+    await run.decide(cuid, rules)
     request = ctx.request
     idempotency = request.headers.get(IDEMPOTENCY_HEADER) if request is not None else None
     store: IdempotentWrites | None = ctx.idempotent_writes

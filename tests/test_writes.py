@@ -165,6 +165,23 @@ async def test_every_other_role_is_refused_before_anything_is_sent(sales: Sales,
     assert (await sales.row(sales_id)) == before
 
 
+@pytest.mark.parametrize("role", ["service", "marketing"])
+async def test_a_caller_who_may_not_edit_learns_nothing_of_who_exists(
+    sales: Sales, role: str
+) -> None:
+    """A refusal whatever the record comes before the customer is looked up: known and
+    unknown customers are refused alike (no NOT_FOUND oracle for writes)."""
+    sales_id, _ = _owned(sales.world)
+    answers = []
+    for cuid in (sales.cuid(sales_id), "cus_" + "a" * 16):
+        reply = await sales.gateway.query(
+            UPDATE, {"id": cuid, "input": {"email": "new@example.com"}}, headers=sales.headers(role)
+        )
+        answers.append([(e["extensions"]["code"], e["message"]) for e in reply.errors])
+    assert answers[0] == answers[1]
+    assert answers[0][0][0] == "FORBIDDEN"
+
+
 @pytest.mark.parametrize(
     ("given", "field"),
     [
