@@ -6,10 +6,10 @@ each system's entities that back a declared Customer field are fetched for those
 in batches, and each field's values are counted:
 
 - completeness: the share of a system's records with a non-empty value for the field;
-- validity: the share of the non-empty values that pass the field's check: the
-  declaration's `@check(as:)` where an input field `@edits` it, else by its name
-  (`email`, `phone`, `nationalId`), its type (`DateTime`, `Date`) or its enum (a value's
-  name in any case and spacing, or one of its `@code`s); null for a field with no check;
+- validity: the share of the non-empty values that pass the field's check: its own
+  `@check(as:)`, else that of an input field that `@edits` it, else by its type
+  (`DateTime`, `Date`) or its enum (a value's name in any case and spacing, or one of its
+  `@code`s); null for a field with no check;
 - per system, from the crosswalk: duplicates (a second record of one person), conflicts
   (email and phone pointing at different customers), unlinkable records, and the match
   rate (the share of its records whose customer some other system knows too).
@@ -33,7 +33,6 @@ from resolvers import inputs
 from resolvers.bindings import bindings_of
 from resolvers.declaration import Declaration, EnumDecl
 
-NAMED_CHECKS = ("email", "phone", "nationalId")  # inferred from a field's name
 BATCH = 200  # keys per fetch: a system is asked in batches of this many, one at a time
 WORST = 20
 
@@ -96,8 +95,8 @@ def _enum_check(decl: EnumDecl) -> Callable[[Any], bool]:
 
 
 def field_checks(declaration: Declaration) -> dict[str, FieldCheck | None]:
-    """Each Customer field's check, or None: `@check(as:)` of an input field that edits
-    it, else its name, its type or its enum. A list's items are not checked."""
+    """Each Customer field's check, or None: its `@check(as:)`, else that of an input
+    field that edits it, else its type or its enum. A list's items are not checked."""
     declared: dict[str, str] = {}
     for item in declaration.inputs.values():
         for input_field in item.fields:
@@ -105,7 +104,7 @@ def field_checks(declaration: Declaration) -> dict[str, FieldCheck | None]:
                 declared.setdefault(input_field.edits, input_field.check)
     checks: dict[str, FieldCheck | None] = {}
     for f in declaration.root.fields:
-        kind = declared.get(f.name) or (f.name if f.name in NAMED_CHECKS else None)
+        kind = f.check or declared.get(f.name)
         check: FieldCheck | None = None
         if f.type.is_list:
             check = None

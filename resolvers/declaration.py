@@ -61,7 +61,7 @@ directive @erase(actions: [String!]!) on OBJECT
 directive @write(action: String!, customer: String!, policy: String, version: String)
   on FIELD_DEFINITION
 directive @edits(field: String!) on INPUT_FIELD_DEFINITION
-directive @check(as: String!) on INPUT_FIELD_DEFINITION | ARGUMENT_DEFINITION
+directive @check(as: String!) on INPUT_FIELD_DEFINITION | ARGUMENT_DEFINITION | FIELD_DEFINITION
 directive @merge(rule: MergeRule!, by: String, path: String) repeatable
   on FIELD_DEFINITION | OBJECT
 enum MergeRule { PRIMARY LATEST FIRST_NON_EMPTY SUM }
@@ -162,6 +162,9 @@ class FieldDecl:
     derive: Derivation | None = None
     file: str = ""  # the declaration file it is in (a graph may span several)
     version: bool = False  # @version: an opaque token of the bound value, for `ifVersion`
+    # @check(as:) on a field: the kind of value it holds (email, phone, …), which the
+    # data-quality report checks its values against
+    check: str | None = None
     merge: MergeDecl | None = None
 
     @property
@@ -320,14 +323,19 @@ class _Reader:
             if d.name.value == "merge" and (found := _args(d))
         )
 
+    def check_as(self, node: Any, found: dict[str, dict[str, Any]]) -> str | None:
+        """`@check(as:)`: one of CHECKS, on an input, an argument or a field."""
+        check = found.get("check", {}).get("as")
+        if check is not None and check not in CHECKS:
+            raise self.error(node, f"@check(as:) is one of {', '.join(CHECKS)}")
+        return check
+
     def argument(self, node: InputValueDefinitionNode) -> Argument:
         default = value_from_ast_untyped(node.default_value) if node.default_value else None
         found = _directives(node)
         if keyword.iskeyword(node.name.value) or node.name.value.startswith("__"):
             raise self.error(node, f"argument '{node.name.value}': this name is reserved")
-        check = found.get("check", {}).get("as")
-        if check is not None and check not in CHECKS:
-            raise self.error(node, f"@check(as:) is one of {', '.join(CHECKS)}")
+        check = self.check_as(node, found)
         return Argument(
             node.name.value,
             _type_ref(node.type),
@@ -361,6 +369,7 @@ class _Reader:
             type_ref = _type_ref(node.type)
         except ValueError as error:
             raise self.error(node, str(error)) from None
+        check = self.check_as(node, found)
         return FieldDecl(
             name=node.name.value,
             type=type_ref,
@@ -382,6 +391,7 @@ class _Reader:
             file=self.file(node),
             version="version" in found,
             merge=self.merge(node),
+            check=check,
         )
 
     def merge(self, node: FieldDefinitionNode) -> MergeDecl | None:

@@ -31,8 +31,8 @@ from resolvers.declaration import load_declaration, parse_declaration
 DECLARATION = """
 type Customer {
   mobile: String @from(path: "crm.person.mobile") @policy(name: "p")
-  email: String @from(path: "crm.person.mail") @policy(name: "p")
-  nationalId: String @from(path: "crm.person.nid") @policy(name: "p")
+  email: String @from(path: "crm.person.mail") @check(as: "email") @policy(name: "p")
+  nationalId: String @from(path: "crm.person.nid") @check(as: "nationalId") @policy(name: "p")
   tier: Tier @from(path: "crm.person.tier") @policy(name: "p")
   joinedOn: Date @from(path: "crm.person.joined") @policy(name: "p")
   seenAt: DateTime @from(path: "crm.person.seen") @policy(name: "p")
@@ -56,12 +56,29 @@ ENTITIES = {
 }
 
 
+def test_a_field_name_alone_implies_no_check() -> None:
+    """Checks are declared, never guessed from a name: a field called `phone` or
+    `nationalId` with no `@check` is measured for completeness only."""
+    declaration = parse_declaration(
+        """
+        type Customer {
+          phone: String @from(path: "crm.person.phone") @policy(name: "p")
+          nationalId: String @from(path: "crm.person.nid") @policy(name: "p")
+          mobile: String @from(path: "crm.person.mobile") @check(as: "phone") @policy(name: "p")
+        }
+        """
+    )
+    checks = field_checks(declaration)
+    assert checks["phone"] is None and checks["nationalId"] is None
+    assert checks["mobile"] is not None and checks["mobile"].kind == "phone"
+
+
 def test_each_field_gets_the_check_its_declaration_implies() -> None:
     checks = field_checks(parse_declaration(DECLARATION))
     kinds = {name: check.kind if check else None for name, check in checks.items()}
     assert kinds == {
         "mobile": "phone",  # the @check(as:) of the input field that edits it
-        "email": "email",  # by name
+        "email": "email",  # its own @check(as:)
         "nationalId": "nationalId",
         "tier": "enum",
         "joinedOn": "date",
