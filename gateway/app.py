@@ -200,6 +200,8 @@ class Gateway:
         # Changes to who is linked or restricted, each with the reload that follows it.
         self.identity_lock = asyncio.Lock()
         self.identity_refresh: asyncio.Task[None] | None = None
+        self.identity_epoch = 0  # the crosswalk's change number the index was read at
+        self.identity_watch: asyncio.Task[None] | None = None
         self.served = self.serve(graph)
         self.authenticator = Authenticator(config.auth)
         try:
@@ -336,9 +338,8 @@ class Gateway:
         return True
 
     def reread_identity(self) -> None:
-        """On SIGHUP: read the crosswalk again (in the background), so that an erasure or a
-        restriction made by another process (`c360 subject erase`, another worker) holds
-        here too. Each process reads it at start and after its own changes only."""
+        """On SIGHUP: read the crosswalk again now (in the background), rather than within
+        `identity.watch_s` (`_follow_identity`)."""
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to refresh
             self.identity_refresh = asyncio.get_running_loop().create_task(self.reload_identity())
 
@@ -348,6 +349,9 @@ class Gateway:
         if self.config.identity.sync_on_start:
             await self.sync()  # the crosswalk's gauges too
         await self.reload_identity()
+        self.identity_watch = asyncio.create_task(
+            self._follow_identity(self.config.identity.watch_s)
+        )
         if not self.config.identity.sync_on_start:
             await self.observe_identity()
         elif self.config.identity.quality_on_sync:
@@ -431,16 +435,40 @@ class Gateway:
         async with self.identity_lock:
             await self._load_identity()
 
+    async def _follow_identity(self, every_s: float) -> None:
+        """Follow the crosswalk changes other processes make (an erasure or a restriction
+        through another instance or worker, `c360 subject erase`, a sync): the store counts
+        every change, and a change number other than the one the index was read at reads
+        it again. A store that cannot be read is tried again on the next round."""
+        failing = False
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                if await self.store.epoch() != self.identity_epoch:
+                    await self.reload_identity()
+            except Exception:
+                if not failing:
+                    log.warning("identity crosswalk unreadable; following it again later")
+                failing = True
+            else:
+                failing = False
+
     async def _load_identity(self) -> None:
         """The index from the store. Callers hold `identity_lock`: a change and the reload
         that follows it are one step, so a slower reload never installs an index read
-        before another change (an erasure's links back, a restriction lost)."""
+        before another change (an erasure's links back, a restriction lost). The change
+        number is read first: a change made while the links are read is read again."""
+        self.identity_epoch = await self.store.epoch()
         self.identity = IdentityIndex.build(
             await self.store.links(), self.keys, await self.store.restricted()
         )
         log.info("identity crosswalk loaded", extra={"customers": len(self.identity)})
 
     async def stop(self) -> None:
+        if self.identity_watch is not None:
+            self.identity_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.identity_watch
         await self.quality_desk.stop()
         if self.quality_run is not None and not self.quality_run.done():
             self.quality_run.cancel()

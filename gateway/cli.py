@@ -232,6 +232,7 @@ async def _identity_backup(args: argparse.Namespace) -> int:
                 crosswalk.issues,
                 crosswalk.quality_runs,
                 crosswalk.tombstones,
+                crosswalk.restrictions,
                 replace=args.replace,
             )
         except StoreNotEmpty as error:

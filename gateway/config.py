@@ -60,6 +60,9 @@ class IdentityConfig:
     page_size: int = 500
     sync_on_start: bool = False
     quality_on_sync: bool = False  # a data-quality run after the start-up sync
+    # How often a gateway looks for crosswalk changes other processes made (an erasure or a
+    # restriction through another instance or worker, a sync): they hold here within it.
+    watch_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +209,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         if not isinstance(table, Mapping):
             raise ConfigError(f"sources.{name}: expected a table")
     identity = root.table("identity")
-    identity.only({"dsn", "key", "systems", "page_size", "sync_on_start", "quality_on_sync"})
+    identity.only(
+        {"dsn", "key", "systems", "page_size", "sync_on_start", "quality_on_sync", "watch_s"}
+    )
     key = identity.get("key", str, "")
     if len(key.encode()) < 16:
         raise ConfigError("identity.key: required, at least 16 bytes (or set C360_IDENTITY__KEY)")
@@ -214,6 +219,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
     for system in systems:
         if system not in sources.data:
             raise ConfigError(f"identity.systems: no source named '{system}'")
+    watch_s = identity.number("watch_s", 2.0)
+    if not 0 < watch_s <= 3600:
+        raise ConfigError("identity.watch_s: a number of seconds, more than 0, at most 3600")
     dsn = identity.get("dsn", str, "sqlite+aiosqlite:///c360-identity.db")
     if (
         base_dir is not None
@@ -277,6 +285,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
             page_size=identity.get("page_size", int, 500),
             sync_on_start=identity.get("sync_on_start", bool, False),
             quality_on_sync=identity.get("quality_on_sync", bool, False),
+            watch_s=watch_s,
         ),
         auth=auth,
         cache=cache,

@@ -176,6 +176,7 @@ def test_the_export_holds_keyed_hashes_never_an_email_or_phone(
         "issues": sum(1 for line in lines if line["kind"] == "issue"),
         "quality_runs": 1,
         "tombstones": 0,
+        "restrictions": 0,
     }
     links = [line for line in lines if line["kind"] == "link"]
     assert {link["cuid"] for link in links} == set(exported.cuids)
@@ -240,11 +241,16 @@ def test_a_file_cut_short_altered_or_under_another_key_is_refused(exported: Expo
         parse_lines([*lines, lines[1]], keys)
 
 
-async def test_tombstones_are_backed_up_and_restored(exported: Exported, tmp_path: Path) -> None:
-    """An erased person's records stay erased across a restore (a sync skips them)."""
+async def test_tombstones_and_restrictions_are_backed_up_and_restored(
+    exported: Exported, tmp_path: Path
+) -> None:
+    """An erased person's records stay erased across a restore (a sync skips them), and a
+    restricted person stays restricted."""
     keys = IdentityKeys(exported.key)
     crosswalk = parse_lines(exported.file.read_bytes().splitlines(), keys)
     crosswalk.tombstones.append(("sales", "99999", "2026-12-01T00:00:00Z"))
+    restricted = (crosswalk.links[0].cuid, "2026-12-02T00:00:00Z")
+    crosswalk.restrictions.append(restricted)
     stores = [CrosswalkStore(f"sqlite+aiosqlite:///{tmp_path}/{n}.db") for n in "ab"]
     try:
         for store in stores:
@@ -255,15 +261,29 @@ async def test_tombstones_are_backed_up_and_restored(exported: Exported, tmp_pat
             crosswalk.issues,
             crosswalk.quality_runs,
             crosswalk.tombstones,
+            crosswalk.restrictions,
         )
         lines = list(export_lines(await read_crosswalk(stores[0]), keys, dt.datetime.now(dt.UTC)))
         assert b'"kind":"tombstone"' in b"".join(lines)
+        assert b'"kind":"restriction"' in b"".join(lines)
         again = parse_lines(lines, keys)
         await stores[1].restore(
-            again.links, again.cursors, again.issues, again.quality_runs, again.tombstones
+            again.links,
+            again.cursors,
+            again.issues,
+            again.quality_runs,
+            again.tombstones,
+            again.restrictions,
         )
         restored = await read_crosswalk(stores[1])
         assert restored.tombstones == [("sales", "99999", "2026-12-01T00:00:00Z")]
+        assert restored.restrictions == [restricted]
+        assert await stores[1].restricted() == {restricted[0]}
+        # An export made before restrictions were kept (no count of them) still reads.
+        old = [line for line in lines if b'"kind":"restriction"' not in line]
+        end = orjson.loads(old[-1])
+        del end["restrictions"]
+        assert parse_lines([*old[:-1], orjson.dumps(end)], keys).restrictions == []
         assert restored.links == crosswalk.links
     finally:
         for store in stores:

@@ -279,18 +279,17 @@ async def test_a_restricted_person_is_denied_to_every_purpose_but_legal(
     assert (await gateway.query(READ, {"id": cuid})).data == before.data
 
 
-async def test_a_restriction_made_elsewhere_holds_here_after_sighup(
+async def test_a_restriction_made_elsewhere_holds_here_at_once_after_sighup(
     rights: tuple[RunningGateway, DemoWorld, DemoSystems],
 ) -> None:
     """Another process (the CLI, another worker) restricts a person in the shared store:
-    this gateway serves its old view until SIGHUP makes it read the crosswalk again."""
+    SIGHUP makes this gateway read the crosswalk again at once."""
     gateway, world, _ = rights
     person = [p for p in world.persons if len(p.sales_ids) == 1 and p.requester_id][5]
     cuid = gateway.gateway.identity.by_record[("sales", str(person.sales_ids[0]))]
     store = gateway.gateway.store
     await store.restrict(cuid, True, "2026-12-07T00:00:00Z")  # as another process would
     try:
-        assert not (await gateway.query(READ, {"id": cuid})).errors  # not yet read here
         assert gateway.gateway.reload()  # what SIGHUP runs
         assert gateway.gateway.identity_refresh is not None
         await gateway.gateway.identity_refresh
@@ -299,3 +298,54 @@ async def test_a_restriction_made_elsewhere_holds_here_after_sighup(
     finally:
         await store.restrict(cuid, False, "2026-12-07T00:00:00Z")
         await gateway.gateway.reload_identity()
+
+
+async def _until(check: Any, within_s: float) -> bool:
+    """Whether `check()` comes true within `within_s` (polled; not a timing assert: the
+    bound is many times the watch interval)."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while asyncio.get_running_loop().time() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(await check())
+
+
+async def test_an_erasure_and_a_restriction_through_one_instance_hold_on_another(
+    tmp_path: Path,
+) -> None:
+    """Two instances over one crosswalk store, with no SIGHUP: what the privacy office
+    does through one holds on the other within `identity.watch_s` (each follows the
+    store's change number)."""
+    shared = {"identity.dsn": f"sqlite+aiosqlite:///{tmp_path}/shared-identity.db"}
+    async with (
+        DemoSystems(tmp_path / "systems", customers=40) as systems,
+        running_gateway(systems, tmp_path / "a", {**shared, "identity.watch_s": 0.1}) as one,
+        running_gateway(systems, tmp_path / "b", {**shared, "identity.watch_s": 0.1}) as other,
+    ):
+        await one.gateway.sync()
+        await other.gateway.reload_identity()
+        ready = [p for p in systems.world.persons if len(p.sales_ids) == 1 and p.requester_id]
+        restricted, erased = (
+            one.gateway.identity.by_record[("sales", str(p.sales_ids[0]))] for p in ready[:2]
+        )
+        assert not (await other.query(READ, {"id": restricted})).errors
+
+        done = await one.query(RESTRICT, {"c": restricted, "r": True}, headers=privacy(one))
+        assert done.data == {"subjectRestrict": {"customer": restricted, "restricted": True}}
+
+        async def refused_there() -> bool:
+            reply = await other.query(READ, {"id": restricted})
+            return {e["extensions"].get("policy") for e in reply.errors} == {"restriction"}
+
+        assert await _until(refused_there, 10.0)
+
+        gone = await one.query(ERASE, {"c": erased, "confirm": True}, headers=privacy(one))
+        assert not gone.errors and gone.data["subjectErase"]["unlinked"] > 0
+
+        async def unknown_there() -> bool:
+            reply = await other.query(READ, {"id": erased})
+            return bool(reply.data == {"customer": None})
+
+        assert await _until(unknown_there, 10.0)
+        assert other.gateway.identity.links(erased) is None

@@ -2,8 +2,11 @@
 
 The file holds what the store holds and nothing more: CUID <-> (system, id) links with
 their keyed match hashes, each system's scan cursor, the reported issues, the
-data-quality runs and the tombstones of erased people's records (restored, so that a sync
-after a restore does not link them again); never an email or phone in clear. A header
+data-quality runs, the tombstones of erased people's records (restored, so that a sync
+after a restore does not link them again) and the people who restricted processing
+(restored, so that a restore does not lift a restriction); never an email or phone in
+clear. An export made before restrictions were kept has none, and its end line no count
+of them. A header
 line names the format and carries a keyed check of `identity.key` (a hash of a constant:
 it reveals nothing), so a file is refused by a gateway with another key, whose hashes
 would find no one; an end line carries the counts, so a file cut short is refused too.
@@ -14,6 +17,7 @@ would find no one; an end line carries the counts, so a file cut short is refuse
     {"kind": "issue", "system": "sales", "system_id": "10417", "issue": "duplicate", ...}
     {"kind": "quality_run", "ran_at": "...", "figures": {...}}
     {"kind": "tombstone", "system": "sales", "system_id": "10233", "erased_at": "..."}
+    {"kind": "restriction", "cuid": "cus_...", "since": "..."}
     {"kind": "end", "links": 2831, "cursors": 3, "issues": 15, "quality_runs": 2, ...}
 """
 
@@ -54,6 +58,7 @@ class Crosswalk:
     issues: list[Issue] = field(default_factory=list)
     quality_runs: list[QualityRun] = field(default_factory=list)
     tombstones: list[tuple[str, str, str]] = field(default_factory=list)  # system, id, when
+    restrictions: list[tuple[str, str]] = field(default_factory=list)  # cuid, since
 
     def counts(self) -> dict[str, int]:
         return {
@@ -62,6 +67,7 @@ class Crosswalk:
             "issues": len(self.issues),
             "quality_runs": len(self.quality_runs),
             "tombstones": len(self.tombstones),
+            "restrictions": len(self.restrictions),
         }
 
     def summary(self) -> str:
@@ -86,6 +92,7 @@ async def read_crosswalk(store: CrosswalkStore) -> Crosswalk:
         issues=await store.issues(),
         quality_runs=await store.quality_runs(),
         tombstones=sorted((str(s), str(i), str(at)) for s, i, at in erased),
+        restrictions=await store.restrictions(),
     )
 
 
@@ -118,6 +125,8 @@ def export_lines(crosswalk: Crosswalk, keys: IdentityKeys, now: dt.datetime) -> 
         yield _line(kind="quality_run", ran_at=run.ran_at, figures=run.figures)
     for system, system_id, erased_at in crosswalk.tombstones:
         yield _line(kind="tombstone", system=system, system_id=system_id, erased_at=erased_at)
+    for cuid, since in crosswalk.restrictions:
+        yield _line(kind="restriction", cuid=cuid, since=since)
     yield _line(kind="end", **crosswalk.counts())
 
 
@@ -131,6 +140,7 @@ def parse_lines(lines: Iterable[bytes | str], keys: IdentityKeys) -> Crosswalk:
     seen_links: set[tuple[str, str]] = set()
     seen_issues: set[tuple[str, str, str]] = set()
     seen_stones: set[tuple[str, str]] = set()
+    seen_restricted: set[str] = set()
     header = False
     ended = False
     number = 0
@@ -226,8 +236,21 @@ def parse_lines(lines: Iterable[bytes | str], keys: IdentityKeys) -> Crosswalk:
                 raise fail(f"tombstone: {system}:{system_id} appears twice")
             seen_stones.add((system, system_id))
             crosswalk.tombstones.append((system, system_id, erased_at))
+        elif kind == "restriction":
+            cuid = entry.get("cuid")
+            if not isinstance(cuid, str) or not CUID_PATTERN.fullmatch(cuid):
+                raise fail("restriction: 'cuid' is not a CUID")
+            since = _name(entry, "since", 32, fail)
+            if cuid in seen_restricted:
+                raise fail(f"restriction: {cuid} appears twice")
+            seen_restricted.add(cuid)
+            crosswalk.restrictions.append((cuid, since))
         elif kind == "end":
-            counts = {name: entry.get(name) for name in crosswalk.counts()}
+            # An export made before restrictions were kept counts none.
+            counts = {
+                name: entry.get(name, 0 if name == "restrictions" else None)
+                for name in crosswalk.counts()
+            }
             if counts != crosswalk.counts():
                 raise fail(f"the end line counts {counts}, the file holds {crosswalk.counts()}")
             ended = True

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Integer,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     delete,
     func,
     select,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
@@ -89,6 +91,21 @@ restrictions = Table(
 )
 
 
+# One row: a number that every change to who is linked, how, or restricted increments,
+# in the change's own transaction. A gateway polls it to follow what other processes
+# change (an erasure or a restriction made through another instance or worker, a sync).
+changes = Table(
+    "c360_identity_changes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("epoch", BigInteger, nullable=False),
+)
+
+
+# What a backup holds and a restore replaces (the change number is the store's own).
+KEPT = (links, cursors, issues, quality_runs, tombstones, restrictions)
+
+
 @dataclass(frozen=True, slots=True)
 class Link:
     system: str
@@ -140,6 +157,23 @@ class CrosswalkStore:
             except (OperationalError, ProgrammingError, IntegrityError):
                 if attempt == 2:
                     raise
+
+    async def epoch(self) -> int:
+        """The crosswalk's change number (0 before any change)."""
+        async with self.engine.connect() as connection:
+            found = await connection.scalar(select(changes.c.epoch).where(changes.c.id == 1))
+        return int(found or 0)
+
+    async def _changed(self, connection: Any) -> None:
+        """Count a change, inside its transaction (the row made on the first one)."""
+        bumped = await connection.execute(
+            update(changes).where(changes.c.id == 1).values(epoch=changes.c.epoch + 1)
+        )
+        if bumped.rowcount == 0:
+            await connection.execute(self._insert_new(changes), [{"id": 1, "epoch": 0}])
+            await connection.execute(
+                update(changes).where(changes.c.id == 1).values(epoch=changes.c.epoch + 1)
+            )
 
     async def links(self) -> list[Link]:
         async with self.engine.connect() as connection:
@@ -210,6 +244,8 @@ class CrosswalkStore:
             await connection.execute(
                 self._insert_new(cursors), [{"system": system, "after": after}]
             )
+            if new_links:
+                await self._changed(connection)
 
     async def unlink(self, cuid: str, erased_at: str) -> list[tuple[str, str]]:
         """Remove every link of a customer (an erasure), leaving tombstones; returns the
@@ -228,6 +264,7 @@ class CrosswalkStore:
                     [{"system": s, "system_id": i, "erased_at": erased_at} for s, i in pairs],
                 )
             await connection.execute(delete(issues).where(issues.c.cuid == cuid))
+            await self._changed(connection)
             return pairs
 
     async def restrict(self, cuid: str, restricted: bool, since: str) -> None:
@@ -235,11 +272,22 @@ class CrosswalkStore:
             await connection.execute(delete(restrictions).where(restrictions.c.cuid == cuid))
             if restricted:
                 await connection.execute(restrictions.insert(), [{"cuid": cuid, "since": since}])
+            await self._changed(connection)
 
     async def restricted(self) -> frozenset[str]:
         async with self.engine.connect() as connection:
             rows = (await connection.execute(select(restrictions.c.cuid))).all()
         return frozenset(str(row[0]) for row in rows)
+
+    async def restrictions(self) -> list[tuple[str, str]]:
+        """(CUID, since) of every person who restricted processing, by CUID."""
+        async with self.engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    select(restrictions.c.cuid, restrictions.c.since).order_by(restrictions.c.cuid)
+                )
+            ).all()
+        return [(str(row[0]), str(row[1])) for row in rows]
 
     async def tombstoned(self) -> set[tuple[str, str]]:
         async with self.engine.connect() as connection:
@@ -309,6 +357,8 @@ class CrosswalkStore:
                             }
                         ],
                     )
+            if values:
+                await self._changed(connection)
             return link, Link(
                 link.system,
                 link.system_id,
@@ -342,7 +392,7 @@ class CrosswalkStore:
 
     @staticmethod
     async def _empty(connection: Any) -> bool:
-        for table in (links, cursors, issues, quality_runs, tombstones):
+        for table in KEPT:
             count = (await connection.execute(select(func.count()).select_from(table))).scalar()
             if count:
                 return False
@@ -355,16 +405,18 @@ class CrosswalkStore:
         new_issues: Sequence[Issue],
         runs: Sequence[QualityRun],
         erased: Sequence[tuple[str, str, str]] = (),
+        restricted: Sequence[tuple[str, str]] = (),
         *,
         replace: bool = False,
     ) -> None:
         """A whole crosswalk, in one transaction: into an empty store, or (`replace`) in
         place of everything it holds. Raises StoreNotEmpty (nothing changed) otherwise.
-        `erased`: the tombstones, (system, system id, erased at)."""
+        `erased`: the tombstones, (system, system id, erased at); `restricted`: the people
+        who restricted processing, (CUID, since)."""
         async with self.engine.begin() as connection:
             if not replace and not await self._empty(connection):
                 raise StoreNotEmpty("the crosswalk store is not empty")
-            for table in (links, cursors, issues, quality_runs, tombstones):
+            for table in KEPT:
                 await connection.execute(delete(table))
             rows: list[tuple[Table, list[dict[str, Any]]]] = [
                 (
@@ -406,10 +458,12 @@ class CrosswalkStore:
                     tombstones,
                     [{"system": s, "system_id": i, "erased_at": at} for s, i, at in erased],
                 ),
+                (restrictions, [{"cuid": cuid, "since": since} for cuid, since in restricted]),
             ]
             for table, values in rows:
                 for start in range(0, len(values), 5000):
                     await connection.execute(table.insert(), values[start : start + 5000])
+            await self._changed(connection)
 
     def _insert_new(self, table: Table) -> Any:
         """INSERT that skips rows whose key is stored already (SQLite or PostgreSQL)."""
