@@ -3,13 +3,16 @@ once, and the one function that finishes a rule for a record.
 
 Two steps, as the engine (policies/engine.py) has them:
 
+- `decided`, `refused` and `allowed` read a static decision: whether it is final without
+  the record, and if so whether it denies or allows. Nothing else looks inside one.
 - `field_rule` is the static part of one declared Customer field for this request (role,
   purpose, verb, sign-in), with what follows from it: the systems to ask (none for a field
   refused outright; the fact sources too for a rule that reads the record), whether it is
   refused whatever the record, whether it is allowed outright (a lookup by its value needs
   that). `plan_selection` makes the rules of a whole selection in one pass: what to fetch,
-  slowest system first, and what is refused. Loading, planning ahead, lookups and the
-  field guard all read these; none asks the engine itself.
+  slowest system first, and what is refused. `static_rule` is the same for a policy named
+  directly (a write's `edit` rules, the console's pages). Loading, planning ahead,
+  lookups, writes and the console read these; none asks the engine itself.
 - `FieldGuard.decide_record` (resolvers/guard.py) finishes a rule for one customer: a
   person who restricted processing first, then the rule's record conditions. Plain
   fields settled in bulk, fields with arguments, a field resolved on its own and a write's
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 from policies.engine import Conditional, Decision
 
@@ -28,6 +31,21 @@ if TYPE_CHECKING:
     from resolvers.context import GraphContext
 
 Slot = tuple[str, str]  # (source, entity)
+
+
+def decided(static: Decision | Conditional) -> TypeGuard[Decision]:
+    """Final without the record: the same for every customer."""
+    return static.__class__ is Decision
+
+
+def refused(static: Decision | Conditional) -> TypeGuard[Decision]:
+    """Denied whatever the record (role, purpose, sign-in)."""
+    return static.__class__ is Decision and static.effect == "deny"
+
+
+def allowed(static: Decision | Conditional) -> TypeGuard[Decision]:
+    """Allowed whatever the record, unmasked."""
+    return static.__class__ is Decision and static.effect == "allow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,15 +58,11 @@ class FieldRule:
 
     @property
     def refused(self) -> bool:
-        """Denied whatever the record (role, purpose, sign-in)."""
-        static = self.static
-        return static.__class__ is Decision and static.effect == "deny"
+        return refused(self.static)
 
     @property
     def allowed(self) -> bool:
-        """Allowed whatever the record, unmasked."""
-        static = self.static
-        return static.__class__ is Decision and static.effect == "allow"
+        return allowed(self.static)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +87,7 @@ def field_rule(ctx: GraphContext, name: str) -> FieldRule:
 def _rule(ctx: GraphContext, name: str) -> FieldRule:
     static = ctx.guard.static(ctx.graph.policies.get(name))
     binding = ctx.bindings.customer.get(name)
-    if binding is None or (static.__class__ is Decision and static.effect == "deny"):
+    if binding is None or refused(static):
         return FieldRule(name, static, frozenset())
     slots = {binding.slot}
     if isinstance(static, Conditional):  # its conditions read the record's facts
@@ -99,5 +113,12 @@ def plan_selection(ctx: GraphContext, names: Iterable[str]) -> SelectionPlan:
 def allowed_at_root(ctx: GraphContext) -> bool:
     """Whether the policy file's default policy, which governs the root fields, allows
     this request outright (what planning ahead needs to start a load early)."""
-    static = ctx.guard.static(None)
-    return static.__class__ is Decision and static.effect == "allow"
+    return allowed(ctx.guard.static(None))
+
+
+def static_rule(
+    ctx: GraphContext, policy: str | None, verb: str | None = None
+) -> Decision | Conditional:
+    """The static part of a policy named directly, for this request (`verb`: the
+    request's unless given): a write's `edit` rules, the console's pages."""
+    return ctx.guard.static(policy, verb)

@@ -31,7 +31,7 @@ from policies.engine import (
 )
 from policies.principal import Principal
 from policies.rules import PolicySet
-from resolvers.decisions import FieldRule
+from resolvers.decisions import FieldRule, decided
 
 log = logging.getLogger("c360.policy")
 
@@ -90,7 +90,7 @@ class FieldGuard:
         consent and ownership conditions read what was fetched of the record."""
         if self.blocked and getattr(record_owner, "id", None) in self.blocked:
             return RESTRICTED
-        if static.__class__ is Decision:
+        if decided(static):
             return static
         return self.finish(static, self.facts_of(record_owner))  # type: ignore[arg-type]
 

@@ -19,7 +19,7 @@ from connectors.base import SourceUnavailable
 from policies.engine import Decision, RecordFacts
 from resolvers.bindings import GraphBindings
 from resolvers.context import GraphContext
-from resolvers.decisions import Slot, field_rule, plan_selection
+from resolvers.decisions import Slot, decided, field_rule, plan_selection
 from resolvers.guard import forbidden
 from resolvers.merging import NO_RULES, merge_records
 from resolvers.selection import Selection
@@ -221,7 +221,7 @@ class CustomerBatch:
         binding = ctx.bindings.customer.get(name)
         slot = binding.slot if binding is not None else None
         blocked = guard.blocked  # people who restricted processing, for this purpose
-        uniform = static.__class__ is Decision  # the same for every customer not blocked
+        uniform = decided(static)  # the same for every customer not blocked
         if uniform:  # noted at once
             noted = [c.id for c in self.customers if c is not skip and c.id not in blocked]
             guard.note_all(noted, name, static)  # type: ignore[arg-type]

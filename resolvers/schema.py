@@ -24,7 +24,7 @@ from resolvers.audit_actions import ConsoleMutations
 from resolvers.audit_views import ConsoleQueries
 from resolvers.console_pages import ConsolePageMutations, ConsolePageQueries
 from resolvers.context import GraphContext
-from resolvers.decisions import field_rule
+from resolvers.decisions import decided, field_rule
 from resolvers.declaration import Lookup
 from resolvers.execution import PlainFieldExecutor
 from resolvers.guard import PolicyGuard, policies_of
@@ -165,7 +165,7 @@ def _lookup_field(graph: Graph, lookup: Lookup) -> Any:
         if guard_field is not None:
             rule = field_rule(ctx, guard_field)
             if not rule.allowed:
-                refusal = rule.static if isinstance(rule.static, Decision) else None
+                refusal = rule.static if decided(rule.static) else None
                 raise forbidden_lookup(refusal, policy, guard_field)
         if not isinstance(value, str) or len(value) > 320:
             raise bad_input(argument, f"'{argument}' is not a {by} key")

@@ -21,6 +21,7 @@ import operator
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Optional
 
 import strawberry
@@ -36,6 +37,9 @@ from resolvers.execution import PREPARED_FIELD
 from resolvers.guard import PolicyGuard
 from resolvers.merging import NO_RULES, merge_records
 from resolvers.selection import names_below
+
+# A customer with no duplicate record in any system (resolvers/merging.py).
+NO_DUPLICATES: Mapping[str, tuple[str, ...]] = MappingProxyType({})
 
 
 def user_error(message: str, code: str, **extensions: Any) -> GraphQLError:
@@ -359,7 +363,7 @@ class CustomerBase:
         if binding.source not in ctx.identity.linked_systems:
             fetched = SourceUnavailable(binding.source, "no record of this system is linked")
         elif key is not None:
-            others = ctx.identity.duplicates.get(self.id, {}).get(binding.source, ())
+            others = ctx.identity.duplicates.get(self.id, NO_DUPLICATES).get(binding.source, ())
             try:
                 if not others:
                     fetched = await ctx.loader(*binding.slot).load(key)

@@ -33,6 +33,7 @@ from connectors.identity.keys import is_cuid
 from policies.directive import Policy
 from policies.engine import Conditional, Decision, RecordFacts
 from resolvers.context import GraphContext
+from resolvers.decisions import allowed, decided, static_rule
 from resolvers.declaration import ROOT, Argument, WriteDecl
 from resolvers.inputs import CHECKS
 from resolvers.loading import CustomerLoad, record_facts
@@ -169,17 +170,20 @@ class WriteRun:
         """Every change's `edit` rule, and the refusal of one denied whatever the record:
         before the customer is looked up, so that a caller who may not make this edit
         learns nothing of which customers exist."""
-        guard = self.ctx.guard
+        ctx = self.ctx
         rules: dict[str, tuple[str, Decision | Conditional]] = {}
         if self.write.policy is not None:
-            rules[self.write.name] = (self.write.policy, guard.static(self.write.policy, "edit"))
+            rules[self.write.name] = (
+                self.write.policy,
+                static_rule(ctx, self.write.policy, "edit"),
+            )
         for change in changes:
             policy = self.graph.policies.get(change.edits) if change.edits else self.write.policy
             if policy is None:
                 raise user_error("This write is not governed by a policy.", "FORBIDDEN")
-            rules[change.at] = (policy, guard.static(policy, "edit"))
+            rules[change.at] = (policy, static_rule(ctx, policy, "edit"))
         for at, (policy, rule) in rules.items():
-            if isinstance(rule, Decision) and rule.effect != "allow":
+            if decided(rule) and not allowed(rule):
                 self._refuse(at, policy, rule)
         return rules
 

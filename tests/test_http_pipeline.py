@@ -26,7 +26,7 @@ from gateway.http.accounting import Accounting
 from gateway.http.admission import AdmissionStage
 from gateway.http.authn import Authentication
 from gateway.http.body import BodyLimit
-from gateway.http.execution import REFUSED, Execution
+from gateway.http.execution import REFUSED, ExecutionRefusals
 from gateway.http.method import refuse_method
 from gateway.http.pipeline import GraphQLEndpoint
 from gateway.http.rate import RateLimit
@@ -334,7 +334,7 @@ def test_each_execution_refusal_is_an_error_response(
 ) -> None:
     assert isinstance(error, REFUSED)
     state = RequestState("r")
-    response = Execution(deadline_s=0.5).refuse(error, request(headers=accept)[0], state)
+    response = ExecutionRefusals(deadline_s=0.5).refuse(error, request(headers=accept)[0], state)
     media = GRAPHQL_RESPONSE if accept else JSON
     assert refused(response)[:3] == (status, media, [code])
     assert {k: response.headers[k] for k in headers} == headers
@@ -343,7 +343,7 @@ def test_each_execution_refusal_is_an_error_response(
 
 def test_a_too_complex_refusal_names_the_limit() -> None:
     refusal = QueryTooComplex("depth", 3, "Too deep.")
-    response = Execution(None).refuse(refusal, request()[0], RequestState("r"))
+    response = ExecutionRefusals(None).refuse(refusal, request()[0], RequestState("r"))
     [error] = orjson.loads(bytes(response.body))["errors"]
     assert error == {
         "message": "Too deep.",
@@ -397,7 +397,7 @@ def endpoint(
         authentication=Authentication(tokens or Tokens()),  # type: ignore[arg-type]
         rate_limit=RateLimit(bucket or Bucket(None)),  # type: ignore[arg-type]
         admission=AdmissionStage(gate),
-        execution=Execution(deadline_s),
+        execution=ExecutionRefusals(deadline_s),
         accounting=Accounting(log or Log()),  # type: ignore[arg-type]
     )
 

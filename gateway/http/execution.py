@@ -1,4 +1,4 @@
-"""Execution: the refusals raised while the strawberry view runs a request (trusted
+"""The refusals raised while the strawberry view runs a request (trusted
 documents, query limits, a malformed request, the deadline), as whole-request answers."""
 
 from __future__ import annotations
@@ -8,17 +8,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.documents import DocumentRefused
-from gateway.http.responses import error_response, media_type
+from gateway.http.responses import error_response, media_type, refusal_response
 from gateway.http.state import RequestState
-from gateway.limits import CODE as TOO_COMPLEX
 from gateway.limits import QueryTooComplex
 from gateway.resilience import DeadlineExceeded
 
-# What the pipeline catches around `view.run` and hands to `Execution.refuse`.
+# What the pipeline catches around `view.run` and hands to `ExecutionRefusals.refuse`.
 REFUSED = (QueryTooComplex, DocumentRefused, DeadlineExceeded, HTTPException)
 
 
-class Execution:
+class ExecutionRefusals:
     """The request's deadline (`deadline_s`; none when None) and the answers to what the
     run raised."""
 
@@ -30,22 +29,12 @@ class Execution:
         media = media_type(request)
         if isinstance(refused, QueryTooComplex):
             state.reason = "too_complex"
-            return error_response(
-                TOO_COMPLEX,
-                400,
-                refused.message,
-                media_type=media,
-                extensions={"limit": refused.limit, "max": refused.maximum},
-            )
+            return refusal_response(refused.error(), 400, media_type=media)
         if isinstance(refused, DocumentRefused):
             state.reason = "document_refused"
             document = refused.refusal
-            return error_response(
-                document.code,
-                document.status,
-                document.message,
-                media_type=media,
-                headers=document.headers,
+            return refusal_response(
+                document.error(), document.status, media_type=media, headers=document.headers
             )
         if isinstance(refused, DeadlineExceeded):
             state.reason = "deadline"

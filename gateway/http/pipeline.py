@@ -21,7 +21,7 @@ from gateway.http.accounting import Accounting
 from gateway.http.admission import AdmissionStage
 from gateway.http.authn import Authentication
 from gateway.http.body import BodyLimit
-from gateway.http.execution import REFUSED, Execution
+from gateway.http.execution import REFUSED, ExecutionRefusals
 from gateway.http.method import refuse_method
 from gateway.http.rate import RateLimit
 from gateway.http.responses import client_gone
@@ -42,7 +42,7 @@ class GraphQLEndpoint:
         authentication: Authentication,
         rate_limit: RateLimit | None,
         admission: AdmissionStage,
-        execution: Execution,
+        execution: ExecutionRefusals,
         accounting: Accounting,
         observe: Callable[[int, float], Any] = lambda status, seconds: None,
     ) -> None:

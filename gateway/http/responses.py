@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from graphql import GraphQLError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -40,6 +41,23 @@ def error_response(
     """A whole-request refusal: HTTP `status`, one error with `extensions.code` = `code`."""
     return Response(
         error_body(message, code, extensions),
+        status_code=status,
+        media_type=media_type,
+        headers=headers,
+    )
+
+
+def refusal_response(
+    error: GraphQLError,
+    status: int,
+    *,
+    media_type: str = JSON,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """A whole-request refusal whose error its raiser made (`QueryTooComplex.error()`,
+    `DocumentError.error()`): the client gets that error as it is."""
+    return Response(
+        orjson.dumps({"errors": [error.formatted]}),
         status_code=status,
         media_type=media_type,
         headers=headers,
