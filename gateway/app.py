@@ -36,7 +36,7 @@ from gateway.auth import Authenticator
 from gateway.cache import RecordStore
 from gateway.config import Config, ConfigError, load_config
 from gateway.console.oidc import ConsoleSignIn
-from gateway.console.quality import QualityDesk
+from gateway.console.quality import QualityRuns
 from gateway.console.reader import ConsoleReader
 from gateway.console.routes import console_routes
 from gateway.documents import DocumentStore, DocumentStoreError
@@ -44,7 +44,7 @@ from gateway.http.accounting import Accounting
 from gateway.http.admission import AdmissionStage
 from gateway.http.authn import Authentication
 from gateway.http.body import BodyLimit
-from gateway.http.execution import Execution
+from gateway.http.execution import ExecutionRefusals
 from gateway.http.pipeline import GraphQLEndpoint
 from gateway.http.rate import RateLimit
 from gateway.http.state import RequestState
@@ -124,7 +124,7 @@ class AuditReaderAdapter(ConsoleReader):
         self,
         sink: AccessSink,
         access_log: AccessLog | None = None,
-        quality: QualityDesk | None = None,
+        quality: QualityRuns | None = None,
     ) -> None:
         super().__init__(sink, access_log, quality)
 
@@ -220,9 +220,9 @@ class Gateway:
             if config.console_oidc is not None
             else None
         )
-        self.quality_run: asyncio.Task[QualityReport | None] | None = None  # quality_on_sync
-        # The console's data-quality page: its runs, and this process's last one
-        self.quality_desk = QualityDesk(self.store, self.quality)
+        # Every data-quality run of this gateway (quality_on_sync's, the console's, a
+        # caller's), one at a time, and the last one's report for the console's page.
+        self.quality_runs = QualityRuns(self.store, self._measure_quality)
 
     def serve(self, graph: Graph) -> Served:
         """A graph with the schema the gateway serves it through."""
@@ -356,7 +356,7 @@ class Gateway:
             await self.observe_identity()
         elif self.config.identity.quality_on_sync:
             # In the background: a run reads every record; the gateway serves meanwhile.
-            self.quality_run = asyncio.create_task(self._quality_after_sync())
+            self.quality_runs.start()
 
     async def sync(self, *, full: bool = False) -> SyncReport:
         report = await sync_identity(
@@ -379,7 +379,11 @@ class Gateway:
 
     async def quality(self, *, worst: int = WORST, record: bool = True) -> QualityReport:
         """A data-quality run (gateway/quality.py): every system's records read for the
-        declared fields, the run stored for the trend (`record`), every gauge set."""
+        declared fields, the run stored for the trend (`record`), every gauge set. One at
+        a time (`quality_runs`): asked while one runs, that run's report."""
+        return await self.quality_runs.run(worst=worst, record=record)
+
+    async def _measure_quality(self, *, worst: int = WORST, record: bool = True) -> QualityReport:
         report = await quality_report(
             self.store,
             self.hub.fetch,
@@ -390,16 +394,7 @@ class Gateway:
             record=record,
         )
         show_quality(self.metrics, report)
-        self.quality_desk.keep(report)
-        return report
-
-    async def _quality_after_sync(self) -> QualityReport | None:
-        try:
-            report = await self.quality()
-        except Exception:  # a failed run is logged; the gateway serves on
-            log.exception("data-quality run failed")
-            return None
-        log.info("data-quality run stored", extra={"ran_at": report.ran_at})
+        log.info("data-quality run finished", extra={"ran_at": report.ran_at, "stored": record})
         return report
 
     async def rekey(self, system: str, system_id: str, keys: Mapping[str, str]) -> None:
@@ -469,11 +464,7 @@ class Gateway:
             self.identity_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.identity_watch
-        await self.quality_desk.stop()
-        if self.quality_run is not None and not self.quality_run.done():
-            self.quality_run.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.quality_run
+        await self.quality_runs.stop()
         await self.hub.close()
         await self.store.close()
         await self.access_log.stop()
@@ -519,7 +510,7 @@ class Gateway:
             max_page_size=self.config.max_page_size,
             request=request,
             request_id=state.request_id,
-            audit=AuditReaderAdapter(self.config.audit_sink, self.access_log, self.quality_desk),
+            audit=AuditReaderAdapter(self.config.audit_sink, self.access_log, self.quality_runs),
         )
 
 
@@ -552,7 +543,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> Starlette:
         ),
         rate_limit=RateLimit(gw.rate_limiter) if gw.rate_limiter is not None else None,
         admission=AdmissionStage(gw.admission),
-        execution=Execution(config.resilience.request_deadline_s),
+        execution=ExecutionRefusals(config.resilience.request_deadline_s),
         accounting=Accounting(gw.access_log),
         observe=observe,
     )

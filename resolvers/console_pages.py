@@ -17,6 +17,7 @@ from strawberry.types import Info
 from policies.engine import Decision
 from resolvers.audit_views import note_audit_use
 from resolvers.context import GraphContext
+from resolvers.decisions import decided, refused, static_rule
 from resolvers.guard import default_policy_field, forbidden, policy_field
 from resolvers.types import PageInfo, bad_input, page_size
 
@@ -32,6 +33,9 @@ PAGES = {
     "rights": RIGHTS_POLICY,
     "quality": QUALITY_POLICY,
 }
+# What a caller no page opens is refused with: the overview's denial (decided without any
+# record, as every page's is); this one only names the policy should it not be.
+DENIED_OVERVIEW = Decision("deny", PAGES["overview"], None, None, "no console page opened")
 
 
 @strawberry.enum
@@ -140,19 +144,31 @@ class DataQuality:
     worst_ran_at: dt.datetime | None
 
 
+# A record's seq is a PostgreSQL bigint: a cursor past it was not issued here.
+SEQ_LIMIT = 2**63
+
+
 def _cursor(order: tuple[str, str, int, int]) -> str:
     raw = "|".join(str(part) for part in order)
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _decode(cursor: str) -> tuple[str, str, int, int]:
+def _decode(cursor: str) -> tuple[dt.datetime, str, int, int]:
+    """The place a cursor this API issued stands for. Anything else, however it was made,
+    is BAD_USER_INPUT: only a cursor that encodes back to itself, with a timestamp that
+    carries its timezone (the log's do; a naive one cannot be ordered among them) and
+    numbers a record of the log can have."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         ts, chain, seq, n = raw.rsplit("|", 3)
-        dt.datetime.fromisoformat(ts)
-        return ts, chain, int(seq), int(n)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
+        order = (ts, chain, int(seq), int(n))
+        at = dt.datetime.fromisoformat(ts)
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as error:
         raise bad_input("after", "'after' is not a cursor this API issued") from error
+    issued = at.utcoffset() is not None and all(0 <= part < SEQ_LIMIT for part in order[2:])
+    if not issued or _cursor(order) != cursor:
+        raise bad_input("after", "'after' is not a cursor this API issued")
+    return at, chain, order[2], order[3]
 
 
 def _placed(request: RightsRequest) -> tuple[dt.datetime, str, int, int]:
@@ -167,8 +183,7 @@ def page_of(
     is_open = {RightsRequestStatus.OPEN, RightsRequestStatus.FAILED}
     chosen = [r for r in found if open_only is None or (r.status in is_open) == open_only]
     if after is not None:
-        ts, chain, seq, n = _decode(after)
-        bound = (dt.datetime.fromisoformat(ts), chain, seq, n)
+        bound = _decode(after)
         chosen = [r for r in chosen if _placed(r) < bound]
     edges = [RightsRequestEdge(cursor=_cursor(r.order), node=r) for r in chosen[:first]]
     return RightsRequestConnection(
@@ -190,16 +205,13 @@ class ConsolePageQueries:
         "`audit.read`) when they open none, so that a refused sign-in is on the record."
     )
     def console_pages(self, info: Info[GraphContext, None]) -> list[str] | None:
-        guard = info.context.guard
         opened = [
-            page
-            for page, policy in PAGES.items()
-            if not (isinstance(found := guard.static(policy), Decision) and found.effect == "deny")
+            page for page, policy in PAGES.items() if not refused(static_rule(info.context, policy))
         ]
         if not opened:
-            refusal = guard.static(PAGES["overview"])
-            assert isinstance(refusal, Decision)  # a denial is decided without the record
-            raise forbidden(refusal)
+            refusal = static_rule(info.context, PAGES["overview"])
+            # Every page refused whatever the record: the overview's is a decided denial.
+            raise forbidden(refusal if decided(refusal) else DENIED_OVERVIEW)
         return opened
 
     @policy_field(

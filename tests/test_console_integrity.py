@@ -20,11 +20,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from demo.console_seed import seed_log
 from demo.people import DemoWorld
 from demo.systems import DemoSystems
 from gateway.audit import checkpoint as checkpoints
 from gateway.audit.commands import write_checkpoint
-from gateway.audit.sinks import JsonlSink
+from gateway.audit.sinks import JsonlSink, PostgresSink
+from gateway.console.integrity import IntegrityMonitor, IntegrityReport
 from harness import RunningGateway, running_gateway
 
 PAGE = """query Page($n: Int) { customers(first: $n) { edges { node { id name email phone } } } }"""
@@ -194,3 +196,79 @@ async def test_a_postgresql_log_against_its_checkpoint(
     assert report["intact"] is True and cp["signatureValid"] is True
     assert cp["logVerifies"] is True and cp["findings"] == []
     assert [c["chain"] for c in cp["chains"]] == ["pg"] and cp["treeSize"] >= 2
+
+
+async def next_report(monitor: IntegrityMonitor, previous: IntegrityReport | None) -> Any:
+    """The first report after `previous`, as a page polling the monitor would see it."""
+    async with asyncio.timeout(30):
+        while True:
+            last = await monitor.current()
+            if last is not previous:
+                return last
+            await asyncio.sleep(0.02)
+
+
+async def test_a_quiet_log_edited_in_place_is_checked_again(tmp_path: Path) -> None:
+    """A JSONL line edited to the same length changes no size, but it does change the
+    file's time: the report stands for the log as it was, and the next look checks again.
+    An untouched log keeps its report."""
+    sink = JsonlSink(tmp_path / "access.jsonl")
+    await seed_log(sink, 20, days=1)
+    await sink.close()
+    monitor = IntegrityMonitor(sink, max_age_s=3600, changed_after_s=0)
+    first = await next_report(monitor, None)
+    for _ in range(3):
+        assert await monitor.current() is first and not monitor.checking
+    path = sink.files()[-1]
+    before = path.stat()
+    lines = path.read_bytes().splitlines(keepends=True)
+    at = lines[9].index(b'"ts":"') + len(b'"ts":"') + 3  # the year's last digit
+    lines[9] = (
+        lines[9][:at] + (b"0" if lines[9][at : at + 1] != b"0" else b"1") + lines[9][at + 1 :]
+    )
+    path.write_bytes(b"".join(lines))
+    after = path.stat()
+    assert after.st_size == before.st_size and after.st_mtime_ns != before.st_mtime_ns
+    edited = await next_report(monitor, first)
+    assert first.report.intact is True and first.report.records == 20
+    assert edited.report.intact is False
+    assert [(b.chain, b.seq) for b in edited.report.breaks][:1] == [("seed-1", 10)]
+
+
+async def test_a_stale_report_is_checked_again_though_nothing_changed(tmp_path: Path) -> None:
+    """However the log was changed (or whether the signal saw it), a report older than
+    `max_age_s` is not shown as current for long: the next look starts a check."""
+    sink = JsonlSink(tmp_path / "access.jsonl")
+    await seed_log(sink, 5, days=1)
+    await sink.close()
+    monitor = IntegrityMonitor(sink, max_age_s=0, changed_after_s=3600)
+    first = await next_report(monitor, None)
+    again = await next_report(monitor, first)
+    assert again.checked_at > first.checked_at and again.report.records == 5
+
+
+@pytest.mark.postgres
+async def test_a_postgresql_row_updated_in_place_is_checked_again(fresh_postgres: str) -> None:
+    """An UPDATE keeps the table's row count: the table's statistics of rows updated see
+    it, and the next look checks again (statistics arrive a little later: looked for)."""
+    sink = PostgresSink(fresh_postgres)
+    try:
+        await seed_log(sink, 20, days=1)
+        monitor = IntegrityMonitor(sink, max_age_s=3600, changed_after_s=0)
+        first = await next_report(monitor, None)
+        async with sink.engine.connect() as connection:
+            await connection.execute(
+                text(
+                    "UPDATE c360_access_log SET record = jsonb_set(record, '{subject}',"
+                    " '\"mallory\"') WHERE chain = 'seed-1' AND seq = 10"
+                )
+            )
+            await connection.commit()
+            await connection.execute(text("SELECT pg_stat_force_next_flush()"))
+            await connection.commit()
+        edited = await next_report(monitor, first)
+    finally:
+        await sink.close()
+    assert first.report.intact is True and first.report.records == 20
+    assert edited.report.intact is False
+    assert [(b.chain, b.seq) for b in edited.report.breaks][:1] == [("seed-1", 10)]

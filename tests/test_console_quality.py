@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from demo.people import DemoWorld
 from demo.sales_db import seed_sales_db
@@ -112,6 +113,44 @@ async def test_only_stewards_and_security_see_data_quality(
             assert reply.errors[0]["extensions"] == {"code": "FORBIDDEN", "policy": "quality.read"}
             run = await gateway.query(RUN, None, headers)
             assert run.data == {"startDataQualityRun": None}, role
-        assert not gateway.gateway.quality_desk.running  # nothing was started
+        assert not gateway.gateway.quality_runs.running  # nothing was started
         status, page = await gateway.get("/console", {"accept-language": "zh-CN"})
     assert status == 200 and "数据质量" in page and 'data-view="quality"' in page
+
+
+async def test_one_run_at_a_time_whoever_asks(
+    demo_systems: DemoSystems, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """quality_on_sync's run, the page's and a caller's of `Gateway.quality()` are one run
+    while it lasts: the page is told none started, the caller gets that run's report, and
+    one run is stored."""
+    from gateway.quality import quality_report
+
+    gate = asyncio.Event()
+    measured = 0
+
+    async def gated_report(*args: Any, **options: Any) -> Any:
+        nonlocal measured
+        measured += 1
+        await gate.wait()
+        return await quality_report(*args, **options)
+
+    # Gated where the gateway calls it: every run of the test's waits for the gate.
+    monkeypatch.setattr("gateway.app.quality_report", gated_report)
+    overrides = {"identity.quality_on_sync": True}
+    async with running_gateway(demo_systems, tmp_path, overrides) as running:
+        steward = running.as_role("steward", "sales", subject="stella")
+        runs = running.gateway.quality_runs
+        during = await running.query(QUALITY, {"runs": 10}, steward)
+        refused = await running.query(RUN, None, steward)
+        joined = asyncio.create_task(running.gateway.quality(worst=5))
+        await asyncio.sleep(0)
+        gate.set()
+        report = await joined
+        stored = await running.gateway.store.quality_runs()
+        page = await finished(running, steward)
+    assert during.data["dataQuality"]["running"] is True
+    assert refused.data == {"startDataQualityRun": False}
+    assert measured == 1 and len(stored) == 1
+    assert report is runs.latest and stored[0].ran_at == report.ran_at
+    assert page["latest"]["ranAt"] == page["trend"][-1]["ranAt"]

@@ -6,6 +6,7 @@ the JSONL reference's answer."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -252,3 +253,54 @@ async def test_postgresql_lists_what_the_jsonl_log_lists(
         await sink.close()
     assert theirs and mine == theirs
     assert "ix_c360_access_rights" in plan, plan
+
+
+def _b64(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+async def test_a_cursor_the_api_did_not_issue_is_bad_input(
+    rights: tuple[RunningGateway, DemoWorld],
+) -> None:
+    """Whatever `after` holds, the answer is BAD_USER_INPUT naming it, never an internal
+    error: the cursor is compared with the listed requests' places only once it is one
+    this API issues (an aware timestamp, integers a log's seq can be, its own encoding)."""
+    gateway, world = rights
+    await gateway.query(REPORT, {"e": world.persons[-1].email}, privacy(gateway))
+    await gateway.gateway.access_log.flush()
+    security = gateway.as_role("security", subject="sam")
+    issued = await gateway.query(REQUESTS, {"first": 1}, security)
+    cursor = issued.data["rightsRequests"]["pageInfo"]["endCursor"]
+    ts, chain, seq, n = (
+        base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().rsplit("|", 3)
+    )
+    crafted = {
+        "not base64": "%%%not-base64%%%",
+        "not ascii": "é",
+        "not text": base64.urlsafe_b64encode(b"\xff\xfe|\x00").decode(),
+        "too few parts": _b64(f"{ts}|{chain}|{seq}"),
+        "no parts": _b64(""),
+        "naive time": _b64(f"2024-02-01T00:00:00|{chain}|1|0"),
+        "naive time of the log's": _b64(f"{ts[:19]}|{chain}|{seq}|{n}"),
+        "not a time": _b64(f"yesterday|{chain}|1|0"),
+        "year out of range": _b64(f"99999-01-01T00:00:00+00:00|{chain}|1|0"),
+        "seq not an integer": _b64(f"{ts}|{chain}|one|0"),
+        "n not an integer": _b64(f"{ts}|{chain}|{seq}|1.5"),
+        "huge seq": _b64(f"{ts}|{chain}|{10**100}|0"),
+        "too many digits": _b64(f"{ts}|{chain}|{'9' * 5000}|0"),
+        "negative seq": _b64(f"{ts}|{chain}|-1|0"),
+        "spaced seq": _b64(f"{ts}|{chain}| {seq}|{n}"),
+        "padded": cursor + "=" * (-len(cursor) % 4 or 4),
+    }
+    replies = {
+        name: await gateway.query(REQUESTS, {"first": 5, "after": after}, security)
+        for name, after in crafted.items()
+    }
+    accepted = await gateway.query(REQUESTS, {"first": 5, "after": cursor}, security)
+    assert {
+        name: (reply.data, reply.errors[0]["extensions"]) for name, reply in replies.items()
+    } == {
+        name: ({"rightsRequests": None}, {"code": "BAD_USER_INPUT", "argument": "after"})
+        for name in crafted
+    }
+    assert not accepted.errors and accepted.data["rightsRequests"]["total"] >= 1

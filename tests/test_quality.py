@@ -428,8 +428,7 @@ async def test_gauges_after_the_sync_and_after_a_quality_run(
     async with running_gateway(
         demo_systems, tmp_path / "gw", {"identity.quality_on_sync": True}
     ) as running:
-        assert running.gateway.quality_run is not None
-        await running.gateway.quality_run
+        assert await running.gateway.quality_runs.wait() is not None  # quality_on_sync's
         status, metrics = await running.get("/metrics")
         runs = await running.gateway.store.quality_runs()
     assert status == 200 and len(runs) == 1

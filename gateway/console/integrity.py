@@ -1,13 +1,13 @@
 """The chains' integrity for the console: `c360 audit verify [--checkpoint latest]`'s own
 check (the same `verify` and checkpoint `compare` over the same `scan`), run in the
-background and remembered, because on a large log it takes longer than a page may wait
-(a million records in PostgreSQL: minutes, in a worker process). A page gets the last
-finished report at once, with its time, never waiting for a check.
+background and remembered, because a check reads and hashes every record and a page may
+not wait for that. A page gets the last finished report at once, with its time.
 
-A report is kept per (latest checkpoint, log size): a new check starts when the newest
-checkpoint is another one, when asked (`refresh`), or when the log changed size and the
-report is older than `max_age_s`; a page reloaded over an unchanged log costs a directory
-listing and a size, never a hash."""
+A report stands for (the latest checkpoint, the log's state): a new check starts when
+asked (`refresh`), when the newest checkpoint is another one, when the log's state changed
+(a record added, edited or removed), and, changed or not, once the report is older than
+`max_age_s`. Looking costs a directory listing and a `stat` per file, or one row of
+PostgreSQL's table statistics: never a count, never a hash."""
 
 from __future__ import annotations
 
@@ -23,21 +23,24 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.audit import checkpoint as checkpoints
 from gateway.audit.chain import ChainReport, verify
 from gateway.audit.checkpoint import CheckpointSettings, Finding, LogScan
-from gateway.audit.sinks import AccessSink, JsonlSink, PostgresSink
+from gateway.audit.sinks import AccessSink, Item, JsonlSink, PostgresSink
 
 log = logging.getLogger("c360.console")
 
-Item = tuple[str, Mapping[str, Any] | None]
 BATCH = 2000
 
 
-Checked = tuple[ChainReport, str | None, tuple[Finding, ...] | None]
+# What `c360 audit verify` says of a log: the chains' report, where a torn tail was cut,
+# and the log compared with the checkpoint (None when it was not compared).
+LogVerdict = tuple[ChainReport, str | None, tuple[Finding, ...] | None]
+# What changes when the log does (`log_state`); equal states, the same records.
+LogState = tuple[tuple[str, int, int], ...] | tuple[int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +71,7 @@ class IntegrityReport:
     # What the log no longer matches of the checkpoint, named as `verify --checkpoint`
     # names it; None when not compared (no checkpoint, or one no configured key signed).
     findings: tuple[Finding, ...] | None = None
-    log_size: int | None = None  # the size the check started from (bytes, or records)
+    log_state: LogState | None = None  # the log's state the check started from
 
 
 def latest_checkpoint(settings: CheckpointSettings | None) -> LatestCheckpoint | None:
@@ -84,32 +87,43 @@ def latest_checkpoint(settings: CheckpointSettings | None) -> LatestCheckpoint |
     return LatestCheckpoint(path.name, checkpoint, problem)
 
 
-async def log_size(sink: AccessSink) -> int | None:
-    """A cheap measure that changes whenever records are added or removed: the JSONL
-    files' bytes, the PostgreSQL table's rows (an index-only count)."""
+async def log_state(sink: AccessSink) -> LogState | None:
+    """A cheap signal that changes when the log does, edits included: each JSONL file's
+    size and modification time (an edit in place, same length or not, moves the time),
+    or PostgreSQL's counts of rows inserted, updated and deleted in the table. Those are
+    statistics, published a little after the change and lost on a statistics reset: the
+    report's age (`max_age_s`) is the backstop. None when it cannot be read."""
     if isinstance(sink, JsonlSink):
 
-        def size() -> int:
-            total = 0
+        def state() -> LogState:
+            files = []
             for path in [*sink.files(), sink.cut_path]:
                 try:
-                    total += path.stat().st_size
+                    found = path.stat()
                 except FileNotFoundError:
                     continue  # rotated or pruned meanwhile, or no cut
-            return total
+                files.append((path.name, found.st_size, found.st_mtime_ns))
+            return tuple(files)
 
-        return await asyncio.to_thread(size)
+        return await asyncio.to_thread(state)
     if isinstance(sink, PostgresSink):
+        table = sink.table
+        changes = text(
+            "SELECT n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables"
+            " WHERE relname = :name AND schemaname = coalesce(:schema, current_schema())"
+        )
         try:
             async with sink.engine.connect() as connection:
-                counted = await connection.scalar(select(func.count()).select_from(sink.table))
+                row = (
+                    await connection.execute(changes, {"name": table.name, "schema": table.schema})
+                ).first()
         except (SQLAlchemyError, OSError):
             return None  # the check that follows says what is wrong with the database
-        return int(counted or 0)
+        return (int(row[0]), int(row[1]), int(row[2])) if row is not None else None
     return None
 
 
-def examine(
+def verify_and_scan(
     items: Iterator[Item], checkpoint: Mapping[str, Any] | None
 ) -> tuple[ChainReport, LogScan | None]:
     """`verify` over the items, and the checkpoint's trees read on the way (one pass)."""
@@ -137,7 +151,7 @@ def findings_of(
     return tuple(checkpoints.compare(checkpoint, scan, report, torn))
 
 
-async def verify_sink(sink: AccessSink, checkpoint: Mapping[str, Any] | None = None) -> Checked:
+async def verify_sink(sink: AccessSink, checkpoint: Mapping[str, Any] | None = None) -> LogVerdict:
     """`verify` over `sink.scan()` (and, with a trusted checkpoint, the log compared with
     it), streamed: the records pass through a bounded queue to a worker thread, so the
     event loop is never blocked by the hashing. Without a checkpoint nothing of the log
@@ -148,7 +162,7 @@ async def verify_sink(sink: AccessSink, checkpoint: Mapping[str, Any] | None = N
         while (batch := batches.get()) is not None:
             yield from batch
 
-    checking = asyncio.create_task(asyncio.to_thread(examine, items(), checkpoint))
+    checking = asyncio.create_task(asyncio.to_thread(verify_and_scan, items(), checkpoint))
     try:
         batch: list[Item] = []
         async for item in sink.scan():
@@ -167,10 +181,10 @@ async def verify_sink(sink: AccessSink, checkpoint: Mapping[str, Any] | None = N
     return report, torn, found
 
 
-def verify_postgres(dsn: str, checkpoint: Mapping[str, Any] | None = None) -> Checked:
+def verify_postgres(dsn: str, checkpoint: Mapping[str, Any] | None = None) -> LogVerdict:
     """`verify_sink` in a worker process, over a connection of its own."""
 
-    async def run() -> Checked:
+    async def run() -> LogVerdict:
         sink = PostgresSink(dsn)
         try:
             return await verify_sink(sink, checkpoint)
@@ -181,9 +195,16 @@ def verify_postgres(dsn: str, checkpoint: Mapping[str, Any] | None = None) -> Ch
 
 
 class IntegrityMonitor:
-    def __init__(self, sink: AccessSink, max_age_s: float = 300.0) -> None:
+    """The last finished check of one sink's log, and the next one when it is due."""
+
+    def __init__(
+        self, sink: AccessSink, max_age_s: float = 300.0, changed_after_s: float = 30.0
+    ) -> None:
         self.sink = sink
         self.max_age_s = max_age_s
+        # Longer than the console's longest poll while a check runs: a page polling the
+        # end of one check does not start the next over the records its own polls wrote.
+        self.changed_after_s = changed_after_s
         self.last: IntegrityReport | None = None
         self.latest: LatestCheckpoint | None = None  # as the last page saw it
         self._finished_at = float("-inf")
@@ -202,31 +223,31 @@ class IntegrityMonitor:
         the log; the page asks again while `checking`. `settings`: the configured
         checkpoint keys and directory (read per call: keys rotate on SIGHUP)."""
         latest = self.latest = await asyncio.to_thread(latest_checkpoint, settings)
-        size = await log_size(self.sink)
+        state = await log_state(self.sink)
         last = self.last
-        # A check of a large log takes a while (minutes for millions of records): left
-        # alone, re-checks take at most a tenth of the time, and a writer's periodic
-        # checkpoints do not keep one running back to back.
+        # Left alone, checks take at most a tenth of the time, however long one takes:
+        # a busy log or a writer's periodic checkpoints never keep one running back to back.
         since = time.monotonic() - self._finished_at
-        stale = since > max(self.max_age_s, 10 * self._took_s)
+        rested = since > 10 * self._took_s
         due = (
             refresh
             or last is None
-            or (_key(last.checkpoint) != _key(latest) and since > 10 * self._took_s)
-            or (stale and last.log_size != size)
+            or (rested and since > self.max_age_s)
+            or (rested and _key(last.checkpoint) != _key(latest))
+            or (rested and since > self.changed_after_s and last.log_state != state)
         )
         if due and not self.checking:
-            self._task = asyncio.create_task(self._check(latest, size), name="c360-console-verify")
+            self._task = asyncio.create_task(self._check(latest, state), name="c360-console-verify")
         return last
 
-    async def _check(self, latest: LatestCheckpoint | None, size: int | None) -> None:
+    async def _check(self, latest: LatestCheckpoint | None, state: LogState | None) -> None:
         started = time.perf_counter()
         # Compared only with a checkpoint a configured key signed, as the CLI refuses one.
         against = latest.checkpoint if latest is not None and latest.trusted else None
         try:
             if isinstance(self.sink, PostgresSink):
-                # A shared log can hold millions of records: hash them in a process of
-                # its own, or the hashing would hold the GIL against the requests served.
+                # A shared log has every gateway's records: hash them in a process of its
+                # own, or the hashing would hold the GIL against the requests served.
                 with ProcessPoolExecutor(
                     1, mp_context=multiprocessing.get_context("spawn")
                 ) as pool:
@@ -240,7 +261,7 @@ class IntegrityMonitor:
             log.warning("integrity check failed", extra={"reason": type(error).__name__})
             return
         self.last = IntegrityReport(
-            report, torn, dt.datetime.now(dt.UTC), latest, found, log_size=size
+            report, torn, dt.datetime.now(dt.UTC), latest, found, log_state=state
         )
         self._finished_at = time.monotonic()
         self._took_s = time.perf_counter() - started

@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import strawberry
 
@@ -27,32 +28,52 @@ from resolvers.console_pages import (
 log = logging.getLogger("c360.console")
 
 
-class QualityDesk:
-    def __init__(self, store: CrosswalkStore, run: Callable[[], Awaitable[QualityReport]]) -> None:
+class QualityRuns:
+    """This gateway's data-quality runs, one at a time: the page's, `quality_on_sync`'s
+    and `Gateway.quality()`'s all start here, and a run asked for while one runs is that
+    run (`start` says False; `run` waits for it). Keeps the last finished report."""
+
+    def __init__(
+        self, store: CrosswalkStore, measure: Callable[..., Awaitable[QualityReport]]
+    ) -> None:
         self.store = store
-        self._run = run
+        self._measure = measure  # one run, its options passed on (`worst`, `record`)
         self.latest: QualityReport | None = None  # this process's last run
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[QualityReport] | None = None
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def keep(self, report: QualityReport) -> None:
-        self.latest = report
-
-    def start(self) -> bool:
+    def start(self, **options: Any) -> bool:
         """A run in the background, unless one is running (False then)."""
-        if self.running:
-            return False
-        self._task = asyncio.create_task(self._background(), name="c360-console-quality")
-        return True
+        running = self.running
+        self._current(options)
+        return not running
 
-    async def _background(self) -> None:
-        try:
-            self.keep(await self._run())
-        except Exception:  # a failed run is logged; the page keeps the last one
-            log.exception("data-quality run failed")
+    async def run(self, **options: Any) -> QualityReport:
+        """A run, awaited: a new one, or the one running (whose options it then has).
+        A caller that gives up does not cancel it: other callers wait for it too."""
+        return await asyncio.shield(self._current(options))
+
+    def _current(self, options: dict[str, Any]) -> asyncio.Task[QualityReport]:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._kept(options), name="c360-quality-run")
+            self._task.add_done_callback(_logged)
+        return self._task
+
+    async def wait(self) -> QualityReport | None:
+        """The last run's report, once it finishes (None when none started, or it failed)."""
+        if self._task is None:
+            return None
+        with contextlib.suppress(Exception):
+            return await asyncio.shield(self._task)
+        return None
+
+    async def _kept(self, options: dict[str, Any]) -> QualityReport:
+        report = await self._measure(**options)
+        self.latest = report
+        return report
 
     async def runs(self, last: int) -> list[QualityRun]:
         """The stored runs, oldest first."""
@@ -63,6 +84,12 @@ class QualityDesk:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _logged(task: asyncio.Task[QualityReport]) -> None:
+    # Retrieved here, so that a run nobody waits for (the page's) is not lost unsaid.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("data-quality run failed", exc_info=task.exception())
 
 
 def _moment(stamp: str) -> dt.datetime:
@@ -134,15 +161,15 @@ def report_figures(report: QualityReport) -> QualityRunFigures:
     return QualityRunFigures(ran_at=_moment(report.ran_at), systems=systems, fields=fields)
 
 
-async def data_quality(desk: QualityDesk, runs: int) -> DataQuality:
-    stored = await desk.runs(runs)
+async def data_quality(quality: QualityRuns, runs: int) -> DataQuality:
+    stored = await quality.runs(runs)
     trend = [stored_figures(run) for run in stored]
-    report = desk.latest
+    report = quality.latest
     latest = trend[-1] if trend else None
     if report is not None and (latest is None or _moment(report.ran_at) >= latest.ran_at):
         latest = report_figures(report)
     return DataQuality(
-        running=desk.running,
+        running=quality.running,
         latest=latest,
         trend=trend,
         worst=[

@@ -14,7 +14,7 @@ from gateway.audit.sinks import AccessSink, JsonlSink, PostgresSink
 from gateway.console.integrity import IntegrityReport, LatestCheckpoint, monitor_for
 from gateway.console.jsonl_views import JsonlViews
 from gateway.console.pg_views import PostgresViews
-from gateway.console.quality import QualityDesk, data_quality
+from gateway.console.quality import QualityRuns, data_quality
 from gateway.console.rights import request_node, rights_requests
 from resolvers.audit_views import (
     AccessLogIntegrity,
@@ -40,7 +40,7 @@ class ConsoleReader:
         self,
         sink: AccessSink,
         access_log: AccessLog | None = None,
-        quality: QualityDesk | None = None,
+        quality: QualityRuns | None = None,
     ) -> None:
         self.sink = sink
         self.access_log = access_log
