@@ -119,7 +119,8 @@ class WriteRun:
         ctx.writes.append(self.entry)
 
     def changes(self, given: Mapping[str, Any]) -> list[Change]:
-        """The values the caller gave (an input field left out is not a change)."""
+        """The values the caller gave (an input field left out is not a change; one given
+        as null is refused)."""
         declaration = self.graph.declaration
         found: list[Change] = []
         for argument in self.write.arguments:
@@ -138,6 +139,15 @@ class WriteRun:
                 if inner is strawberry.UNSET:
                     continue
                 at = f"{argument.name}.{input_field.name}"
+                if inner is None:
+                    # A declared write sends what it is given, and a system may keep its
+                    # value for a null (SQL's COALESCE): the record would name a change
+                    # that did not happen. Removing a value is not a write's to make.
+                    raise user_error(
+                        f"'{at}' cannot be null: give a value, or leave the field out",
+                        "BAD_USER_INPUT",
+                        field=at,
+                    )
                 found.append(
                     Change(input_field.name, at, inner, input_field.edits, input_field.check)
                 )

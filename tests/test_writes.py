@@ -205,6 +205,21 @@ async def test_bad_input_names_the_field_and_writes_nothing(
     assert (await sales.row(sales_id)) == before
 
 
+async def test_a_null_value_is_refused_not_recorded_as_a_change(sales: Sales) -> None:
+    """`input: {email: null}`: the sales write keeps its value for a null, so accepting it
+    would record a change that did not happen; it is refused, naming the field."""
+    sales_id, _ = _owned(sales.world)
+    before = await sales.row(sales_id)
+    reply = await sales.gateway.query(
+        UPDATE,
+        {"id": sales.cuid(sales_id), "input": {"email": None, "phone": "13800138000"}},
+        headers=sales.headers("sales_manager"),
+    )
+    [error] = reply.errors
+    assert error["extensions"] == {"code": "BAD_USER_INPUT", "field": "input.email"}
+    assert (await sales.row(sales_id)) == before
+
+
 async def test_unknown_customers_are_not_found(sales: Sales) -> None:
     reply = await sales.gateway.query(
         UPDATE,
