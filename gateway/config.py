@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.admission import AdmissionSettings
 from gateway.audit.log import AuditSettings
-from gateway.audit.settings import parse_audit, shared_redis
+from gateway.audit.settings import SharedRedis, parse_audit
 from gateway.audit.sinks import AccessSink
 from gateway.auth import AuthConfig
 from gateway.cache import CacheSettings, parse_cache_settings
@@ -242,11 +242,11 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
     cache = parse_cache_settings(root.table("cache").data, sources.data)
     rate_limit = RateLimitSettings.parse(data["rate_limit"]) if "rate_limit" in data else None
     # The alert windows go to a Redis the instances already share (README, Alerts).
-    redis: list[tuple[str, str]] = []
+    redis: list[SharedRedis] = []
     if cache is not None and cache.shared:
-        redis.append(shared_redis(cache.url, cache.key_secret))
+        redis.append(SharedRedis(cache.url, cache.key_secret))
     if rate_limit is not None and rate_limit.url:
-        redis.append(shared_redis(rate_limit.url, rate_limit.key_prefix.encode()))
+        redis.append(SharedRedis(rate_limit.url))
     audit, audit_sink = parse_audit(root.table("audit").data, base_dir, redis)
     graph = root.table("graph")
     for graph_key in graph.data:

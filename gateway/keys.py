@@ -87,8 +87,16 @@ def inventory(config: Any, policy: KeyPolicy, today: dt.date) -> list[KeyInfo]:
             found.append((f"cache.encryption_keys.{fingerprint(key)}", use))
         for secret_id in cache.webhook_secrets:
             found.append((f"cache.webhook_secrets.{secret_id}", "invalidation webhook signatures"))
-        if cache.shared:
-            found.append(("cache.key_secret", "cache key names (HMAC)"))
+    # The alert windows in Redis name their keys with the cache's key secret, or their own.
+    alerts = getattr(config.audit, "alerts", None)
+    alert_secret = alerts.key_secret if alerts is not None and alerts.url else b""
+    if cache is not None and cache.shared:
+        use = "cache key names (HMAC)"
+        if alert_secret == cache.key_secret:
+            use += "; alert window key names (keyed hash)"
+        found.append(("cache.key_secret", use))
+    if alert_secret and (cache is None or not cache.shared or alert_secret != cache.key_secret):
+        found.append(("audit.alerts.key_secret", "alert window key names (keyed hash)"))
     found.append(
         (f"policies.hash_key.{config.policies.hash_key_id}", "hash mask pseudonyms (h1:<id>:…)")
     )

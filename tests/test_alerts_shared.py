@@ -1,11 +1,15 @@
 """Alert windows shared through Redis (issue 21 item 6): reading 300 customers spread
 over three instances raises one alert, once per window; a Redis that fails falls back to
-the instance's own windows, logged and counted, never failing a request."""
+the instance's own windows, logged and counted, never failing a request. Subjects are
+named in Redis by a keyed hash; one task per instance talks to Redis, over one
+connection, and a Redis that lags never holds a request or a shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import secrets
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,10 +20,10 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, generate_latest
 
 from demo.systems import DemoSystems
-from gateway.audit.alerts import AlertSettings, AlertStoreMetrics, SharedAccessPatterns
-from gateway.audit.log import AccessLog, AuditSettings
+from gateway.audit.alerts import Alert, AlertSettings, AlertStoreMetrics, SharedAccessPatterns
+from gateway.audit.log import AccessLog, AuditSettings, _read_spill
 from gateway.audit.recorder import record_with_alerts
-from gateway.audit.settings import DEFAULT_ALERT_PREFIX, parse_alerts, shared_redis
+from gateway.audit.settings import DEFAULT_ALERT_PREFIX, SharedRedis, parse_alerts
 from gateway.audit.sinks import JsonlSink
 from gateway.errors import ConfigError
 from harness import RunningGateway, running_gateway
@@ -30,8 +34,15 @@ PAGE = """query Page($after: String) { customers(first: 100, after: $after) {
   edges { node { id name email } } pageInfo { endCursor } } }"""
 
 
+SECRET = "the alert windows' key secret"
+
+
 def prefix() -> str:
     return f"c360-test-alerts:{uuid.uuid4().hex}:"
+
+
+def shared(redis_url: str, **more: Any) -> AlertSettings:
+    return AlertSettings(url=redis_url, key_prefix=prefix(), key_secret=SECRET.encode(), **more)
 
 
 async def alerts_in(gateway: RunningGateway) -> list[Mapping[str, Any]]:
@@ -62,7 +73,11 @@ async def test_300_customers_read_through_three_instances_raise_one_alert(
 ) -> None:
     overrides: dict[str, Any] = {"audit.alerts.bulk_customers": 250}
     if shared:
-        overrides |= {"audit.alerts.url": redis_url, "audit.alerts.key_prefix": prefix()}
+        overrides |= {
+            "audit.alerts.url": redis_url,
+            "audit.alerts.key_prefix": prefix(),
+            "audit.alerts.key_secret": SECRET,
+        }
     async with (
         running_gateway(demo_systems, tmp_path / "a", overrides) as one,
         running_gateway(demo_systems, tmp_path / "b", overrides) as two,
@@ -86,7 +101,7 @@ async def test_300_customers_read_through_three_instances_raise_one_alert(
 async def test_denied_fields_add_up_across_instances_and_alert_once_per_window(
     redis_url: str,
 ) -> None:
-    settings = AlertSettings(denied_fields=100, window_s=1.0, url=redis_url, key_prefix=prefix())
+    settings = shared(redis_url, denied_fields=100, window_s=1.0)
     trackers = [SharedAccessPatterns(settings) for _ in range(3)]
     try:
         answers = [await t.observe("eve", set(), 40) for t in trackers]
@@ -103,7 +118,9 @@ async def test_denied_fields_add_up_across_instances_and_alert_once_per_window(
         raw = aioredis.Redis.from_url(redis_url)
         try:
             keys = [k.decode() async for k in raw.scan_iter(settings.key_prefix + "*")]
-            assert keys and not any("eve" in key for key in keys)  # subjects hashed
+            assert keys and not any("eve" in key for key in keys)  # subjects hashed ...
+            unkeyed = hashlib.blake2b(b"eve", digest_size=16).hexdigest()
+            assert not any(unkeyed in key for key in keys)  # ... by a keyed hash
             ttls = [await raw.pttl(key) for key in keys]
             assert all(0 < ttl <= 2000 for ttl in ttls)  # they expire
         finally:
@@ -116,7 +133,7 @@ async def test_denied_fields_add_up_across_instances_and_alert_once_per_window(
 async def test_a_failing_redis_falls_back_to_the_instance_window_logged_and_counted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    alerts = AlertSettings(bulk_customers=2, url="redis://127.0.0.1:1/0", key_prefix=prefix())
+    alerts = shared("redis://127.0.0.1:1/0", bulk_customers=2)
     access_log = AccessLog(
         AuditSettings(chain="t", spill_path=tmp_path / "spill.jsonl", alerts=alerts),
         JsonlSink(tmp_path / "access.jsonl"),
@@ -143,15 +160,129 @@ async def test_a_failing_redis_falls_back_to_the_instance_window_logged_and_coun
 
 
 def test_the_alert_windows_go_to_the_redis_the_gateway_already_shares() -> None:
-    cache = shared_redis("redis://cache:6379/0", b"the cache key secret")
-    limiter = shared_redis("redis://limits:6379/0", b"c360:rl:")
+    cache = SharedRedis("redis://cache:6379/0", b"the cache key secret")
+    limiter = SharedRedis("redis://limits:6379/0")
     assert parse_alerts({}, []) == AlertSettings()  # no Redis: this instance's memory
     chosen = parse_alerts({"bulk_customers": 50}, [cache, limiter])
-    assert (chosen.url, chosen.key_prefix, chosen.bulk_customers) == (*cache, 50)
-    assert cache[1].startswith(DEFAULT_ALERT_PREFIX) and cache[1] != limiter[1]
-    assert "secret" not in cache[1]
+    assert (chosen.url, chosen.key_secret, chosen.bulk_customers) == (cache.url, cache.secret, 50)
+    assert chosen.key_prefix == DEFAULT_ALERT_PREFIX
+    assert "secret" not in repr(chosen)
     assert parse_alerts({"url": ""}, [cache]).url == ""  # memory, said explicitly
     explicit = parse_alerts({"url": "redis://elsewhere:6379/2"}, [cache])
-    assert (explicit.url, explicit.key_prefix) == ("redis://elsewhere:6379/2", "c360-alerts:")
+    assert (explicit.url, explicit.key_secret) == ("redis://elsewhere:6379/2", cache.secret)
     with pytest.raises(ConfigError, match=r"audit\.alerts\.url"):
         parse_alerts({"url": "memcached://x"}, [])
+    # The rate limiter's Redis names its keys with no secret: used only with one of its own.
+    assert parse_alerts({}, [limiter]).url == ""
+    own = parse_alerts({"key_secret": SECRET}, [limiter])
+    assert (own.url, own.key_secret) == (limiter.url, SECRET.encode())
+    with pytest.raises(ConfigError, match=r"audit\.alerts\.key_secret: a secret of at least 16"):
+        parse_alerts({"key_secret": "short"}, [cache])
+
+
+def test_an_explicit_url_without_a_secret_to_name_keys_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"audit\.alerts\.key_secret: required with"):
+        parse_alerts({"url": "redis://elsewhere:6379/2"}, [SharedRedis("redis://l:6379/0")])
+
+
+def test_the_key_prefix_stays_when_the_cache_secret_rotates() -> None:
+    """The namespace does not follow a secret: ops can ACL `~c360-alerts:*`, and
+    deployments on one Redis differ by the keyed hash (or an explicit key_prefix)."""
+    cache = SharedRedis("redis://cache:6379/0", b"the cache key secret")
+    before = parse_alerts({}, [cache])
+    after = parse_alerts({}, [SharedRedis(cache.url, b"the next cache secret")])
+    assert before.key_prefix == after.key_prefix == "c360-alerts:"
+    one, other = SharedAccessPatterns(before), SharedAccessPatterns(after)
+    assert one.keys("eve")[0].startswith("c360-alerts:{")
+    assert one.keys("eve") != other.keys("eve")  # another secret: another deployment
+    assert parse_alerts({"key_prefix": "c360-alerts:eu:"}, [cache]).key_prefix == "c360-alerts:eu:"
+
+
+async def test_requests_reach_redis_through_one_task_and_one_connection(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many requests at once: one pipeline at a time over one connection (the pool is
+    bounded besides), no random bytes read per request, the answers as one at a time."""
+    name = f"c360-test-{uuid.uuid4().hex[:12]}"
+    client = aioredis.Redis.from_url(redis_url, client_name=name)
+    tracker = SharedAccessPatterns(shared(redis_url, bulk_customers=150), client)
+    assert SharedAccessPatterns(shared(redis_url)).client.connection_pool.max_connections == 8
+
+    def no_urandom(*_: Any) -> str:
+        raise AssertionError("a token per request read from os.urandom")
+
+    monkeypatch.setattr(secrets, "token_hex", no_urandom)
+    found: list[list[Alert]] = []
+    try:
+        for n in range(200):
+            tracker.submit("dave", {f"cus_{n}"}, 0, found.append)
+        await tracker.settled()
+        raw = aioredis.Redis.from_url(redis_url)
+        try:
+            clients = [c for c in await raw.client_list() if c.get("name") == name]
+        finally:
+            await raw.aclose()
+        assert len(clients) == 1
+    finally:
+        await tracker.close()
+    assert len(found) == 200 and tracker.fallbacks == 0
+    [alert] = [alert for alerts in found for alert in alerts]  # the 151st customer's request
+    assert alert["distinct_customers"] == 151
+
+
+async def test_a_full_queue_counts_the_request_in_memory(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SharedAccessPatterns, "QUEUE_SIZE", 2)
+    tracker = SharedAccessPatterns(shared(redis_url, bulk_customers=3))
+    found: list[list[Alert]] = []
+    try:
+        for n in range(5):  # no await between: the queue takes two, memory the rest
+            tracker.submit("erin", {f"cus_{n}"}, 0, found.append)
+        assert tracker.fallbacks == 3 and len(found) == 3
+        await tracker.settled()
+    finally:
+        await tracker.close()
+    assert tracker.fallbacks == 3 and len(found) == 5
+
+
+async def test_stopping_counts_what_redis_has_not_answered_before_the_writer_stops(
+    tmp_path: Path,
+) -> None:
+    """A Redis that takes requests and never answers: stop() does not wait for it past
+    its time, and what it held is counted in memory, its alert recorded with the rest."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 20)
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    alerts = shared(f"redis://127.0.0.1:{port}/0", bulk_customers=2)
+    client = aioredis.Redis.from_url(alerts.url)  # no socket timeout: it would wait on
+    access_log = AccessLog(
+        AuditSettings(chain="t", spill_path=tmp_path / "spill.jsonl", alerts=alerts),
+        JsonlSink(tmp_path / "access.jsonl"),
+    )
+    access_log.patterns = SharedAccessPatterns(alerts, client)
+    await access_log.start()
+    try:
+        for customer in ("cus_1", "cus_2", "cus_3"):
+            record = {
+                "kind": "access",
+                "ts": "2026-12-07T10:00:00.000Z",
+                "subject": "grace",
+                "fields": {customer: {"email": "allow"}},
+            }
+            record_with_alerts(access_log, record)
+        await asyncio.sleep(0.05)  # the consumer has sent them and waits for Redis
+        async with asyncio.timeout(5):
+            await access_log.stop(timeout_s=0.1)
+        spill = access_log.settings.spill_path
+        written = [r for _, r in access_log.sink.lines() if r]  # type: ignore[attr-defined]
+        written += _read_spill(spill, 0, access_log.codec)[0]
+        assert [r["kind"] for r in written].count("alert") == 1
+        pending = [t for t in asyncio.all_tasks() if t.get_name() == "c360-alert-windows"]
+        assert not pending
+    finally:
+        server.close()

@@ -9,7 +9,8 @@ import asyncio
 import base64
 import dataclasses
 import logging
-from collections.abc import Iterator, Sequence
+import shutil
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from demo.systems import DemoSystems
+from gateway.audit import encryption
+from gateway.audit.commands import verify_log
 from gateway.audit.encryption import LogKeyMissing
 from gateway.audit.log import AccessLog
 from gateway.audit.settings import parse_audit
@@ -26,6 +29,7 @@ from gateway.audit.sinks import AccessQuery, JsonlSink, SinkUnavailable
 from gateway.cli import main
 from gateway.console.jsonl_views import JsonlViews
 from gateway.demo import to_toml
+from gateway.errors import ConfigError
 from harness import running_gateway
 
 PAGE = """query Page($n: Int) { customers(first: $n) { edges { node { id name email } } } }"""
@@ -307,3 +311,103 @@ async def test_the_gateway_writes_an_encrypted_log_with_no_subject_or_customer_i
     assert b"carol" not in raw and b'"sales"' not in raw
     assert not any(customer.encode() in raw for customer in customers)
     assert (tmp_path / "access-keys" / "k1.json").exists()  # beside the config: the data dir
+
+
+async def test_a_key_file_that_does_not_load_stops_start_up_with_one_line(
+    tmp_path: Path,
+) -> None:
+    settings, sink = parse_audit(audit_table(), tmp_path)
+    (tmp_path / "keys" / "access").mkdir(parents=True)
+    (tmp_path / "keys" / "access" / "k1.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"audit\.encryption_key_dir: .*k1\.json is not a key"):
+        await AccessLog(settings, sink).start()
+    (tmp_path / "blocked").write_text("a file where the key directory's parent should be")
+    settings, sink = parse_audit(audit_table(encryption_key_dir="blocked/keys"), tmp_path)
+    with pytest.raises(ConfigError, match=r"audit\.encryption_key_dir: .*blocked/keys: "):
+        await AccessLog(settings, sink).start()
+
+
+@pytest.mark.parametrize("breakage", ["not a directory", "a key file that does not load"])
+async def test_a_key_directory_that_breaks_after_start_never_stops_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, breakage: str
+) -> None:
+    """Sealing fails in the sink and in the spill alike: the records are counted lost,
+    flush() returns, and once the keys are back the writer goes on."""
+    monkeypatch.setattr(encryption, "RESCAN_S", 0.0)  # writers look at the directory each time
+    settings, sink = parse_audit(audit_table(spill_path="spill.jsonl"), tmp_path)
+    assert isinstance(sink, JsonlSink)
+    access_log = AccessLog(dataclasses.replace(settings, retry_interval_s=0.02), sink)
+    await access_log.start()
+    access_log.record(record(1))
+    await access_log.flush()
+    keys = tmp_path / "keys" / "access"
+    saved = (keys / "k1.json").read_bytes()
+    if breakage == "not a directory":
+        shutil.rmtree(keys)
+        keys.write_text("")
+    else:
+        (keys / "k2.json").write_text("{not json")
+    for n in (2, 3):
+        access_log.record(record(n))
+    async with asyncio.timeout(5):
+        await access_log.flush()
+    assert access_log.lost == 2 and access_log._writer is not None
+    assert not access_log._writer.done()
+    if breakage == "not a directory":
+        keys.unlink()
+        keys.mkdir()
+        (keys / "k1.json").write_bytes(saved)
+    else:
+        (keys / "k2.json").unlink()
+    access_log.record(record(4))
+    async with asyncio.timeout(5):
+        while access_log.spilling:  # noqa: ASYNC110 - the writer replays on its own
+            await asyncio.sleep(0.02)
+        await access_log.stop()
+    assert [r["seq"] for _, r in sink.lines() if r] == [1, 4]  # 2 and 3: lost, and counted
+
+
+async def test_prune_reads_places_from_envelopes_without_their_keys(tmp_path: Path) -> None:
+    audit = audit_table(max_bytes=4096)
+    await write_records(tmp_path, audit, [record(n) for n in range(1, 31)])
+    log_file = tmp_path / "log" / "access.jsonl"
+    assert len(JsonlSink(log_file).files()) > 2
+    without_keys = JsonlSink(log_file)  # reads no sealed line: prune needs none
+    assert await without_keys.prune({"gw": 12}, None) == 12
+    assert [e["seq"] for e in envelopes(log_file)] == list(range(13, 31))
+
+
+async def test_verify_names_a_tampered_line_while_another_scan_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    audit = audit_table()
+    settings, sink = parse_audit(audit, tmp_path)
+    assert isinstance(sink, JsonlSink)
+    await write_records(tmp_path, audit, [record(n) for n in range(1, 4)])
+    log_file = tmp_path / "log" / "access.jsonl"
+    lines = envelopes(log_file)
+    lines[1]["ct"] = lines[2]["ct"]
+    log_file.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in lines))
+    scan = sink.scan
+
+    async def scan_beside_another() -> AsyncIterator[Any]:
+        async for item in scan():
+            yield item
+        next(iter(sink.lines()))  # the console starts a scan of its own meanwhile
+
+    sink.scan = scan_beside_another  # type: ignore[method-assign]
+    assert await verify_log(sink, settings, None) == 1
+    assert "(access.jsonl:2): tampered: the ciphertext does not" in capsys.readouterr().err
+
+
+async def test_keys_beside_the_log_are_advised_against_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="c360.audit"):
+        await write_records(tmp_path, audit_table(), [record(1)])
+    advice = [r for r in caplog.records if "same file system" in r.getMessage()]
+    assert len(advice) == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="c360.audit"):
+        await write_records(tmp_path, {"path": "plain.jsonl", "chain": "p"}, [record(1)])
+    assert "same file system" not in caplog.text  # nothing sealed: nothing to advise

@@ -141,3 +141,12 @@ def test_an_invalid_policy_file_stops_start_up(tmp_path: Path) -> None:
     data["policies"]["file"] = str(missing)
     with pytest.raises(ConfigError, match=r"missing: .*customer\.email"):
         Gateway(parse_config(data))
+
+
+def test_alert_windows_in_redis_need_a_secret_to_name_their_keys() -> None:
+    data = template()  # its cache is in memory: no key secret to borrow
+    data["audit"] = {"alerts": {"url": "redis://127.0.0.1:6379/0"}}
+    with pytest.raises(ConfigError, match=r"^audit\.alerts\.key_secret: required with"):
+        parse_config(data)
+    data["audit"]["alerts"]["key_secret"] = "an alert windows secret"
+    assert parse_config(data).audit.alerts.url == "redis://127.0.0.1:6379/0"

@@ -217,3 +217,27 @@ async def test_keys_status_lists_ids_and_ages_never_secrets(
     ]
     for secret in secrets:
         assert secret not in text
+
+
+def test_the_alert_windows_secret_is_listed_by_its_use() -> None:
+    import datetime as dt
+
+    from gateway.config import parse_config
+    from gateway.keys import KeyPolicy, inventory
+
+    base = {
+        "identity": {"key": "x" * 32},
+        "auth": {"issuer": "i", "audience": "a", "hs256": {"k": "s" * 32}},
+        "policies": {"hash_key": "h" * 16},
+        "sources": {"s": {"kind": "rest", "base_url": "http://127.0.0.1:1", "entities": {}}},
+    }
+    own = {"url": "redis://127.0.0.1:6379/0", "key_secret": "alert-windows-" + "k" * 16}
+    config = parse_config({**base, "audit": {"alerts": own}})
+    uses = {key.id: key.use for key in inventory(config, KeyPolicy(), dt.date.today())}
+    assert uses["audit.alerts.key_secret"] == "alert window key names (keyed hash)"
+    cache = {"url": "redis://127.0.0.1:6379/0", "encryption_keys": [Fernet.generate_key().decode()]}
+    cache["key_secret"] = "cache-key-secret-" + "c" * 16
+    config = parse_config({**base, "cache": cache})  # the windows go to the cache's Redis
+    uses = {key.id: key.use for key in inventory(config, KeyPolicy(), dt.date.today())}
+    assert "audit.alerts.key_secret" not in uses
+    assert uses["cache.key_secret"].endswith("; alert window key names (keyed hash)")

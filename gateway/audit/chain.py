@@ -82,9 +82,9 @@ class ChainReport:
         return not self.breaks
 
 
-def verify(records: Iterable[tuple[str, Mapping[str, Any] | None]]) -> ChainReport:
-    """Check every chain in (location, record) order; None (or anything but an object)
-    is an unreadable line, named as a break of its own.
+def verify(records: Iterable[tuple[str, object]]) -> ChainReport:
+    """Check every chain in (location, record) order; anything but an object (None, why a
+    line is unreadable) is an unreadable line, named as a break of its own.
 
     Reports the first break of each chain: a record whose hash does not match its
     content (edited), whose prev_hash is not the previous record's hash (inserted or

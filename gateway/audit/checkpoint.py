@@ -399,8 +399,9 @@ class LogScan:
     found: list[tuple[str, int, bytes]] = field(default_factory=list)  # chain, index, bytes
     before: str | None = None  # prune: ts of the first record to keep (ISO, UTC)
 
-    def add(self, record: Mapping[str, Any] | None) -> None:
-        if record is None or not isinstance(record, Mapping):
+    def add(self, record: object) -> None:
+        """One scanned line: anything but a record (an unreadable line) is skipped."""
+        if not isinstance(record, Mapping):
             return
         name = str(record.get("chain", "?"))
         chain = self.chains.get(name)
@@ -455,7 +456,7 @@ def utc_iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).isoformat()
 
 
-def scan_items(items: Iterable[tuple[str, Mapping[str, Any] | None]], scan: LogScan) -> LogScan:
+def scan_items(items: Iterable[tuple[str, object]], scan: LogScan) -> LogScan:
     for _, record in items:
         scan.add(record)
     return scan

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,9 @@ from gateway.audit import checkpoint as checkpoints
 from gateway.audit import merkle
 from gateway.audit.chain import ChainReport, Cut, verify
 from gateway.audit.checkpoint import CheckpointError, CheckpointSettings, LogScan
-from gateway.audit.encryption import NOT_A_RECORD
+from gateway.audit.encryption import NOT_A_RECORD, Unreadable
 from gateway.audit.log import AuditSettings
-from gateway.audit.sinks import AccessSink, JsonlSink
-
-Item = tuple[str, Mapping[str, Any] | None]
+from gateway.audit.sinks import AccessSink, Item, JsonlSink
 
 
 def _settings(audit: AuditSettings) -> CheckpointSettings:
@@ -79,7 +77,7 @@ async def verify_log(sink: AccessSink, audit: AuditSettings, checkpoint_file: st
     cut_problem = _cut_problem(items, settings)
     if cut_problem:
         problems.append(f"BROKEN cut: {cut_problem}")
-    unreadable = sink.unreadable if isinstance(sink, JsonlSink) else {}
+    unreadable = {where: item for where, item in items if isinstance(item, Unreadable)}
     for broken in report.breaks:
         why = unreadable.get(broken.where)
         if why is not None and why is not NOT_A_RECORD:

@@ -11,9 +11,11 @@ Lines without `enc` are plain records (a log from before encryption was turned o
 
 Keys live in a directory of their own (`encryption_key_dir`), one file per key, `k1.json`,
 `k2.json`, … (`{"id", "created", "key"}`, mode 0600); the highest number encrypts new
-lines, every one decrypts. The first is made on first use; `c360 keys rotate
-audit.encryption_key` adds the next, which writers take within a second. A key is retired
-by deleting its file once no line it sealed is kept (after `c360 audit prune`).
+lines, every one decrypts. The first is made when a writer starts (`load_keys`, which
+also refuses a key file that does not load); `c360 keys rotate audit.encryption_key` adds
+the next, which writers take within a second. A key is retired by deleting its file
+once no line it sealed is kept (after `c360 audit prune`, which needs no key: it reads
+each line's place from its envelope).
 """
 
 from __future__ import annotations
@@ -221,6 +223,21 @@ class LineCodec:
             return PLAIN
         return cls(LogKeys(settings.key_dir), settings.encrypt)
 
+    def load_keys(self) -> None:
+        """Read the key ring now, and make the first key when sealing: a key file that
+        does not load, or a key directory that cannot be made, stops start-up with one
+        line instead of failing writes later."""
+        if self.keys is None:
+            return
+        try:
+            self.keys.listing()
+            if self.encrypt:
+                self.keys.current()
+        except OSError as error:
+            raise ConfigError(
+                f"audit.encryption_key_dir: {self.keys.directory}: {error.strerror or error}"
+            ) from error
+
     def encode(self, record: Mapping[str, Any]) -> bytes:
         """One line, without its newline."""
         plain = orjson.dumps(record)
@@ -285,6 +302,22 @@ class LineCodec:
         ):
             return Unreadable("tampered: the envelope does not match the record it holds", *place)
         return record
+
+
+def place(line: bytes) -> tuple[str, int] | None:
+    """The chain and seq a line claims, without opening it: an envelope carries them in
+    clear (bound as associated data, so `verify` names a relabelled one), a plain line in
+    its record. None for a line that claims no place."""
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    chain, seq = value.get("chain"), value.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int):
+        return None
+    return str(chain), seq
 
 
 PLAIN = LineCodec()

@@ -28,11 +28,12 @@ from typing import Any
 
 from gateway.audit import checkpoint as checkpoints
 from gateway.audit import merkle, otel
-from gateway.audit.alerts import AccessPatterns, Alert, AlertSettings, build_alert_tracker
+from gateway.audit.alerts import Alert, AlertSettings, build_alert_tracker
 from gateway.audit.chain import GENESIS, ChainHead
-from gateway.audit.encryption import EncryptionSettings, LineCodec, LogKeyMissing, Unreadable
-from gateway.audit.sinks import AccessSink, SinkUnavailable
+from gateway.audit.encryption import EncryptionSettings, LineCodec, Unreadable
+from gateway.audit.sinks import AccessSink, JsonlSink, SinkUnavailable
 from gateway.audit.writers import ChainClaim, claim_chain, suffixed
+from gateway.errors import ConfigError
 
 log = logging.getLogger("c360.audit")
 
@@ -77,7 +78,6 @@ class AccessLog:
         self.sink = sink
         self.head = ChainHead(settings.chain)
         self.patterns = build_alert_tracker(settings.alerts)
-        self._watching: set[asyncio.Task[None]] = set()  # alerts asked of Redis, not answered
         self.codec = LineCodec.of(settings.encryption)  # the spill file's lines
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(settings.queue_size)
         self._writer: asyncio.Task[None] | None = None
@@ -113,9 +113,12 @@ class AccessLog:
         self.head = ChainHead(claim.chain)
 
     async def start(self) -> None:
+        # The key ring first: a key that does not load stops start-up here, not the writer.
+        await asyncio.to_thread(self.codec.load_keys)
         self.claim()
         self.export = otel.from_environ(os.environ)
         await self.sink.open()
+        self._advise_on_key_placement()
         self.head = await self.sink.head(self.settings.chain)
         spill = self.settings.spill_path
         if spill.exists() and spill.stat().st_size:
@@ -188,16 +191,30 @@ class AccessLog:
         )
         return True
 
+    def _advise_on_key_placement(self) -> None:
+        """One warning when the keys sealing the log share its file system: a copy of that
+        disk (a backup, a snapshot, a stolen volume) then carries both."""
+        encryption = self.settings.encryption
+        if encryption is None or not encryption.encrypt:
+            return
+        places = [self.settings.spill_path.parent]
+        if isinstance(self.sink, JsonlSink):
+            places.append(self.sink.path.parent)
+        keys = _device(encryption.key_dir)
+        beside = [str(place) for place in places if keys is not None and _device(place) == keys]
+        if beside:
+            log.warning(
+                "the access log's encryption keys are on the same file system as the log: "
+                "consider audit.encryption_key_dir on another volume or a secret mount",
+                extra={"key_dir": str(encryption.key_dir), "log_dirs": beside},
+            )
+
     async def flush(self) -> None:
         """Wait until every record, those due after an answer too (and the alerts they
         raise), is in the sink (or spilled)."""
         self._run_due()
-        await self._watched()
+        await self.patterns.settled()
         await self._queue.join()
-
-    async def _watched(self) -> None:
-        while self._watching:
-            await asyncio.gather(*self._watching, return_exceptions=True)
 
     @property
     def spilling(self) -> bool:
@@ -210,8 +227,11 @@ class AccessLog:
         self._run_due()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
-                await self._watched()
+                await self.patterns.settled()
                 await self._queue.join()
+        # Before the writer stops: what Redis has not answered yet is counted in memory,
+        # and the alerts it raises are queued (or spilled) with the rest.
+        await self.patterns.close()
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
@@ -227,7 +247,6 @@ class AccessLog:
         if self.tree is not None and self.tree.frontier.size > self.tree.checkpointed:
             await self._checkpoint()
         await self.sink.close()
-        await self.patterns.close()
         if self.export is not None:
             await asyncio.to_thread(self.export.shutdown)
             self.export = None
@@ -289,7 +308,7 @@ class AccessLog:
         except TimeoutError as error:
             raise AuditUnavailable("the access record was not durable in time") from error
 
-    def watch(self, record: dict[str, Any], read_customers: set[str], denied: int) -> None:
+    def count_alerts(self, record: dict[str, Any], read_customers: set[str], denied: int) -> None:
         """Count a request's reads and denials in its subject's alert windows, and record
         the alerts that raises after the request's record: at once when the windows are
         in memory, once Redis has answered when they are shared (off the request's path;
@@ -297,25 +316,11 @@ class AccessLog:
         subject = record.get("subject")
         if not subject or (not read_customers and not denied):
             return
-        patterns = self.patterns
-        if isinstance(patterns, AccessPatterns):
-            alerts = patterns.observe(subject, read_customers, denied, time.monotonic())
-            self._raise(record, alerts)
-            return
+        self.patterns.submit(
+            subject, read_customers, denied, lambda alerts: self._record_alerts(record, alerts)
+        )
 
-        async def shared() -> None:
-            self._raise(record, await patterns.observe(subject, read_customers, denied))
-
-        task = asyncio.get_running_loop().create_task(shared())
-        self._watching.add(task)
-        task.add_done_callback(self._watched_one)
-
-    def _watched_one(self, task: asyncio.Task[None]) -> None:
-        self._watching.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("access pattern alerts not counted", exc_info=task.exception())
-
-    def _raise(self, record: Mapping[str, Any], alerts: list[Alert]) -> None:
+    def _record_alerts(self, record: Mapping[str, Any], alerts: list[Alert]) -> None:
         for alert in alerts:
             log.warning(
                 "access pattern alert",
@@ -325,7 +330,7 @@ class AccessLog:
                     **alert,
                 },
             )
-            self.record(alert_record(record, alert))
+            self.record(alert_record(record, alert), awaited=False)
 
     # -- the writer --------------------------------------------------------------------
 
@@ -468,15 +473,16 @@ class AccessLog:
             # has (JSONL appends are not idempotent).
             try:
                 self._stalled_head = (await self.sink.head(self.settings.chain)).seq
-            except (SinkUnavailable, OSError):
+            except (SinkUnavailable, OSError, ConfigError):  # ConfigError: a key that fails
                 return
         while True:
             try:
                 records, end = await asyncio.to_thread(
                     _read_spill, path, self._replayed, self.codec
                 )
-            except LogKeyMissing as error:
-                # Kept, not skipped: the replay resumes once the key is back.
+            except (ConfigError, OSError) as error:
+                # Kept, not skipped (a key missing or failing, the file unreadable): the
+                # replay resumes once that is mended.
                 log.critical("the spill file cannot be replayed", extra={"reason": str(error)})
                 return
             if not records:
@@ -498,6 +504,19 @@ class AccessLog:
                 return
             self.written += len(records)
             self._replayed = end
+
+
+def _device(path: Path) -> int | None:
+    """The file system a path is on (its nearest existing ancestor's, when it is not made
+    yet)."""
+    for place in (path, *path.parents):
+        try:
+            return place.stat().st_dev
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+    return None
 
 
 def _tree_at(entry: dict[str, Any]) -> checkpoints.WriterTree:

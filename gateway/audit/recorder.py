@@ -172,5 +172,5 @@ def record_with_alerts(access_log: AccessLog, record: dict[str, Any]) -> Any:
         fields: Mapping[str, Mapping[str, str]] = record["fields"]
         read = {c for c, seen in fields.items() if any(d in PERSONAL for d in seen.values())}
         denied = sum(1 for seen in fields.values() for d in seen.values() if d == "deny")
-        access_log.watch(record, read, denied)
+        access_log.count_alerts(record, read, denied)
     return durable

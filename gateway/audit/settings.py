@@ -4,9 +4,9 @@ encryption at rest."""
 
 from __future__ import annotations
 
-import hashlib
 import socket
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,26 +37,27 @@ KEYS = {
     "encrypt",
     "encryption_key_dir",
 }
-ALERT_KEYS = {"bulk_customers", "denied_fields", "window_s", "url", "key_prefix"}
+ALERT_KEYS = {"bulk_customers", "denied_fields", "window_s", "url", "key_prefix", "key_secret"}
 DEFAULT_ALERT_PREFIX = AlertSettings().key_prefix
 
 
-def shared_redis(url: str, namespace: bytes) -> tuple[str, str]:
-    """The alert windows kept in a Redis the gateway already uses (its cache's, or its rate
-    limiter's), under keys named after a digest of that use's own namespace (the cache's
-    key secret, the rate limiter's key prefix): instances of one deployment share them,
-    two deployments on one Redis do not."""
-    digest = hashlib.blake2b(namespace, digest_size=6, person=b"c360-alerts").hexdigest()
-    return url, f"{DEFAULT_ALERT_PREFIX}{digest}:"
+@dataclass(frozen=True, slots=True)
+class SharedRedis:
+    """A Redis the gateway already uses (its cache's, its rate limiter's), where the alert
+    windows go by default, and the secret that use names its keys with, if any (the
+    cache's key secret)."""
+
+    url: str
+    secret: bytes = field(default=b"", repr=False)
 
 
 def parse_audit(
     table: Mapping[str, Any],
     base_dir: Path | None,
-    redis: Sequence[tuple[str, str]] = (),
+    redis: Sequence[SharedRedis] = (),
 ) -> tuple[AuditSettings, AccessSink]:
-    """`redis`: (url, key prefix) of the Redis the gateway already uses, if any
-    (`shared_redis`), where the alert windows go unless `[audit.alerts] url` says."""
+    """`redis`: the Redis the gateway already uses, if any, first choice first, where the
+    alert windows go unless `[audit.alerts] url` says."""
     unknown = sorted(set(table) - KEYS)
     if unknown:
         raise ConfigError(f"audit.{unknown[0]}: unknown key")
@@ -125,9 +126,12 @@ def parse_audit(
     return settings, sink
 
 
-def parse_alerts(alerts: Mapping[str, Any], redis: Sequence[tuple[str, str]]) -> AlertSettings:
-    """`[audit.alerts]`: thresholds, and `url` (redis://…, or "" for this instance's
-    memory; default: the Redis the gateway already uses, `redis`) with `key_prefix`."""
+def parse_alerts(alerts: Mapping[str, Any], redis: Sequence[SharedRedis]) -> AlertSettings:
+    """`[audit.alerts]`: thresholds; `url` (redis://…, or "" for this instance's memory;
+    default: the first Redis the gateway already uses, `redis`), `key_prefix` and
+    `key_secret` (default: the cache's key secret). Subjects are named in Redis by a keyed
+    hash, so the windows go to Redis only with a secret: an explicit `url` without one is
+    refused; the default Redis without one (the rate limiter's alone) is not used."""
     unknown = sorted(set(alerts) - ALERT_KEYS)
     if unknown:
         raise ConfigError(f"audit.alerts.{unknown[0]}: unknown key")
@@ -138,14 +142,26 @@ def parse_alerts(alerts: Mapping[str, Any], redis: Sequence[tuple[str, str]]) ->
         window_s = float(alerts.get("window_s", defaults.window_s))
     except (TypeError, ValueError) as error:
         raise ConfigError("audit.alerts: numbers") from error
-    url, prefix = redis[0] if redis and "url" not in alerts else ("", DEFAULT_ALERT_PREFIX)
-    url = alerts.get("url", url)
-    prefix = alerts.get("key_prefix", prefix)
+    secret_text = alerts.get("key_secret", "")
+    if not isinstance(secret_text, str) or (secret_text and len(secret_text.encode()) < 16):
+        raise ConfigError("audit.alerts.key_secret: a secret of at least 16 bytes")
+    secret = secret_text.encode() or next((r.secret for r in redis if r.secret), b"")
+    url = alerts.get("url", redis[0].url if redis else "")
     if not isinstance(url, str) or (url and not url.startswith(("redis://", "rediss://"))):
         raise ConfigError("audit.alerts.url: empty (this instance's memory) or a redis:// URL")
+    if url and not secret:
+        if "url" in alerts:
+            raise ConfigError(
+                "audit.alerts.key_secret: required with audit.alerts.url (at least 16 bytes; "
+                "subjects are named in Redis by a keyed hash), or a Redis cache's key_secret"
+            )
+        url = ""  # the rate limiter's Redis alone offers no secret: this instance's memory
+    prefix = alerts.get("key_prefix", DEFAULT_ALERT_PREFIX)
     if not isinstance(prefix, str) or not prefix:
         raise ConfigError("audit.alerts.key_prefix: a non-empty string")
-    return AlertSettings(bulk_customers, denied_fields, window_s, url, prefix)
+    return AlertSettings(
+        bulk_customers, denied_fields, window_s, url, prefix, secret if url else b""
+    )
 
 
 def parse_encryption(table: Mapping[str, Any], base: Path) -> EncryptionSettings | None:

@@ -46,11 +46,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from gateway.audit import checkpoint as checkpoints
 from gateway.audit import reach
 from gateway.audit.chain import GENESIS, ChainHead, Cut
-from gateway.audit.encryption import PLAIN, LineCodec, Unreadable
+from gateway.audit.encryption import PLAIN, LineCodec, Unreadable, place
 
 log = logging.getLogger("c360.audit")
 
 Record = Mapping[str, Any]
+# What a scan yields per line: the record, why the line holds none (a sealed line that
+# does not open, JSON that is not an object), or None (a row whose record is not one).
+Item = tuple[str, Record | Unreadable | None]
 
 
 class SinkUnavailable(Exception):
@@ -111,7 +114,7 @@ class AccessSink(Protocol):
 
     async def head(self, chain: str) -> ChainHead: ...
 
-    def scan(self) -> AsyncIterator[tuple[str, Record | None]]: ...
+    def scan(self) -> AsyncIterator[Item]: ...
 
     async def search(self, query: AccessQuery) -> list[Record]: ...
 
@@ -190,8 +193,6 @@ class JsonlSink:
     ) -> None:
         self.path = path
         self.codec = codec
-        # Lines `lines()` found unreadable, by file:line, with why (what verify prints).
-        self.unreadable: dict[str, Unreadable] = {}
         self.max_bytes = max_bytes
         self.sync_interval_s = sync_interval_s
         self.torn_bytes = 0
@@ -268,7 +269,10 @@ class JsonlSink:
 
     async def write(self, records: Sequence[Record]) -> None:
         encode = self.codec.encode
-        data = b"".join(encode(record) + b"\n" for record in records)
+        try:
+            data = b"".join(encode(record) + b"\n" for record in records)
+        except (OSError, ValueError) as error:  # ConfigError too: a key that does not load
+            raise SinkUnavailable(f"{self.path}: the lines could not be sealed: {error}") from error
         now = time.monotonic()
         sync = now - self._synced_at >= self.sync_interval_s
         try:
@@ -349,15 +353,18 @@ class JsonlSink:
         self.path.rename(target)
 
     def lines(self) -> Iterator[tuple[str, Record | None]]:
-        """(file:line, record) in order; None for a line that is not a record (not JSON,
-        or JSON but not an object: `123`, `[]`), which `verify` names and everything else
-        skips. The last line of the newest file, when it has no newline, is a write a
-        crash cut short: it is skipped and named in `torn_at` (the gateway cuts it off
-        when it starts). A sealed line is opened here (`codec`); one that does not open is
-        None too, with why in `unreadable`, and one under a key nobody holds raises
-        LogKeyMissing."""
+        """(file:line, record) in order; None for a line that is not a record (`entries`
+        says why), which everything but `verify` skips."""
+        for where, item in self.entries():
+            yield where, None if isinstance(item, Unreadable) else item
+
+    def entries(self) -> Iterator[tuple[str, Record | Unreadable]]:
+        """(file:line, record) in order, or why the line holds none: not JSON, JSON but
+        not an object (`123`, `[]`), a sealed line that does not open (`codec`); `verify`
+        names each. A line under a key nobody holds raises LogKeyMissing. The last line
+        of the newest file, when it has no newline, is a write a crash cut short: it is
+        skipped and named in `torn_at` (the gateway cuts it off when it starts)."""
         self.torn_at: str | None = None
-        self.unreadable = {}
         decode = self.codec.decode
         files = self.files()
         for path in files:
@@ -369,12 +376,7 @@ class JsonlSink:
                         return
                     if not line.strip():
                         continue
-                    record = decode(line, where)
-                    if isinstance(record, Unreadable):
-                        self.unreadable[where] = record
-                        yield where, None
-                    else:
-                        yield where, record
+                    yield where, decode(line, where)
 
     def _cut(self) -> dict[str, Any] | None:
         if not self.cut_path.exists():
@@ -405,8 +407,8 @@ class JsonlSink:
         data = orjson.dumps(checkpoint, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
         await asyncio.to_thread(_replace_file, self.cut_path, data + b"\n")
 
-    async def scan(self) -> AsyncIterator[tuple[str, Record | None]]:
-        items = await asyncio.to_thread(lambda: [*self.cut_items(), *self.lines()])
+    async def scan(self) -> AsyncIterator[Item]:
+        items: list[Item] = await asyncio.to_thread(lambda: [*self.cut_items(), *self.entries()])
         for item in items:
             yield item
 
@@ -433,11 +435,11 @@ class JsonlSink:
         return await asyncio.to_thread(self._prune, cuts)
 
     def _prune(self, cuts: Mapping[str, int]) -> int:
-        def drop(record: Record | Unreadable) -> bool:
-            if isinstance(record, Unreadable):
-                return False
-            seq = record.get("seq")
-            return isinstance(seq, int) and seq <= cuts.get(str(record.get("chain")), 0)
+        def drop(line: bytes) -> bool:
+            # By the place a line claims, unopened: prune runs after `verify` opened every
+            # line, and needs no key (one retired meanwhile does not stop it part-way).
+            claimed = place(line)
+            return claimed is not None and claimed[1] <= cuts.get(claimed[0], 0)
 
         with self.locked(fcntl.LOCK_EX):
             if self.path.exists() and self.path.stat().st_size:
@@ -449,11 +451,7 @@ class JsonlSink:
                 continue
             with path.open("rb") as handle:
                 lines = handle.readlines()
-            kept = [
-                line
-                for number, line in enumerate(lines, 1)
-                if not line.strip() or not drop(self.codec.decode(line, f"{path.name}:{number}"))
-            ]
+            kept = [line for line in lines if not line.strip() or not drop(line)]
             if len(kept) == len(lines):
                 continue
             removed += len(lines) - len(kept)
@@ -908,7 +906,7 @@ class PostgresSink:
         async with self.engine.connect() as connection:
             return [row[0] for row in await connection.execute(query)]
 
-    async def scan(self) -> AsyncIterator[tuple[str, Record | None]]:
+    async def scan(self) -> AsyncIterator[Item]:
         query = select(self.table.c.chain, self.table.c.seq, self.table.c.record).order_by(
             self.table.c.chain, self.table.c.seq
         )
