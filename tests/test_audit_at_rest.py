@@ -411,3 +411,38 @@ async def test_keys_beside_the_log_are_advised_against_once(
     with caplog.at_level(logging.WARNING, logger="c360.audit"):
         await write_records(tmp_path, {"path": "plain.jsonl", "chain": "p"}, [record(1)])
     assert "same file system" not in caplog.text  # nothing sealed: nothing to advise
+
+
+async def test_a_sink_that_fails_unexpectedly_never_stops_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error a sink was not meant to raise (a bug there) is handled as the sink being
+    unavailable: the batch is spilled and replayed, nothing is lost, the writer runs on."""
+    settings, sink = parse_audit(audit_table(spill_path="spill.jsonl"), tmp_path)
+    assert isinstance(sink, JsonlSink)
+    access_log = AccessLog(dataclasses.replace(settings, retry_interval_s=0.02), sink)
+    write = sink.write
+    failures = [RuntimeError("a bug in the sink")]
+
+    async def failing_once(records: Sequence[dict[str, Any]]) -> None:
+        if failures:
+            raise failures.pop()
+        await write(records)
+
+    monkeypatch.setattr(sink, "write", failing_once)
+    await access_log.start()
+    try:
+        access_log.record(record(1))
+        access_log.record(record(2))
+        async with asyncio.timeout(5):
+            await access_log.flush()
+            while access_log.spilling:  # noqa: ASYNC110 - the writer replays on its own
+                await asyncio.sleep(0.02)
+        access_log.record(record(3))
+        async with asyncio.timeout(5):
+            await access_log.flush()
+        assert not failures and access_log.lost == 0
+        assert access_log._writer is not None and not access_log._writer.done()
+    finally:
+        await access_log.stop()
+    assert [r["seq"] for _, r in sink.lines() if r] == [1, 2, 3]

@@ -349,9 +349,12 @@ class AccessLog:
             deadline = batch[0].made + self.settings.write_timeout_s
             try:
                 await self._write_by([pending.record for pending in batch], deadline)
-            except (SinkUnavailable, TimeoutError) as error:
+            except Exception as error:  # SinkUnavailable, TimeoutError, or a bug
+                # Anything else a sink raises is a bug there, but the writer must outlive
+                # it: a dead writer loses every later record without a word.
                 log.error(
                     "access log sink unavailable: spilling to disk",
+                    exc_info=not isinstance(error, SinkUnavailable | TimeoutError),
                     extra={"reason": str(error) or "the write took too long"},
                 )
                 # Everything still queued is newer than this batch: spill it all, in order.
@@ -416,7 +419,9 @@ class AccessLog:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        except (OSError, ValueError) as error:  # ValueError: a key file that does not load
+        except (OSError, ValueError, TypeError) as error:
+            # ValueError: a key file that does not load; TypeError: a record that is not
+            # JSON (a bug upstream). Either way the writer runs on and says what was lost.
             self.lost += len(batch)
             log.critical(
                 "access records could not be written anywhere",
