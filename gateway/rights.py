@@ -17,69 +17,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import orjson
 
 from gateway.audit.recorder import GraphFacts, access_record, now_iso
 from gateway.config import Config
+from gateway.console.report import REPORT, render_html
 from gateway.http.state import RequestState, new_request_id
 from policies.principal import Principal
 
-REPORT = """query SubjectReport($email: String, $phone: String, $customer: ID) {
-  subjectReport(email: $email, phone: $phone, customer: $customer) {
-    customer generatedAt systemsUnavailable
-    linked { system key }
-    records { system entity key values { name value } }
-    accesses { at kind subject roles purpose client requestId fields { field decision } }
-  }
-}"""
 ERASE = """mutation SubjectErase($email: String, $phone: String, $customer: ID) {
   subjectErase(email: $email, phone: $phone, customer: $customer, confirm: true) {
     customer erased failed manual unlinked
   }
 }"""
-
-# The printable page's labels: both languages, one after the other.
-LABELS = {
-    "en": {
-        "title": "What we hold about you",
-        "customer": "Customer id",
-        "generated": "Generated",
-        "records": "Records held, by system",
-        "field": "Field",
-        "value": "Value",
-        "accesses": "Who accessed your data",
-        "when": "When",
-        "who": "Who",
-        "why": "Purpose",
-        "what": "Fields",
-        "none": "None",
-    },
-    "zh-CN": {
-        "title": "我们持有的您的个人信息",
-        "customer": "客户编号",
-        "generated": "生成时间",
-        "records": "各系统持有的记录",
-        "field": "字段",
-        "value": "值",
-        "accesses": "您的数据被谁访问过",
-        "when": "时间",
-        "who": "访问者",
-        "why": "目的",
-        "what": "字段",
-        "none": "无",
-    },
-}
-
-
-def render_html(report: dict[str, Any]) -> str:
-    """The printable page for the person: Chinese, then English."""
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).parent / "console" / "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    return environment.get_template("subject_report.html").render(report=report, labels=LABELS)
 
 
 async def run(config: Config, operation: str, keys: dict[str, str | None]) -> dict[str, Any]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from bench.console_page import missing as missing_browser
 from demo.people import DemoWorld, Person
 from demo.systems import DemoSystems
 from gateway.audit.sinks import JsonlSink
+from gateway.console.report import render_html
 from harness import RunningGateway, running_gateway
 
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "console.png"
@@ -469,6 +472,159 @@ async def test_the_security_console_in_a_browser(
     if os.environ.get("C360_UPDATE_SCREENSHOT") == "1":  # a test run leaves the tree alone
         DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(browser.shots / "timeline.png", DOCS_SCREENSHOT)
+
+
+# The text of the console's drawing of a person's report, node by node.
+REPORT_TEXT = """
+const walker = document.createTreeWalker(
+  document.getElementById("subject-report"), NodeFilter.SHOW_TEXT);
+const parts = [];
+while (walker.nextNode()) parts.push(walker.currentNode.data);
+return parts;
+"""
+
+
+class _BodyText(HTMLParser):
+    """The text nodes of a page's body, as the browser's walker above lists them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self.body = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.body = self.body or tag == "body"
+
+    def handle_data(self, data: str) -> None:
+        if self.body:
+            self.parts.append(data)
+
+
+def _words(parts: list[str]) -> list[str]:
+    return [" ".join(part.split()) for part in parts if part.strip()]
+
+
+def privacy_session(
+    browser: Browser, person: Person, cuid: str, tokens: dict[str, str]
+) -> dict[str, Any]:
+    """Runs in a thread: Selenium blocks, and the gateway serves on the test's loop."""
+    from selenium.webdriver.support.ui import Select
+
+    seen: dict[str, Any] = {}
+    browser.open("/console")
+    browser.sign_in(tokens["privacy"])
+    browser.ready("rights")  # the privacy office's one page
+    Select(browser.find("#s-kind")).select_by_value("email")
+    browser.find("#s-key").send_keys(person.email + "\n")
+    browser.wait(lambda: browser.all("#subject-report section"))
+    seen["languages"] = [s.get_attribute("lang") for s in browser.all("#subject-report > section")]
+    seen["text"] = browser.driver.execute_script(REPORT_TEXT)
+    seen["controls"] = {
+        control: browser.find(f"#{control}").text for control in ("report-print", "report-json")
+    }
+    seen["key"] = browser.find("#s-key").get_attribute("value")
+    seen["kept_in"] = browser.driver.execute_script(
+        "return [location.href, JSON.stringify(localStorage), Object.keys(sessionStorage)]"
+    )
+    # The list shows the report just run, once the log holds it.
+    browser.wait(
+        lambda: any(
+            r[1] == "Subject report" and r[2] == cuid for r in browser.rows("#rights-table")
+        )
+    )
+    browser.shot("subject-report")
+    browser.find("#report-json").click()
+    seen["json"] = browser.downloaded(f"c360-subject-report-{cuid}.json")
+    # Printed: the report alone.
+    browser.driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    seen["printed"] = {
+        part: browser.find(part).is_displayed()
+        for part in (".bar", "#subject-lookup", "#report-tools", "#rights-table", "#subject-report")
+    }
+    browser.driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
+    browser.driver.execute_script("window.printed = 0; window.print = () => { window.printed++; };")
+    browser.find("#report-print").click()
+    seen["print_called"] = browser.driver.execute_script("return window.printed")
+
+    # Security reads the rights list, but a person's report is not theirs to run.
+    browser.find("#signout").click()
+    browser.sign_in(tokens["security"])
+    browser.ready("overview")
+    browser.find('#nav a[data-view="rights"]').click()
+    browser.ready("rights")
+    seen["after_sign_out"] = len(browser.all("#subject-report"))
+    Select(browser.find("#s-kind")).select_by_value("customer")
+    browser.find("#s-key").send_keys(cuid + "\n")
+    browser.wait(lambda: browser.find("#s-problem").text)
+    seen["refused"] = browser.find("#s-problem").text
+    seen["refused_report"] = len(browser.all("#subject-report"))
+    browser.shot("subject-report-refused")
+    return seen
+
+
+async def test_the_privacy_office_reads_a_persons_report_in_a_browser(
+    demo_systems: DemoSystems,
+    tmp_path: Path,
+    demo_world: DemoWorld,
+    browser_factory: Callable[[str], Browser],
+) -> None:
+    """The privacy officer looks a person up by email and reads their report, unmasked,
+    in Chinese and English, the command line's page word for word; prints it (the report
+    alone) and saves it as JSON; the email stays out of the URL and the browser's storage.
+    Security, acting for audit, is refused."""
+    person = next(p for p in demo_world.persons if p.sales_ids and p.requester_id)
+    async with running_gateway(demo_systems, tmp_path / "gateway") as gateway:
+        read = await gateway.query(
+            READ, {"e": person.email}, gateway.as_role("sales", subject="alice")
+        )
+        cuid = read.data["customerByEmail"]["id"]
+        tokens = {
+            "privacy": gateway.token("dpo", ["privacy"], ["rights"]),
+            "security": gateway.token("sam", ["security"], ["audit"]),
+        }
+        browser = await asyncio.to_thread(browser_factory, gateway.url)
+        seen = await asyncio.to_thread(privacy_session, browser, person, cuid, tokens)
+        written = await _records(gateway)
+
+    assert seen["languages"] == ["zh-CN", "en"]
+    text = " ".join(_words(seen["text"]))
+    assert person.national_id in text  # their own data: no other page shows it unmasked
+    assert "我们持有的您的个人信息" in text and "What we hold about you" in text
+    assert "alice (sales)" in text  # who accessed it
+    assert seen["controls"] == {"report-print": "Print", "report-json": "Download JSON"}
+    assert seen["print_called"] == 1
+    assert seen["printed"] == {
+        ".bar": False,
+        "#subject-lookup": False,
+        "#report-tools": False,
+        "#rights-table": False,
+        "#subject-report": True,
+    }
+    # The JSON is the report shown, and the page is the command line's, word for word.
+    saved = json.loads(seen["json"])
+    assert saved["customer"] == cuid
+    printed = _BodyText()
+    printed.feed(render_html(saved))
+    assert _words(seen["text"]) == _words(printed.parts)
+    # What the officer typed is in no address, no storage, no field.
+    url, local, session_keys = seen["kept_in"]
+    assert person.email not in url and "@" not in url and person.email not in local
+    assert session_keys == ["c360.console.token"] and seen["key"] == ""
+
+    assert seen["after_sign_out"] == 0
+    assert "Not allowed" in seen["refused"] and "rights.report" in seen["refused"]
+    assert seen["refused_report"] == 0
+
+    [report] = [r for r in written if (r.get("audit_query") or {}).get("view") == "subject-report"]
+    assert report["audit_query"]["customer"] == cuid
+    assert (report["subject"], report["purpose"], report["client"]) == (
+        "dpo",
+        "rights",
+        "c360-console",
+    )
+    [refused] = [r for r in written if r.get("status") == 403]
+    assert (refused["reason"], refused["client"]) == ("purpose", "c360-console")
+    assert person.email not in str(written)
 
 
 async def _records(gateway: RunningGateway) -> list[dict[str, Any]]:

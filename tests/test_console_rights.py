@@ -7,6 +7,7 @@ the JSONL reference's answer."""
 from __future__ import annotations
 
 import base64
+import html
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +22,8 @@ from demo.systems import DemoSystems
 from gateway.audit.sinks import RIGHTS_REQUEST, JsonlSink, PostgresSink
 from gateway.console.jsonl_views import JsonlViews
 from gateway.console.pg_views import PostgresViews
+from gateway.console.report import REPORT as REPORT_QUERY
+from gateway.console.report import render_html
 from gateway.console.rights import rights_requests
 from harness import RunningGateway, running_gateway
 
@@ -304,3 +307,68 @@ async def test_a_cursor_the_api_did_not_issue_is_bad_input(
         for name in crafted
     }
     assert not accepted.errors and accepted.data["rightsRequests"]["total"] >= 1
+
+
+def _shell(page: str, element: str) -> Any:
+    """A JSON block the console's shell carries for its script (`<script id=…>`)."""
+    start = page.index(f'<script type="application/json" id="{element}">')
+    start = page.index(">", start) + 1
+    return orjson.loads(html.unescape(page[start : page.index("</script>", start)]))
+
+
+async def test_the_console_runs_a_persons_report_as_the_command_line_does(
+    rights: tuple[RunningGateway, DemoWorld],
+) -> None:
+    """The shell carries the command line's query and the printable page's labels in both
+    languages; sent as the console sends it, the report is the person's data unmasked, and
+    the rights list shows the request afterwards; security is refused."""
+    gateway, world = rights
+    status, page = await gateway.get("/console")
+    assert status == 200
+    shell = _shell(page, "c360-report")
+    assert shell == {"query": REPORT_QUERY, "languages": ["zh-CN", "en"]}
+    labels = _shell(page, "c360-labels")
+    report_keys = {k for k in labels["en"] if k.startswith(("report.", "lookup."))}
+    assert report_keys == {k for k in labels["zh-CN"] if k.startswith(("report.", "lookup."))}
+    assert labels["en"]["report.title"] == "What we hold about you"
+    assert labels["zh-CN"]["report.title"] == "我们持有的您的个人信息"
+
+    person = [p for p in world.persons if len(p.sales_ids) == 1 and p.requester_id][-2]
+    cuid = cuid_of(gateway, person)
+    console = {"x-purpose": "rights", "x-client-name": "c360-console"}
+    reply = await gateway.query(
+        shell["query"], {"email": person.email}, {**privacy(gateway), **console}
+    )
+    assert not reply.errors, reply.errors
+    report = reply.data["subjectReport"]
+    assert report["customer"] == cuid
+    held = {v["value"] for record in report["records"] for v in record["values"]}
+    assert person.national_id in held  # their own data, unmasked
+
+    # The command line's page from the same answer: its labels (but the lines for no
+    # records and for unreachable systems, which this report has no call for), both languages.
+    printed = render_html(report)
+    for lang in ("zh-CN", "en"):
+        for key in report_keys - {"report.unavailable", "report.none"}:
+            if key.startswith("report."):
+                assert labels[lang][key] in printed, (lang, key)
+
+    await gateway.gateway.access_log.flush()
+    listing = await gateway.query(REQUESTS, {"first": 50}, privacy(gateway))
+    [listed] = [
+        e["node"]
+        for e in listing.data["rightsRequests"]["edges"]
+        if e["node"]["requestId"] == reply.headers["x-request-id"]
+    ]
+    assert (listed["kind"], listed["customer"], listed["status"]) == ("REPORT", cuid, "COMPLETED")
+    assert person.email not in orjson.dumps(listing.body).decode()
+
+    # Security acts for audit: the console's request for `rights` is refused, and so is
+    # the report itself when asked for audit (the policy's refusal).
+    security = gateway.as_role("security", subject="sam")
+    for extra, code in ((console, 403), ({"x-client-name": "c360-console"}, 200)):
+        refused = await gateway.query(shell["query"], {"customer": cuid}, {**security, **extra})
+        assert refused.status == code and refused.codes() == ["FORBIDDEN"], refused.body
+        assert not (refused.data or {}).get("subjectReport")
+    policy_refusal = refused.errors[0]["extensions"]
+    assert policy_refusal == {"code": "FORBIDDEN", "policy": "rights.report"}

@@ -46,7 +46,8 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.audit.recorder import access_record, client_name, current_trace_id, now_iso
 from gateway.auth import AuthConfig, Authenticator, AuthError
-from gateway.console.routes import SECURITY_HEADERS, environment, labels, language
+from gateway.console.labels import labels
+from gateway.console.routes import SECURITY_HEADERS, environment, language
 from gateway.errors import ConfigError
 from gateway.http.state import new_request_id
 from policies.principal import Principal

@@ -6,7 +6,6 @@ bearer token otherwise), so the policy file decides what it may show."""
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,11 +16,13 @@ from starlette.responses import HTMLResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from gateway.console.labels import LANGUAGES, REPORT_LANGUAGES, labels
+from gateway.console.report import REPORT
+
 if TYPE_CHECKING:
     from gateway.console.oidc import ConsoleSignIn
 
 HERE = Path(__file__).parent
-LANGUAGES = ("en", "zh-CN")
 
 # No script, style, font or image from anywhere but the gateway itself, no inline script,
 # no framing; requests only to the gateway (the GraphQL API).
@@ -35,12 +36,6 @@ SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
 }
-
-
-@functools.cache
-def labels() -> dict[str, dict[str, str]]:
-    loaded: dict[str, dict[str, str]] = json.loads((HERE / "labels.json").read_text("utf-8"))
-    return loaded
 
 
 @functools.cache
@@ -78,6 +73,9 @@ async def console_page(
         "languages": [(code, labels()[code]["lang.name"]) for code in LANGUAGES],
         "all_labels": labels(),
         "fields": list(fields),
+        # A person's report: the command line's own query (so the JSON the page saves is
+        # the one `c360 subject report --json` prints) and its page's languages, in order.
+        "report": {"query": REPORT, "languages": list(REPORT_LANGUAGES)},
     }
     html = environment().get_template("console.html").render(context)
     return HTMLResponse(html, headers=SECURITY_HEADERS)

@@ -28,13 +28,17 @@
   const LABELS = JSON.parse(document.getElementById("c360-labels").textContent);
   // How the page signs in: {oidc: the provider's sign-in, token: a pasted token}
   const SIGNIN = JSON.parse(document.getElementById("c360-signin").textContent);
+  // A person's report: the command line's query and its printable page's languages, in order
+  const REPORT = JSON.parse(document.getElementById("c360-report").textContent);
   const CSRF_COOKIE = /(?:^|;\s*)(?:__Host-)?c360-csrf=([^;]*)/;
   const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
   const $ = (selector) => document.querySelector(selector);
   // session: the sign-in session ({subject, roles, expiresAt, refreshable}), null without
   // one, undefined until asked
+  // report: the person's report on the rights page ({report, requestId}), in this page's
+  // memory only and only while the rights page is shown: it is a person's data, unmasked.
   const state = { lang: pickLanguage(), checked: false, focus: false, route: "#/overview",
-    session: undefined, renewal: null, pages: [] };
+    session: undefined, renewal: null, pages: [], report: null };
 
   // --- language, text, time -----------------------------------------------------------
 
@@ -157,12 +161,15 @@
     return found ? decodeURIComponent(found[1]) : "";
   }
 
-  async function gql(query, variables) {
+  // One POST to /graphql with the reviewer's credential: {response, body}. `more`: headers
+  // of this request only (the purpose it is made for).
+  async function send(query, variables, more) {
     const token = sessionStorage.getItem(TOKEN_KEY);
     const headers = {
       "content-type": "application/json",
       accept: "application/graphql-response+json, application/json",
       "x-client-name": "c360-console",
+      ...(more || {}),
     };
     if (token) headers.authorization = `Bearer ${token}`;
     else if (state.session) headers["x-csrf-token"] = csrfToken();
@@ -181,7 +188,11 @@
       throw new Error(t("signin.unreachable"));
     }
     if (response.status === 401) throw new Unauthenticated();
-    const body = await response.json().catch(() => ({}));
+    return { response, body: await response.json().catch(() => ({})) };
+  }
+
+  async function gql(query, variables) {
+    const { response, body } = await send(query, variables);
     const errors = body.errors || [];
     const refused = errors.some((e) => (e.extensions || {}).code === "FORBIDDEN"
       && CONSOLE_POLICIES.has(String((e.extensions || {}).policy || "")));
@@ -899,6 +910,106 @@
     return h("div", {}, lines);
   }
 
+  // --- a person's report (subjectReport) ------------------------------------------------
+
+  // The printable page for the person, as the command line's (templates/subject_report.html):
+  // the same labels (`report.*`), content and order, in each of its languages in turn.
+  // Every value is the person's own, unmasked: inserted as text, never as HTML.
+  function reportPage(report) {
+    return h("article", { id: "subject-report" }, REPORT.languages.map((lang) => {
+      const r = (key) => LABELS[lang][`report.${key}`];
+      const table = (heads, rows) => h("div", { class: "tablewrap" }, h("table", {},
+        h("thead", {}, h("tr", {}, heads.map((key) => h("th", { scope: "col" }, r(key))))),
+        h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((cell) => h("td", {}, cell)))))));
+      return h("section", { class: "panel report", lang },
+        h("h1", { tabindex: "-1" }, r("title")),
+        h("p", {}, `${r("customer")}: `, h("code", {}, report.customer), ` · ${r("generated")}: ${report.generatedAt}`),
+        report.systemsUnavailable.length ? h("p", { class: "bad" }, `${r("unavailable")}: ${report.systemsUnavailable.join(", ")}`) : null,
+        h("h2", {}, r("records")),
+        report.records.length ? report.records.flatMap((record) => [
+          h("h3", {}, `${record.system} · ${record.entity} · ${record.key}`),
+          table(["field", "value"], record.values.map((v) => [v.name, v.value ?? ""])),
+        ]) : h("p", {}, r("none")),
+        h("h2", {}, r("accesses")),
+        table(["when", "who", "why", "what"], report.accesses.map((a) => [
+          a.at, `${a.subject || ""} (${a.roles.join(", ")})`, a.purpose || "",
+          a.fields.map((f) => `${f.field}: ${f.decision}`).join(", ")])));
+    }));
+  }
+
+  // The report as JSON, for the person to take elsewhere: a file made in the page, never a
+  // URL that holds it.
+  function downloadJson(report) {
+    const blob = new Blob([`${JSON.stringify(report, null, 2)}\n`], { type: "application/json" });
+    const url = URL.createObjectURL(blob);
+    const anchor = h("a", { href: url, download: `c360-subject-report-${report.customer}.json`, hidden: true });
+    document.body.append(anchor);
+    anchor.click();
+    anchor.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  }
+
+  // The lookup and, once run, the report with its Print and JSON controls. What the officer
+  // types goes in the request's body only: not in the URL, not in storage, and the field is
+  // emptied once the report is shown. The report is asked for the purpose `rights`, so a
+  // token holding several purposes acts for that one; the policy file decides the rest.
+  // listed(requestId): the rights list shows the new request once the log holds it.
+  function reportPanel(listed) {
+    const kind = select("s-kind", ["email", "phone", "customer"].map((k) => [k, t(`lookup.by.${k}`)]), "email");
+    const key = h("input", { id: "s-key", class: "wide", autocomplete: "off", spellcheck: "false", "aria-describedby": "s-help" });
+    const problem = h("p", { class: "error", role: "alert", id: "s-problem" });
+    const holder = h("div", { id: "subject-report-holder" });
+    const run = h("button", { type: "submit", id: "s-run" }, t("lookup.run"));
+    const show = () => {
+      const shown = state.report;
+      if (!shown) { holder.replaceChildren(); return; }
+      const tools = h("section", { class: "panel noprint", id: "report-tools" },
+        h("div", { class: "pager" },
+          h("button", { type: "button", id: "report-print", onclick: () => window.print() }, t("lookup.print")),
+          h("button", { type: "button", class: "quiet", id: "report-json", onclick: () => downloadJson(shown.report) }, t("lookup.json")),
+          h("button", { type: "button", class: "quiet", id: "report-close", onclick: () => {
+            state.report = null;
+            show();
+            key.focus();
+          } }, t("lookup.close")),
+          h("span", { class: "spacer" }),
+          shown.requestId ? h("span", { class: "note" }, t("lookup.recorded", { id: shown.requestId })) : null));
+      holder.replaceChildren(tools, reportPage(shown.report));
+    };
+    const form = h("form", { class: "filters", id: "s-form", onsubmit: async (event) => {
+      event.preventDefault();
+      problem.textContent = "";
+      const value = key.value.trim();
+      if (!value) { problem.textContent = t("lookup.empty"); return; }
+      run.disabled = true;
+      try {
+        const { response, body } = await send(REPORT.query, { [kind.value]: value }, { "x-purpose": "rights" });
+        const errors = body.errors || [];
+        const report = body.data && body.data.subjectReport;
+        if (!report) {
+          // Refused by the policy (FORBIDDEN) or, for a purpose the credential lacks, before it (403)
+          const codes = errors.map((e) => (e.extensions || {}).code);
+          if (codes.includes("FORBIDDEN") || response.status === 403) problem.textContent = t("lookup.refused");
+          else if (codes.includes("NOT_FOUND")) problem.textContent = t("lookup.notfound");
+          else problem.textContent = t("lookup.bad", { message: errors.map((e) => e.message).join("; ") || `HTTP ${response.status}` });
+          return;
+        }
+        key.value = "";
+        state.report = { report, requestId: response.headers.get("x-request-id") };
+        show();
+        holder.querySelector("#subject-report h1").focus();
+        listed(state.report.requestId);
+      } catch (error) {
+        fail(error);
+      } finally {
+        run.disabled = false;
+      }
+    } }, field("lookup.by", kind), field("lookup.key", key), h("div", {}, run));
+    show();
+    return h("div", {}, h("section", { class: "panel noprint", id: "subject-lookup" },
+      h("h2", {}, t("lookup.title")), h("p", { class: "note", id: "s-help" }, t("lookup.help")), form, problem), holder);
+  }
+
   async function rightsView(root, params) {
     const show = params.get("state") || "all";
     const stateSelect = select("r-state", [["all", t("rights.all")], ["open", t("rights.open")]], show);
@@ -907,6 +1018,7 @@
     root.replaceChildren(h("section", { class: "panel" }, h("h1", { tabindex: "-1" }, t("rights.title")),
       h("p", { class: "note" }, t("rights.help")),
       h("div", { class: "filters" }, field("col.state", stateSelect)), count));
+    let shown = [];
     const canTrace = (state.pages || []).includes("timeline");
     const table = pagedTable({
       title: t("rights.title"),
@@ -926,11 +1038,22 @@
             pageInfo { hasNextPage endCursor } } }`, { open: show === "open" ? true : null, first, after });
         const found = data.rightsRequests;
         count.textContent = t("rights.count", { open: found.open, total: found.total });
-        return { rows: found.edges.map((e) => e.node), pageInfo: found.pageInfo };
+        shown = found.edges.map((e) => e.node);
+        return { rows: shown, pageInfo: found.pageInfo };
       },
     });
     table.section.id = "rights-table";
-    root.append(table.section);
+    // The log holds a request's record shortly after its answer: the list is asked again,
+    // less often each time, until it shows the report just run (each ask is a record too).
+    const listed = async (requestId) => {
+      for (const wait of [0, 250, 500, 1000, 2000]) {
+        if (wait) await new Promise((resolve) => setTimeout(resolve, wait));
+        if (!table.section.isConnected) return;
+        try { await table.load(); } catch (error) { fail(error); return; }
+        if (shown.some((r) => r.requestId === requestId)) return;
+      }
+    };
+    root.append(reportPanel(listed), table.section);
     await table.load();
   }
 
@@ -1139,6 +1262,7 @@
   }
 
   function fail(error) {
+    if (error instanceof Unauthenticated || error instanceof Refused) state.report = null;
     if (error instanceof Unauthenticated) {
       const ended = Boolean(state.session) && !sessionStorage.getItem(TOKEN_KEY);
       sessionStorage.removeItem(TOKEN_KEY);
@@ -1184,6 +1308,7 @@
       }
       const { view: asked, params } = route();
       const view = VIEWS[asked] && state.pages.includes(asked) ? asked : state.pages[0];
+      if (view !== "rights") state.report = null;
       const draw = VIEWS[view];
       for (const a of document.querySelectorAll("#nav a")) {
         a.hidden = !state.pages.includes(a.dataset.view);
@@ -1222,12 +1347,14 @@
       if (!sessionStorage.getItem(TOKEN_KEY) && state.session) {
         // The gateway ends the session, then the provider's own sign-out page follows.
         clearTimeout(state.renewal);
+        state.report = null;
         $("#view").replaceChildren();
         location.assign("/console/logout");
         return;
       }
       sessionStorage.removeItem(TOKEN_KEY);
       state.checked = false;
+      state.report = null;
       $("#view").replaceChildren();
       render();
     });
