@@ -40,6 +40,7 @@ from demo.systems import DemoSystems
 from gateway.audit.sinks import JsonlSink
 from gateway.config import ConfigError
 from gateway.console.oidc import ConsoleSignIn, OIDCSettings
+from gateway.console.report import REPORT
 from gateway.tls import ServerTLS
 from harness import RunningGateway, running_gateway
 
@@ -325,9 +326,15 @@ async def test_graphql_takes_the_session_cookie_only_with_its_csrf_token(
     other = await sign_in(console, "reviewer")
     crossed = {**cookie_only, "x-csrf-token": other.value("c360-csrf")}
     assert (await console.query(SIGNED_IN, headers=crossed)).status == 403
-    # The session acts for the console's purpose only.
+    # The session acts for the console's purposes only: the log's review (audit) ...
     marketing = await console.query(SIGNED_IN, headers={**with_token, "x-purpose": "marketing"})
     assert marketing.status == 403 and marketing.codes() == ["FORBIDDEN"]
+    # ... and a person's rights, where the policy file decides by role (security: no).
+    report = await console.query(
+        REPORT, {"customer": "cus_" + "a" * 16}, headers={**with_token, "x-purpose": "rights"}
+    )
+    assert report.status == 200 and report.codes() == ["FORBIDDEN"], report.body
+    assert report.errors[0]["extensions"]["policy"] == "rights.report"
     # A bearer token, when there is one, is the credential; the cookie is not looked at.
     bearer = await console.query(SIGNED_IN, headers={**cookie_only, **console.as_role("sales")})
     assert bearer.status == 200 and bearer.codes() == ["FORBIDDEN"]  # sales: audit.read denies
@@ -340,7 +347,7 @@ async def test_graphql_takes_the_session_cookie_only_with_its_csrf_token(
     logged = [r for r in await records(console) if r["subject"] == "reviewer"]
     served = [r for r in logged if r["status"] == 200]
     assert served and {tuple(r["roles"]) for r in served} == {("security",)}
-    assert {r["purpose"] for r in served} == {"audit"}
+    assert {r["purpose"] for r in served} == {"audit", "rights"}
     assert any(r["operation"] == "ConsoleSignIn" for r in served)
     assert any(r["operation_type"] == "mutation" for r in served)
     # The refused ones too (before any principal: no subject), with their reason.

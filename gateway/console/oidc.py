@@ -54,8 +54,11 @@ from policies.principal import Principal
 
 log = logging.getLogger("c360.console.oidc")
 
-# The console's purpose of use: a session's principal acts for it only.
+# The console's purposes of use: a session's principal acts for the first (reviewing the
+# access log) unless a request's X-Purpose picks the other (a person's rights, which the
+# privacy office runs from the rights page); the policy file decides who may do either.
 PURPOSE = "audit"
+PURPOSES = (PURPOSE, "rights")
 CLIENT = "c360-console"
 # Sign-ins started and not yet back from the provider: at most this many, this long.
 PENDING_MAX = 1000
@@ -404,7 +407,13 @@ class ConsoleSignIn:
         without one). AuthError: the session ended or expired (401), the request lacks
         the session's CSRF token in X-CSRF-Token (403), or asks for another purpose."""
         current = self._current(request)
-        return current[1].principal if current is not None else None
+        if current is None:
+            return None
+        principal = current[1].principal
+        purpose = request.headers.get("x-purpose")
+        if purpose is None or purpose == principal.purpose:
+            return principal
+        return dataclasses.replace(principal, purpose=purpose)
 
     def _current(self, request: Request) -> tuple[str, ConsoleSession] | None:
         session_id = self._cookie(request, "c360-session")
@@ -421,8 +430,10 @@ class ConsoleSignIn:
                 reason="csrf",
             )
         purpose = request.headers.get("x-purpose")
-        if purpose is not None and purpose != PURPOSE:
-            raise AuthError(f"The console session is for the purpose '{PURPOSE}' only.", 403)
+        if purpose is not None and purpose not in PURPOSES:
+            raise AuthError(
+                f"The console session acts for {' or '.join(PURPOSES)} only.", 403, reason="purpose"
+            )
         return session_id, session
 
     # --- the routes -------------------------------------------------------------------
@@ -616,7 +627,7 @@ class ConsoleSignIn:
             subject=subject,
             roles=roles,
             purpose=PURPOSE,
-            purposes=(PURPOSE,),
+            purposes=PURPOSES,
             department=department if isinstance(department, str) else None,
             amr=amr if amr is not None else (previous.amr if previous else frozenset()),
             acr=acr if isinstance(acr, str) else (previous.acr if previous else None),
