@@ -13,6 +13,7 @@ import pytest
 
 from demo.people import DemoWorld
 from demo.systems import DemoSystems
+from harness import own_database
 
 POSTGRES_DSN = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -34,6 +35,13 @@ def _require_service(name: str, host: str, port: int) -> None:
 def postgres_dsn() -> str:
     _require_service("PostgreSQL", "127.0.0.1", 5432)
     return POSTGRES_DSN
+
+
+@pytest.fixture
+async def fresh_postgres(postgres_dsn: str) -> AsyncIterator[str]:
+    """An empty PostgreSQL database of this test's own (`own_database`)."""
+    async with own_database(postgres_dsn) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ssl
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.types import ASGIApp
 
 from demo.systems import DemoSystems
@@ -262,3 +265,19 @@ class Load:
                         self.answered += reply.status == 200
                 except aiohttp.ClientError:
                     return  # the server went away: that is what these tests do to it
+
+
+@contextlib.asynccontextmanager
+async def own_database(postgres_dsn: str, prefix: str = "c360_test") -> AsyncIterator[str]:
+    """A PostgreSQL database of the caller's own (the shared `test` database holds other
+    tests' and runs' rows), dropped afterwards; its DSN."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_async_engine(postgres_dsn, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as connection:
+            await connection.execute(text(f"CREATE DATABASE {name}"))
+        yield postgres_dsn.rsplit("/", 1)[0] + "/" + name
+    finally:
+        async with admin.connect() as connection:
+            await connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        await admin.dispose()

@@ -8,7 +8,6 @@ These systems are this module's own (writes change them), not the session's shar
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,8 +19,6 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from connectors.base import (
     ConnectorConfigError,
@@ -44,7 +41,7 @@ from gateway.demo import demo_config
 from gateway.metrics import Metrics
 from gateway.resilience import ResilienceSettings
 from gateway.sources import SourceHub
-from harness import SourceAdmin
+from harness import SourceAdmin, own_database
 
 PATCH_REQUESTER = "PATCH /api/v2/requesters/{id}"
 INJECTION = "x'); DROP TABLE crm_customers; --"
@@ -86,18 +83,9 @@ async def admin(
 async def postgres_sales(postgres_dsn: str, systems: DemoSystems) -> AsyncIterator[str]:
     """The same sales world in a PostgreSQL database of its own (other tests reseed the
     shared one), dropped afterwards."""
-    name = "c360_writes_" + uuid.uuid4().hex[:10]
-    server = create_async_engine(postgres_dsn, isolation_level="AUTOCOMMIT")
-    try:
-        async with server.connect() as connection:
-            await connection.execute(text(f"CREATE DATABASE {name}"))
-        dsn = postgres_dsn.rsplit("/", 1)[0] + "/" + name
+    async with own_database(postgres_dsn, "c360_writes") as dsn:
         await seed_sales_db(dsn, systems.world)
         yield dsn
-    finally:
-        async with server.connect() as connection:
-            await connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        await server.dispose()
 
 
 def settings_of(systems: DemoSystems, source: str, **overrides: Any) -> dict[str, Any]:

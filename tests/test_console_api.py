@@ -7,14 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from demo.console_seed import SeedRefused, cuid, seed_log
 from demo.people import DemoWorld
@@ -428,22 +424,6 @@ async def test_seeding_refuses_a_real_log_and_writes_a_chain_that_verifies(
     assert {"access", "alert"} <= kinds <= {"access", "alert", "ack"}
     with pytest.raises(SeedRefused, match="seed-"):
         await seed_log(sink, 10, chain="host-1")
-
-
-@pytest.fixture
-async def fresh_postgres(postgres_dsn: str) -> AsyncIterator[str]:
-    """A database of its own: the read models' answers cover the whole log, and the
-    shared test database holds other runs' records."""
-    name = "c360_console_" + uuid.uuid4().hex[:10]
-    admin = create_async_engine(postgres_dsn, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text(f"CREATE DATABASE {name}"))
-        yield postgres_dsn.rsplit("/", 1)[0] + "/" + name
-    finally:
-        async with admin.connect() as connection:
-            await connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        await admin.dispose()
 
 
 @pytest.mark.postgres

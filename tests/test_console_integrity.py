@@ -9,8 +9,6 @@ import asyncio
 import base64
 import contextlib
 import io
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from demo.console_seed import seed_log
 from demo.people import DemoWorld
@@ -159,21 +156,6 @@ async def test_without_a_checkpoint_key_and_for_other_roles(
     for role, reply in refusals.items():
         assert reply.data == {"accessLogIntegrity": None}, role
         assert reply.errors[0]["extensions"] == {"code": "FORBIDDEN", "policy": "audit.read"}
-
-
-@pytest.fixture
-async def fresh_postgres(postgres_dsn: str) -> AsyncIterator[str]:
-    """A database of its own: a checkpoint of the log covers every chain in it."""
-    name = "c360_integrity_" + uuid.uuid4().hex[:10]
-    admin = create_async_engine(postgres_dsn, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text(f"CREATE DATABASE {name}"))
-        yield postgres_dsn.rsplit("/", 1)[0] + "/" + name
-    finally:
-        async with admin.connect() as connection:
-            await connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        await admin.dispose()
 
 
 @pytest.mark.postgres

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import base64
 import html
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from demo.people import DemoWorld, Person
 from demo.systems import DemoSystems
@@ -212,21 +210,6 @@ def test_a_restriction_is_in_force_until_a_later_lift() -> None:
         ("c:1", "restrict", "cus_a", "lifted"),
     ]
     assert found[2].failed == ("sales",)
-
-
-@pytest.fixture
-async def fresh_postgres(postgres_dsn: str) -> AsyncIterator[str]:
-    """A database of its own: the shared test database holds other runs' records."""
-    name = "c360_rights_" + uuid.uuid4().hex[:10]
-    admin = create_async_engine(postgres_dsn, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text(f"CREATE DATABASE {name}"))
-        yield postgres_dsn.rsplit("/", 1)[0] + "/" + name
-    finally:
-        async with admin.connect() as connection:
-            await connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        await admin.dispose()
 
 
 @pytest.mark.postgres

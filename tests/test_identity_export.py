@@ -7,15 +7,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import sys
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from connectors.identity.backup import (
     BackupError,
@@ -78,21 +74,6 @@ async def exported(
     file = state / "crosswalk.jsonl"
     assert await cli("export", str(file), "--config", str(config_path)) == 0
     return Exported(file, cuids, by_email, key)
-
-
-@pytest.fixture
-async def fresh_postgres(postgres_dsn: str) -> AsyncIterator[str]:
-    """An empty database of its own, dropped afterwards."""
-    name = "c360_crosswalk_" + uuid.uuid4().hex[:10]
-    admin = create_async_engine(postgres_dsn, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text(f"CREATE DATABASE {name}"))
-        yield postgres_dsn.rsplit("/", 1)[0] + "/" + name
-    finally:
-        async with admin.connect() as connection:
-            await connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        await admin.dispose()
 
 
 async def every_cuid(gateway: RunningGateway) -> list[str]:

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from demo.people import DemoWorld
 from demo.systems import DemoSystems
-from harness import RunningGateway, running_gateway
+from harness import RunningGateway, own_database, running_gateway
 
 BY_EMAIL = "query($e: String!) { customerByEmail(email: $e) { id } }"
 
@@ -41,19 +40,11 @@ def pg_tools() -> dict[str, str]:
 @pytest.fixture
 async def databases(postgres_dsn: str) -> AsyncIterator[tuple[str, str]]:
     """Two databases of this test's own: the one backed up, and a fresh one to restore."""
-    names = [f"c360_backup_{uuid.uuid4().hex[:8]}", f"c360_restored_{uuid.uuid4().hex[:8]}"]
-    admin = create_async_engine(postgres_dsn, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as connection:
-            for name in names:
-                await connection.execute(text(f"CREATE DATABASE {name}"))
-        base = postgres_dsn.rsplit("/", 1)[0]
-        yield f"{base}/{names[0]}", f"{base}/{names[1]}"
-    finally:
-        async with admin.connect() as connection:
-            for name in names:
-                await connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        await admin.dispose()
+    async with (
+        own_database(postgres_dsn, "c360_backup") as backed_up,
+        own_database(postgres_dsn, "c360_restored") as restored,
+    ):
+        yield backed_up, restored
 
 
 def _libpq(dsn: str) -> str:

@@ -19,7 +19,7 @@ from demo.people import DemoWorld
 from demo.systems import DemoSystems
 from gateway.audit.sinks import JsonlSink
 from gateway.auth import mint_token
-from harness import RunningGateway, SourceAdmin, running_gateway
+from harness import RunningGateway, SourceAdmin, own_database, running_gateway
 
 UPDATE = """mutation($id: ID!, $input: CustomerInput!, $v: String) {
   updateCustomer(id: $id, input: $input, ifVersion: $v) { id email phone address version }
@@ -82,21 +82,12 @@ async def sales(
 ) -> AsyncIterator[Sales]:
     """The demo systems with the sales CRM on a database of its own in the real PostgreSQL,
     and a gateway with its record cache on (a write must reach past it)."""
-    name = f"c360_writes_{uuid.uuid4().hex[:8]}"
-    admin = create_async_engine(postgres_dsn, isolation_level="AUTOCOMMIT")
-    async with admin.connect() as connection:
-        await connection.execute(text(f"CREATE DATABASE {name}"))
-    dsn = postgres_dsn.rsplit("/", 1)[0] + "/" + name
-    try:
+    async with own_database(postgres_dsn, "c360_writes") as dsn:
         work = tmp_path_factory.mktemp("writes")
         async with DemoSystems(work, customers=60, sales_dsn=dsn) as systems:
             overrides = {"cache.enabled": True, "cache.url": "memory://"}
             async with running_gateway(systems, work / "gateway", overrides) as gateway:
                 yield Sales(gateway, systems.world, dsn, systems)
-    finally:
-        async with admin.connect() as connection:
-            await connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        await admin.dispose()
 
 
 def _owned(world: DemoWorld) -> tuple[int, str]:
