@@ -73,6 +73,9 @@ class _Pending:
 
 
 class AccessLog:
+    # How long stop() lets the writer take what the alert windows handed on as they closed.
+    WRITER_GRACE_S = 2.0
+
     def __init__(self, settings: AuditSettings, sink: AccessSink) -> None:
         self.settings = settings
         self.sink = sink
@@ -230,8 +233,12 @@ class AccessLog:
                 await self.patterns.settled()
                 await self._queue.join()
         # Before the writer stops: what Redis has not answered yet is counted in memory,
-        # and the alerts it raises are queued (or spilled) with the rest.
+        # and the alerts it raises are queued with the rest, for the writer to take (a
+        # short grace of its own: the time above may have gone to a silent Redis).
         await self.patterns.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.WRITER_GRACE_S):
+                await self._queue.join()
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
@@ -349,6 +356,11 @@ class AccessLog:
             deadline = batch[0].made + self.settings.write_timeout_s
             try:
                 await self._write_by([pending.record for pending in batch], deadline)
+            except asyncio.CancelledError:
+                # Stopped while writing: the batch goes to the spill file, which the next
+                # start replays (skipping what the sink took after all), never nowhere.
+                self._spill(batch)
+                raise
             except Exception as error:  # SinkUnavailable, TimeoutError, or a bug
                 # Anything else a sink raises is a bug there, but the writer must outlive
                 # it: a dead writer loses every later record without a word.
