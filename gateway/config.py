@@ -241,7 +241,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         raise ConfigError("policies.hash_key: required, at least 16 bytes (the hash mask's key)")
     cache = parse_cache_settings(root.table("cache").data, sources.data)
     rate_limit = RateLimitSettings.parse(data["rate_limit"]) if "rate_limit" in data else None
-    # The alert windows go to a Redis the instances already share (README, Alerts).
+    # The alert windows go to a Redis the instances already share (docs/access-log.md, "Alerts").
     redis: list[SharedRedis] = []
     if cache is not None and cache.shared:
         redis.append(SharedRedis(cache.url, cache.key_secret))

@@ -59,7 +59,7 @@ class Change:
 class IdempotentWrites:
     """Answers to writes by `Idempotency-Key` (per subject), so that a retried write
     happens once: in memory, bounded, for `ttl_s`. Per instance: a retry that reaches
-    another instance is written again (README)."""
+    another instance is written again (docs/writes.md)."""
 
     ttl_s: float = 24 * 3600
     max_entries: int = 10_000

@@ -4,7 +4,7 @@ in, finds the customer's timeline by email, filters it by field and decision, ex
 as CSV, acknowledges the alert and opens the reader's footprint; marketing is refused.
 The page, its inputs and its CSV files never carry a raw value of the customer the test
 read. Screenshots of each view go to the test's tmp dir, and the timeline's to
-docs/console.png for the README when C360_UPDATE_SCREENSHOT=1."""
+docs/console.png (shown in docs/console.md and the README) when C360_UPDATE_SCREENSHOT=1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Backup and restore the PostgreSQL way (README "Backup and restore"): c360's tables
+"""Backup and restore the PostgreSQL way (docs/operations.md "Backup and restore"): c360's tables
 (`c360_*`: the crosswalk and the access log) dumped with pg_dump, restored with
 pg_restore into a fresh database, and a gateway on the restored crosswalk serves the same
 CUIDs for the same people."""
