@@ -201,6 +201,7 @@ class Gateway:
         self.identity_lock = asyncio.Lock()
         self.identity_refresh: asyncio.Task[None] | None = None
         self.identity_epoch = 0  # the crosswalk's change number the index was read at
+        self.started = False  # start() ran (c360 serve runs it before the server's lifespan)
         self.identity_watch: asyncio.Task[None] | None = None
         self.served = self.serve(graph)
         self.authenticator = Authenticator(config.auth)
@@ -344,6 +345,13 @@ class Gateway:
             self.identity_refresh = asyncio.get_running_loop().create_task(self.reload_identity())
 
     async def start(self) -> None:
+        """Open what the gateway serves from (the access log, the crosswalk) and start its
+        background work. ConfigError for what the configuration makes impossible (a key
+        file that does not load, a log that cannot be written): `c360 serve` starts the
+        gateway before it listens, so that is one line and an exit, not a traceback."""
+        if self.started:
+            return
+        self.started = True
         await self.access_log.start()
         await self.store.create()
         if self.config.identity.sync_on_start:

@@ -281,6 +281,7 @@ async def _serve(
 
     sock = bind(host, port)
     gateway = Gateway(config, config_path, configure_telemetry("c360", os.environ))
+    await gateway.start()  # before listening: a ConfigError is one line, not a traceback
     running = await start_server(build_app(config, gateway), sock, tls)
     settle_heap()
     reload_on_sighup(gateway, running)
@@ -359,6 +360,7 @@ async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
         config = parse_config(data, base_dir=data_dir)
         tls = ServerTLS.from_server_table(config.raw.get("server", {}), data_dir)
         gateway = Gateway(config, config_path, configure_telemetry("c360", os.environ))
+        await gateway.start()  # before listening, as `c360 serve` does
         running = await start_server(build_app(config, gateway), sock, tls)
         settle_heap()
         reload_on_sighup(gateway, running)

@@ -98,3 +98,33 @@ async def test_otel_variables_turn_on_tracing(demo_systems: DemoSystems, tmp_pat
     assert '"graphql.operation.name": "Who"' in exported
     assert f'"c360.request_id": "{request_id}"' in exported
     assert secret not in exported
+
+
+async def test_a_start_up_the_configuration_makes_impossible_is_one_line(
+    demo_systems: DemoSystems, tmp_path: Path
+) -> None:
+    """A key file that does not load (found only when the gateway starts): `c360 serve`
+    exits 1 with one line naming it, before it listens, and no traceback."""
+    config_path, _ = write_config(
+        demo_systems,
+        tmp_path,
+        {
+            "audit.encrypt": True,
+            "audit.encryption_key_dir": "keys",
+            "identity.sync_on_start": False,
+        },
+    )
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "k1.json").write_text("{not json")
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        stdout, stderr = await process.communicate()
+    assert process.returncode == 1
+    output = (stdout + stderr).decode()
+    assert "Traceback" not in output, output
+    lines = [line for line in stderr.decode().splitlines() if line.strip()]
+    assert len(lines) == 1 and "k1.json is not a key file" in lines[0], output
