@@ -109,7 +109,7 @@ class DemoSystems:
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        # CPU-bound for ~0.2 s; a thread keeps a running event loop answering meanwhile.
+        # CPU-bound; a thread keeps a running event loop answering meanwhile.
         self._world = await asyncio.to_thread(generate, self.seed, self.customers)
         try:
             self.endpoints["sales"] = {"dsn": await self._start_sales()}
@@ -237,7 +237,7 @@ async def _serve_until_signalled(systems: DemoSystems) -> None:
     async with systems:
         # The seeded world (every person, ticket and contact) lives as long as the process:
         # out of the collector's sight, a full collection no longer walks it, which stalled
-        # every answer for 50-90 ms every few seconds under load.
+        # every answer every few seconds under load (the bench's lower bound's tail).
         gc.collect()
         gc.freeze()
         sys.stdout.write(json.dumps(systems.endpoints) + "\n")

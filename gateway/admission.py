@@ -7,11 +7,12 @@ The gate lets `limit` requests execute and queues the others in arrival order (a
 place goes straight to the longest waiter, never to a newcomer); a request that waited
 `queue_timeout_s`, or finds `max_queued` ahead of it, is refused with 503 OVERLOADED.
 
-On by default at 32 per process, which the bench chose: with requests that wait ~25 ms
-on their systems for ~5 ms of CPU, 7 in flight keep a core busy, and 32 leave room for
-slower systems (a request waiting 200 ms needs about 40). Without a gate, (b) at 64 and
-128 connections queued inside the source calls until their timeouts tripped the
-breakers of healthy systems, and its p99 reached 3.75x its p50; with one, 1.6x and 1.3x.
+On by default at 32 per process: a request waits on its systems several times as long
+as it uses the core, so a few in flight keep a core busy, and 32 leave room for slower
+systems (the longer the wait per unit of CPU, the more places; the figures behind 32 are
+in bench/HISTORY.md). Without a gate, (b) at 64 and 128 connections queued inside the
+source calls until their timeouts tripped the breakers of healthy systems, and its p99
+left the 3x p50 target far behind (`make bench-full`, (b) at 64 and 128 connections).
 Raise it for slow systems, 0 turns it off.
 """
 

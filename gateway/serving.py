@@ -31,10 +31,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # CPython's default, 700, is reached while a page of customers is being built: each page's
 # objects, alive until it is answered, were walked by young passes, promoted, and walked
 # again by full passes, then freed by reference counting anyway. With room for a few
-# pages, the collector mostly finds what it is there for, cycles: in process, its time
-# per (b) page went from 0.35 ms to 0.02 ms (1,050 pages). Not much more: at 50,000 a
-# young pass over that many live objects stalled a warm-cache (a) request for 10 ms
-# about once in a hundred (p99 10 ms against 2 ms; at 10,000, 2.4-3.1 ms).
+# pages, the collector mostly finds what it is there for, cycles (bench (b) CPU per
+# page). Not much more: a young pass over that many live objects stalls the request it
+# lands in (bench (c), (a)'s p99 on a warm cache). Figures in bench/HISTORY.md.
 YOUNG_THRESHOLD = 10_000
 
 
@@ -42,8 +41,8 @@ def settle_heap() -> None:
     """Move everything alive once the gateway has started (modules, schema, policies,
     the identity index) out of the cyclic collector's sight, and let the young pass wait
     for more than one page's worth of objects (YOUNG_THRESHOLD). Full passes walk every
-    tracked object: on this heap 60-90 ms each, a stall for every request in flight,
-    every few seconds under load; after this, 1-3 ms."""
+    tracked object: over the whole heap, each is a stall for every request in flight,
+    every few seconds under load (bench (b)'s tail at c=1; tests/test_serving.py)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
@@ -53,7 +52,8 @@ def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # Accepted connections inherit this: without it, a response written in two parts
-    # (headers, then body) waits for the client's delayed ACK, 40 ms per request.
+    # (headers, then body) waits for the client's delayed ACK (40 ms on Linux) on every
+    # request (tests/test_serving.py).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
@@ -70,9 +70,10 @@ class HeadersWithBody:
     written, so that a response leaves in one write and one TCP segment instead of two.
 
     uvicorn writes each ASGI message as it comes, and with TCP_NODELAY each write is its
-    own send: the headers' cost 0.28 ms on every request here. Held headers leave with
-    the next write, or at the end of the event loop's current iteration at the latest
-    (a streamed body whose first part comes later is not held back)."""
+    own send, a system call and a segment more on every request (bench (a) overhead;
+    tests/test_serving.py). Held headers leave with the next write, or at the end of the
+    event loop's current iteration at the latest (a streamed body whose first part comes
+    later is not held back)."""
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport

@@ -265,11 +265,11 @@ def _object(fields: list[tuple[str, _Read, type, Complete]]) -> Complete:
     saving a call per value), and how to complete any other value.
 
     The completion is generated as the source of one function building the response
-    dict, a line per field, and compiled once per selection: a page completes some 700
-    objects, and a comprehension over the fields' tuples (its own frame, an unpacking
-    and an attribute reader's call per field) took 2.4 times as long for an object of
-    eleven text fields. What reaches the source: response keys and type names as string
-    literals (`repr` of GraphQL names, which the parser admits only as
+    dict, a line per field, and compiled once per selection: a page completes hundreds of
+    objects, and a comprehension over the fields' tuples pays its own frame, an unpacking
+    and an attribute reader's call per field for each (bench (b) calls per page, `python
+    -m bench.inprocess --cold --calls`). What reaches the source: response keys and type
+    names as string literals (`repr` of GraphQL names, which the parser admits only as
     [_A-Za-z][_0-9A-Za-z]*), and the schema's Python attribute names where they are
     identifiers (else the field is read through its reader's call)."""
     env: dict[str, Any] = {"Irregular": Irregular}
@@ -575,8 +575,9 @@ class PlainFieldExecutor(ExecutionContextBase):
     def _located_at(self, error: Exception, details: Any, path: list[str | int]) -> GraphQLError:
         """`located_error(error, nodes, path)`: built, with its source locations, once
         per error value and field, then copied for each path. A page's refusals are the
-        same few errors at the same few fields, 440 of them on a policy-heavy page, and
-        working out the line and column of each again was a third of its CPU."""
+        same few errors at the same few fields, hundreds of them on a policy-heavy page,
+        and working out the line and column of each again was a large share of its CPU
+        (bench (d) CPU per page)."""
         key = (id(error), id(details))
         found = self._located.get(key)
         if found is None:

@@ -155,8 +155,8 @@ class CustomerLoad:
         await asyncio.gather(*self.calls)
         if len(self.customers) > 1:
             # Held by the context, not by the customers: a customer <-> batch cycle left
-            # each page of 100 to the cyclic collector, whose full passes stalled for
-            # 70-90 ms.
+            # each page of 100 to the cyclic collector, whose full passes stall every
+            # request in flight (bench (b)'s tail).
             for customer in self.customers:
                 self.ctx.siblings[id(customer)] = self.batch
         return self.customers

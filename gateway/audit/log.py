@@ -38,8 +38,9 @@ from gateway.errors import ConfigError
 log = logging.getLogger("c360.audit")
 
 # How long after an answer its record is made (AccessLog.later): past the time the
-# client's next request takes to reach its systems (1-3 ms here); at 2 ms the record
-# often landed in the middle of it.
+# client's next request takes to reach its systems, so that the record stays off that
+# request's critical path (bench (a) overhead, `python -m bench.variants`; the figures
+# behind 10 ms are in bench/HISTORY.md).
 AFTER_ANSWER_S = 0.01
 
 
@@ -267,9 +268,9 @@ class AccessLog:
         """Run `job` (a request's bookkeeping after its answer, its record among it) a
         moment from now, with any others due by then. A client sends its next request as
         soon as an answer arrives; that request then does not wait behind the last one's
-        record (a prototype that deferred it by 3 ms took (a)'s overhead from 2.24 to
-        1.95 ms, six interleaved bench pairs). flush() and stop() run what is due first,
-        so the delay loses nothing that an orderly stop would keep."""
+        record (bench (a) overhead, `python -m bench.variants`). flush() and stop() run
+        what is due first, so the delay loses nothing that an orderly stop would keep
+        (tests/test_audit.py)."""
         self._due.append(job)
         if self._due_at is None:
             self._due_at = asyncio.get_running_loop().call_later(AFTER_ANSWER_S, self._run_due)

@@ -51,7 +51,7 @@ class GraphFacts:
     """What an access record reads of a request's graph context, taken when the request
     is answered: the context itself is let go of then (held until its record is made,
     a page's customers and records outlived the next collections and filled the oldest
-    generation: more full collections, 0.5-0.9 ms of CPU per (b) page)."""
+    generation, for more full collections: bench (b) CPU per page)."""
 
     operation: Mapping[str, Any] | None
     decided: Mapping[str, Mapping[str, Any]]  # customer -> field -> Decision

@@ -161,13 +161,13 @@ class JsonlSink:
     loses none of it. With `sync_interval_s` = 0 (and always in fail_closed mode) each
     batch is also fsynced before `write` returns; otherwise fsync runs at most that often
     (group commit), so that a crash of the machine itself loses at most the last
-    interval: an fsync per request cost about 0.4 ms of every request's latency at one
-    request at a time (bench: three A/B pairs).
+    interval: an fsync per request puts a disk flush in every request's latency (bench
+    (a) overhead at c=1; tests/test_audit.py).
 
     A small batch that needs no fsync is appended from the event loop: a write(2) of a few
-    kB into the page cache takes microseconds, where handing it to a thread cost about
-    0.6 ms of CPU per request (the thread's wake-up and its GIL hand-offs, which landed in
-    the next request's critical path; bench: four interleaved pairs). An fsync, a rotation
+    kB into the page cache takes microseconds, where handing it to a thread costs CPU on
+    every request (the thread's wake-up and its GIL hand-offs, which land in the next
+    request's critical path; bench (a) overhead and CPU per request). An fsync, a rotation
     and a large batch go to a thread.
 
     Several processes (`serve --workers N`, each its own chain) append to one file: an
