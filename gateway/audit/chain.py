@@ -51,6 +51,17 @@ class ChainHead:
         return record
 
 
+class TornTail:
+    """The newest file's last line when it has no newline: a write a crash cut short. A
+    scan yields it (as an item of its own, so concurrent scans share no state); `verify`
+    skips it, and says so."""
+
+    __slots__ = ()
+
+
+TORN_TAIL = TornTail()
+
+
 class Cut(dict[str, Any]):
     """Where a pruned chain now starts ({"chain", "seq", "hash"} of its last pruned record).
     Made by a sink from its cut state, never parsed from a log line (a plain dict), so a
@@ -95,6 +106,9 @@ def verify(records: Iterable[tuple[str, object]]) -> ChainReport:
     report = ChainReport()
     broken: dict[str, tuple[int, int, set[int]]] = {}  # chain -> (break, expected, seqs after)
     for where, record in records:
+        if record is TORN_TAIL:
+            report.torn_tail = where
+            continue
         if isinstance(record, Cut):
             name = str(record["chain"])
             heads[name] = ChainHead(name, int(record["seq"]), str(record["hash"]))

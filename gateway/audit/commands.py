@@ -19,7 +19,7 @@ from gateway.audit.chain import ChainReport, Cut, verify
 from gateway.audit.checkpoint import CheckpointError, CheckpointSettings, LogScan
 from gateway.audit.encryption import NOT_A_RECORD, Unreadable
 from gateway.audit.log import AuditSettings
-from gateway.audit.sinks import AccessSink, Item, JsonlSink
+from gateway.audit.sinks import AccessSink, Item
 
 
 def _settings(audit: AuditSettings) -> CheckpointSettings:
@@ -70,7 +70,7 @@ async def verify_log(sink: AccessSink, audit: AuditSettings, checkpoint_file: st
         checkpoint = checkpoints.load_trusted(path, settings)
     items = await _read(sink)
     report = verify(items)
-    torn = sink.torn_at if isinstance(sink, JsonlSink) else None
+    torn = report.torn_tail
     if torn:
         print(f"note: {torn} is an incomplete last record (a crash); it is ignored")
     problems = []

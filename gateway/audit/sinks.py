@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from gateway.audit import checkpoint as checkpoints
 from gateway.audit import reach
-from gateway.audit.chain import GENESIS, ChainHead, Cut
+from gateway.audit.chain import GENESIS, TORN_TAIL, ChainHead, Cut, TornTail
 from gateway.audit.encryption import PLAIN, LineCodec, Unreadable, place
 
 log = logging.getLogger("c360.audit")
@@ -53,7 +53,7 @@ log = logging.getLogger("c360.audit")
 Record = Mapping[str, Any]
 # What a scan yields per line: the record, why the line holds none (a sealed line that
 # does not open, JSON that is not an object), or None (a row whose record is not one).
-Item = tuple[str, Record | Unreadable | None]
+Item = tuple[str, Record | Unreadable | TornTail | None]
 
 
 class SinkUnavailable(Exception):
@@ -356,15 +356,16 @@ class JsonlSink:
         """(file:line, record) in order; None for a line that is not a record (`entries`
         says why), which everything but `verify` skips."""
         for where, item in self.entries():
-            yield where, None if isinstance(item, Unreadable) else item
+            if item is TORN_TAIL:
+                return
+            yield where, None if isinstance(item, Unreadable) else item  # type: ignore[misc]
 
-    def entries(self) -> Iterator[tuple[str, Record | Unreadable]]:
+    def entries(self) -> Iterator[tuple[str, Record | Unreadable | TornTail]]:
         """(file:line, record) in order, or why the line holds none: not JSON, JSON but
         not an object (`123`, `[]`), a sealed line that does not open (`codec`); `verify`
         names each. A line under a key nobody holds raises LogKeyMissing. The last line
-        of the newest file, when it has no newline, is a write a crash cut short: it is
-        skipped and named in `torn_at` (the gateway cuts it off when it starts)."""
-        self.torn_at: str | None = None
+        of the newest file, when it has no newline, is a write a crash cut short: it comes
+        last as TORN_TAIL (the gateway cuts it off when it starts)."""
         decode = self.codec.decode
         files = self.files()
         for path in files:
@@ -372,7 +373,7 @@ class JsonlSink:
                 for number, line in enumerate(handle, 1):
                     where = f"{path.name}:{number}"
                     if not line.endswith(b"\n") and path == files[-1]:
-                        self.torn_at = where
+                        yield where, TORN_TAIL
                         return
                     if not line.strip():
                         continue

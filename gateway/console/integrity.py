@@ -175,7 +175,7 @@ async def verify_sink(sink: AccessSink, checkpoint: Mapping[str, Any] | None = N
         # Always end the worker's input, or a failed scan would leave the thread waiting.
         await asyncio.to_thread(batches.put, None)
     report, scan = await checking
-    torn = getattr(sink, "torn_at", None)
+    torn = report.torn_tail
     # The trees' roots are hashed here: a thread too.
     found = await asyncio.to_thread(findings_of, checkpoint, scan, report, torn)
     return report, torn, found
