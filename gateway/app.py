@@ -460,11 +460,14 @@ class Gateway:
         """The index from the store. Callers hold `identity_lock`: a change and the reload
         that follows it are one step, so a slower reload never installs an index read
         before another change (an erasure's links back, a restriction lost). The change
-        number is read first: a change made while the links are read is read again."""
-        self.identity_epoch = await self.store.epoch()
-        self.identity = IdentityIndex.build(
-            await self.store.links(), self.keys, await self.store.restricted()
-        )
+        number is read first (a change made while the links are read is read again) and
+        kept only once the index it stands for is in place: a read that fails leaves the
+        old number, so the next round reads again."""
+        epoch = await self.store.epoch()
+        links, restricted = await self.store.links(), await self.store.restricted()
+        # Built off the event loop: a large crosswalk takes a while, and requests go on.
+        self.identity = await asyncio.to_thread(IdentityIndex.build, links, self.keys, restricted)
+        self.identity_epoch = epoch
         log.info("identity crosswalk loaded", extra={"customers": len(self.identity)})
 
     async def stop(self) -> None:
@@ -518,6 +521,7 @@ class Gateway:
             max_page_size=self.config.max_page_size,
             request=request,
             request_id=state.request_id,
+            session=state.session,
             audit=AuditReaderAdapter(self.config.audit_sink, self.access_log, self.quality_runs),
         )
 

@@ -86,6 +86,9 @@ class GraphContext:
     entity_batch: Any = None  # the _entities references being gathered (resolvers/loading.py)
     request: Any = None  # the HTTP request (its headers); None outside HTTP
     request_id: str | None = None  # the request's id, as its access record carries it
+    # The credential was the console's sign-in session: it reads (a person's report
+    # among it), and changes nothing of a person's rights (resolvers/rights.py).
+    session: bool = False
     failures: dict[str, SourceFailure] = field(default_factory=dict)
     stale_ages: dict[tuple[str, str], float] = field(default_factory=dict)  # oldest served
     sources_used: dict[str, SourceUse] = field(default_factory=dict)

@@ -95,6 +95,20 @@ class SubjectErasure:
     unlinked: int
 
 
+def refuse_session(ctx: GraphContext) -> None:
+    """An erasure or a restriction is not made through the console's sign-in session: the
+    session acts for `rights` to read a person's report (its page), and an irreversible
+    change of a person's rights takes a token of the privacy office (or the command
+    line). FORBIDDEN whatever the policy file allows."""
+    if ctx.session:
+        raise user_error(
+            "A console session reads a person's report; erasing or restricting takes a "
+            "token of the privacy office or the command line.",
+            "FORBIDDEN",
+            policy="console.session",
+        )
+
+
 def find_customer(
     ctx: GraphContext, email: str | None, phone: str | None, customer: str | None
 ) -> str:
@@ -242,6 +256,7 @@ class RightsMutations:
         customer: strawberry.ID | None = None,
     ) -> SubjectErasure | None:
         ctx = info.context
+        refuse_session(ctx)
         if confirm is not True:
             raise user_error("An erasure needs confirm: true.", "BAD_USER_INPUT", field="confirm")
         cuid = find_customer(ctx, email, phone, customer)
@@ -265,6 +280,7 @@ class RightsMutations:
         customer: strawberry.ID | None = None,
     ) -> SubjectRestriction | None:
         ctx = info.context
+        refuse_session(ctx)
         cuid = find_customer(ctx, email, phone, customer)
         ctx.touched.add(cuid)
         ctx.writes.append(

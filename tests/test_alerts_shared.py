@@ -173,9 +173,11 @@ def test_the_alert_windows_go_to_the_redis_the_gateway_already_shares() -> None:
     with pytest.raises(ConfigError, match=r"audit\.alerts\.url"):
         parse_alerts({"url": "memcached://x"}, [])
     # The rate limiter's Redis names its keys with no secret: used only with one of its own.
-    assert parse_alerts({}, [limiter]).url == ""
+    unshared = parse_alerts({}, [limiter])
+    assert unshared.url == "" and "key_secret" in (unshared.unshared or "")  # said at start
     own = parse_alerts({"key_secret": SECRET}, [limiter])
-    assert (own.url, own.key_secret) == (limiter.url, SECRET.encode())
+    assert (own.url, own.key_secret, own.unshared) == (limiter.url, SECRET.encode(), None)
+    assert chosen.unshared is None and parse_alerts({"url": ""}, [cache]).unshared is None
     with pytest.raises(ConfigError, match=r"audit\.alerts\.key_secret: a secret of at least 16"):
         parse_alerts({"key_secret": "short"}, [cache])
 
@@ -286,3 +288,20 @@ async def test_stopping_counts_what_redis_has_not_answered_before_the_writer_sto
         assert not pending
     finally:
         server.close()
+
+
+async def test_windows_kept_per_instance_for_want_of_a_secret_are_said_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The rate limiter's Redis without a secret: alerts across instances are missed, and
+    the gateway says so once at start rather than silently."""
+    alerts = parse_alerts({}, [SharedRedis("redis://limits:6379/0")])
+    access_log = AccessLog(
+        AuditSettings(chain="t", spill_path=tmp_path / "spill.jsonl", alerts=alerts),
+        JsonlSink(tmp_path / "access.jsonl"),
+    )
+    with caplog.at_level(logging.WARNING, logger="c360.audit"):
+        await access_log.start()
+    await access_log.stop()
+    said = [r.getMessage() for r in caplog.records if "per instance" in r.getMessage()]
+    assert len(said) == 1 and "audit.alerts.key_secret" in said[0]

@@ -416,13 +416,14 @@ async def test_keys_beside_the_log_are_advised_against_once(
 async def test_a_sink_that_fails_unexpectedly_never_stops_the_writer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An error a sink was not meant to raise (a bug there) is handled as the sink being
-    unavailable: the batch is spilled and replayed, nothing is lost, the writer runs on."""
+    """An error a sink was not meant to raise (a bug there), on a write and again on the
+    replay, is handled as the sink being unavailable: the batch is spilled and replayed
+    once the sink takes it, nothing is lost, the writer runs on."""
     settings, sink = parse_audit(audit_table(spill_path="spill.jsonl"), tmp_path)
     assert isinstance(sink, JsonlSink)
     access_log = AccessLog(dataclasses.replace(settings, retry_interval_s=0.02), sink)
     write = sink.write
-    failures = [RuntimeError("a bug in the sink")]
+    failures = [RuntimeError("a bug in the sink"), RuntimeError("and again, on the replay")]
 
     async def failing_once(records: Sequence[dict[str, Any]]) -> None:
         if failures:

@@ -18,7 +18,9 @@ from demo.people import DemoWorld, Person
 from demo.systems import DemoSystems
 from gateway.audit.sinks import JsonlSink
 from gateway.auth import mint_token
+from gateway.http.state import RequestState, new_request_id
 from harness import RunningGateway, running_gateway
+from policies.principal import Principal
 
 REPORT = """query($e: String, $p: String, $c: ID) {
   subjectReport(email: $e, phone: $p, customer: $c) {
@@ -316,7 +318,7 @@ async def test_an_erasure_and_a_restriction_through_one_instance_hold_on_another
 ) -> None:
     """Two instances over one crosswalk store, with no SIGHUP: what the privacy office
     does through one holds on the other within `identity.watch_s` (each follows the
-    store's change number)."""
+    store's change number), a failed read of the store on the way included."""
     shared = {"identity.dsn": f"sqlite+aiosqlite:///{tmp_path}/shared-identity.db"}
     async with (
         DemoSystems(tmp_path / "systems", customers=40) as systems,
@@ -330,6 +332,18 @@ async def test_an_erasure_and_a_restriction_through_one_instance_hold_on_another
             one.gateway.identity.by_record[("sales", str(p.sales_ids[0]))] for p in ready[:2]
         )
         assert not (await other.query(READ, {"id": restricted})).errors
+        # The other's first read after the change fails (a database that blinks): it must
+        # read again on a later round, not take the change as followed.
+        store = other.gateway.store
+        links = store.links
+        failures = [OSError("the crosswalk store blinked")]
+
+        async def failing_once() -> Any:
+            if failures:
+                raise failures.pop()
+            return await links()
+
+        store.links = failing_once  # type: ignore[method-assign]
 
         done = await one.query(RESTRICT, {"c": restricted, "r": True}, headers=privacy(one))
         assert done.data == {"subjectRestrict": {"customer": restricted, "restricted": True}}
@@ -339,6 +353,7 @@ async def test_an_erasure_and_a_restriction_through_one_instance_hold_on_another
             return {e["extensions"].get("policy") for e in reply.errors} == {"restriction"}
 
         assert await _until(refused_there, 10.0)
+        assert not failures  # the failing read happened, and was read again after it
 
         gone = await one.query(ERASE, {"c": erased, "confirm": True}, headers=privacy(one))
         assert not gone.errors and gone.data["subjectErase"]["unlinked"] > 0
@@ -349,3 +364,34 @@ async def test_an_erasure_and_a_restriction_through_one_instance_hold_on_another
 
         assert await _until(unknown_there, 10.0)
         assert other.gateway.identity.links(erased) is None
+
+
+async def test_a_console_session_reads_a_report_but_erases_and_restricts_nothing(
+    rights: tuple[RunningGateway, DemoWorld, DemoSystems],
+) -> None:
+    """The console's sign-in session acts for `rights` to show a person's report; an
+    erasure or a restriction through it is refused whatever the policy file allows (a
+    privacy officer's session here), and nothing changes."""
+    gateway, world, _ = rights
+    person = [p for p in world.persons if len(p.sales_ids) == 1 and p.requester_id][7]
+    cuid = gateway.gateway.identity.by_record[("sales", str(person.sales_ids[0]))]
+    officer = Principal("dpo", frozenset({"privacy"}), "rights", ("audit", "rights"))
+
+    async def run(document: str, variables: dict[str, Any]) -> Any:
+        state = RequestState(new_request_id(), principal=officer, session=True)
+        return await gateway.gateway.schema.execute(
+            document, variable_values=variables, context_value=gateway.gateway.context(state)
+        )
+
+    report = await run(REPORT, {"c": cuid})
+    assert not report.errors and report.data["subjectReport"]["records"]
+    for document, variables in (
+        (ERASE, {"c": cuid, "confirm": True}),
+        (RESTRICT, {"c": cuid, "r": True}),
+    ):
+        refused = await run(document, variables)
+        assert [e.extensions for e in refused.errors or []] == [
+            {"code": "FORBIDDEN", "policy": "console.session"}
+        ]
+    assert gateway.gateway.identity.links(cuid) is not None
+    assert cuid not in gateway.gateway.identity.restricted

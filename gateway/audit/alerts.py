@@ -52,6 +52,10 @@ class AlertSettings:
     # Names a subject's keys by keyed hash (a subject may be an email address, and an
     # unkeyed hash of one is reversed by trying a list of them); required with `url`.
     key_secret: bytes = field(default=b"", repr=False)
+    # Why the windows stay in this instance's memory though instances share a Redis (the
+    # rate limiter's alone, without a secret): said at start, since alerts across
+    # instances are then missed.
+    unshared: str | None = None
 
 
 def bulk_alert(distinct: int, settings: AlertSettings) -> Alert:

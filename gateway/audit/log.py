@@ -123,6 +123,10 @@ class AccessLog:
         self.export = otel.from_environ(os.environ)
         await self.sink.open()
         self._advise_on_key_placement()
+        if self.settings.alerts.unshared:
+            log.warning(
+                "access pattern alerts counted per instance: %s", self.settings.alerts.unshared
+            )
         self.head = await self.sink.head(self.settings.chain)
         spill = self.settings.spill_path
         if spill.exists() and spill.stat().st_size:
@@ -345,7 +349,10 @@ class AccessLog:
     async def _run(self) -> None:
         while True:
             if self._spilling:
-                await self._replay()
+                try:
+                    await self._replay()
+                except Exception:  # never the writer's end: the replay is tried again
+                    log.exception("access log spill replay failed")
                 if self._spilling:
                     await asyncio.sleep(self.settings.retry_interval_s)
                 continue
@@ -519,6 +526,9 @@ class AccessLog:
                     await self._write_by(batch, time.monotonic() + self.settings.write_timeout_s)
                     self._grown(batch)
             except (SinkUnavailable, TimeoutError):
+                return
+            except Exception:  # a bug in the sink: the replay tries again later, as for these
+                log.exception("access log sink failed while replaying the spill file")
                 return
             self.written += len(records)
             self._replayed = end

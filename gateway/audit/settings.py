@@ -146,6 +146,7 @@ def parse_alerts(alerts: Mapping[str, Any], redis: Sequence[SharedRedis]) -> Ale
     if not isinstance(secret_text, str) or (secret_text and len(secret_text.encode()) < 16):
         raise ConfigError("audit.alerts.key_secret: a secret of at least 16 bytes")
     secret = secret_text.encode() or next((r.secret for r in redis if r.secret), b"")
+    unshared: str | None = None
     url = alerts.get("url", redis[0].url if redis else "")
     if not isinstance(url, str) or (url and not url.startswith(("redis://", "rediss://"))):
         raise ConfigError("audit.alerts.url: empty (this instance's memory) or a redis:// URL")
@@ -156,11 +157,15 @@ def parse_alerts(alerts: Mapping[str, Any], redis: Sequence[SharedRedis]) -> Ale
                 "subjects are named in Redis by a keyed hash), or a Redis cache's key_secret"
             )
         url = ""  # the rate limiter's Redis alone offers no secret: this instance's memory
+        unshared = (
+            "the instances share a Redis (the rate limiter's) but no secret to name subjects "
+            "with: set audit.alerts.key_secret to count alert windows across instances"
+        )
     prefix = alerts.get("key_prefix", DEFAULT_ALERT_PREFIX)
     if not isinstance(prefix, str) or not prefix:
         raise ConfigError("audit.alerts.key_prefix: a non-empty string")
     return AlertSettings(
-        bulk_customers, denied_fields, window_s, url, prefix, secret if url else b""
+        bulk_customers, denied_fields, window_s, url, prefix, secret if url else b"", unshared
     )
 
 

@@ -37,6 +37,7 @@ class Authentication:
             principal = None
             if authorization is None and self.session is not None:
                 principal = self.session(request)
+                state.session = principal is not None
             if principal is None:
                 principal = await self.authenticator.authenticate(
                     authorization, request.headers.get("x-purpose")

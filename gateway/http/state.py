@@ -42,6 +42,7 @@ class RequestState:
 
     request_id: str
     principal: Principal | None = None  # once authenticated; None for the GraphiQL page
+    session: bool = False  # the credential was the console's sign-in session, not a token
     reason: str | None = None  # why the request was refused, for the access record
     outcome: str = "rejected"  # ok | partial | error | rejected; set once a result exists
     context: GraphContext | None = None  # what the resolvers saw, once execution began
