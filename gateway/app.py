@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -353,7 +354,13 @@ class Gateway:
             return
         self.started = True
         await self.access_log.start()
-        await self.store.create()
+        try:
+            await self.store.create()
+        except (SQLAlchemyError, OSError) as error:
+            reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+            raise ConfigError(
+                f"identity.dsn: the crosswalk store cannot be opened: {reason}"
+            ) from error
         if self.config.identity.sync_on_start:
             await self.sync()  # the crosswalk's gauges too
         await self.reload_identity()

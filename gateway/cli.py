@@ -272,6 +272,16 @@ def cmd_quality(args: argparse.Namespace) -> int:
     return asyncio.run(_quality(args))
 
 
+async def _started(gateway: Any) -> None:
+    """Start the gateway, or close what its start opened and raise why it could not."""
+    try:
+        await gateway.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await gateway.stop()
+        raise
+
+
 async def _serve(
     config: Config, host: str, port: int, config_path: Path | None = None, tls: Any = None
 ) -> int:
@@ -281,7 +291,7 @@ async def _serve(
 
     sock = bind(host, port)
     gateway = Gateway(config, config_path, configure_telemetry("c360", os.environ))
-    await gateway.start()  # before listening: a ConfigError is one line, not a traceback
+    await _started(gateway)  # before serving: a ConfigError is one line, not a traceback
     running = await start_server(build_app(config, gateway), sock, tls)
     settle_heap()
     reload_on_sighup(gateway, running)
@@ -360,7 +370,7 @@ async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
         config = parse_config(data, base_dir=data_dir)
         tls = ServerTLS.from_server_table(config.raw.get("server", {}), data_dir)
         gateway = Gateway(config, config_path, configure_telemetry("c360", os.environ))
-        await gateway.start()  # before listening, as `c360 serve` does
+        await _started(gateway)  # before serving, as `c360 serve` does
         running = await start_server(build_app(config, gateway), sock, tls)
         settle_heap()
         reload_on_sighup(gateway, running)

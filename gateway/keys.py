@@ -88,8 +88,8 @@ def inventory(config: Any, policy: KeyPolicy, today: dt.date) -> list[KeyInfo]:
         for secret_id in cache.webhook_secrets:
             found.append((f"cache.webhook_secrets.{secret_id}", "invalidation webhook signatures"))
     # The alert windows in Redis name their keys with the cache's key secret, or their own.
-    alerts = getattr(config.audit, "alerts", None)
-    alert_secret = alerts.key_secret if alerts is not None and alerts.url else b""
+    alerts = config.audit.alerts
+    alert_secret = alerts.key_secret if alerts.url else b""
     if cache is not None and cache.shared:
         use = "cache key names (HMAC)"
         if alert_secret == cache.key_secret:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 
 from demo.systems import DemoSystems
 from harness import sales_token, start_serve, write_config
@@ -100,19 +101,27 @@ async def test_otel_variables_turn_on_tracing(demo_systems: DemoSystems, tmp_pat
     assert secret not in exported
 
 
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (
+            {"audit.encrypt": True, "audit.encryption_key_dir": "keys"},
+            "k1.json is not a key file",
+        ),
+        (
+            {"identity.dsn": "postgresql+asyncpg://postgres@127.0.0.1:9/none"},
+            "identity.dsn: the crosswalk store cannot be opened",
+        ),
+    ],
+)
 async def test_a_start_up_the_configuration_makes_impossible_is_one_line(
-    demo_systems: DemoSystems, tmp_path: Path
+    demo_systems: DemoSystems, tmp_path: Path, overrides: dict[str, object], named: str
 ) -> None:
-    """A key file that does not load (found only when the gateway starts): `c360 serve`
-    exits 1 with one line naming it, before it listens, and no traceback."""
+    """What only the gateway's start finds (a key file that does not load, a crosswalk
+    store that cannot be reached): `c360 serve` exits 1 with one line naming it, and no
+    traceback."""
     config_path, _ = write_config(
-        demo_systems,
-        tmp_path,
-        {
-            "audit.encrypt": True,
-            "audit.encryption_key_dir": "keys",
-            "identity.sync_on_start": False,
-        },
+        demo_systems, tmp_path, {**overrides, "identity.sync_on_start": False}
     )
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "k1.json").write_text("{not json")
@@ -127,4 +136,4 @@ async def test_a_start_up_the_configuration_makes_impossible_is_one_line(
     output = (stdout + stderr).decode()
     assert "Traceback" not in output, output
     lines = [line for line in stderr.decode().splitlines() if line.strip()]
-    assert len(lines) == 1 and "k1.json is not a key file" in lines[0], output
+    assert len(lines) == 1 and named in lines[0], output

@@ -303,7 +303,7 @@ class SharedAccessPatterns:
                 )
             self._count_locally([observation])
             return
-        if self._consumer is None:
+        if self._consumer is None or self._consumer.done():  # started, or started again
             self._consumer = asyncio.get_running_loop().create_task(
                 self._consume(), name="c360-alert-windows"
             )

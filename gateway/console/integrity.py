@@ -40,7 +40,7 @@ BATCH = 2000
 # and the log compared with the checkpoint (None when it was not compared).
 LogVerdict = tuple[ChainReport, str | None, tuple[Finding, ...] | None]
 # What changes when the log does (`log_state`); equal states, the same records.
-LogState = tuple[tuple[str, int, int], ...] | tuple[int, int, int]
+LogState = tuple[tuple[str, int, int], ...] | tuple[int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +109,8 @@ async def log_state(sink: AccessSink) -> LogState | None:
     if isinstance(sink, PostgresSink):
         table = sink.table
         changes = text(
-            "SELECT n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables"
+            # n_live_tup too: a TRUNCATE counts in none of the others.
+            "SELECT n_tup_ins, n_tup_upd, n_tup_del, n_live_tup FROM pg_stat_user_tables"
             " WHERE relname = :name AND schemaname = coalesce(:schema, current_schema())"
         )
         try:
@@ -119,7 +120,7 @@ async def log_state(sink: AccessSink) -> LogState | None:
                 ).first()
         except (SQLAlchemyError, OSError):
             return None  # the check that follows says what is wrong with the database
-        return (int(row[0]), int(row[1]), int(row[2])) if row is not None else None
+        return (int(row[0]), int(row[1]), int(row[2]), int(row[3])) if row is not None else None
     return None
 
 

@@ -4,6 +4,7 @@ console draws the same page from the same labels (`report.*` in labels.json)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,19 @@ REPORT = """query SubjectReport($email: String, $phone: String, $customer: ID) {
 }"""
 
 
-def render_html(report: dict[str, Any]) -> str:
-    """The printable page for the person: Chinese, then English."""
-    environment = jinja2.Environment(
+@functools.cache
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    return environment.get_template("subject_report.html").render(
-        report=report, labels=labels(), languages=REPORT_LANGUAGES
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The printable page for the person: Chinese, then English."""
+    return (
+        _templates()
+        .get_template("subject_report.html")
+        .render(report=report, labels=labels(), languages=REPORT_LANGUAGES)
     )
