@@ -205,7 +205,10 @@ async def _identity_backup(args: argparse.Namespace) -> int:
     try:
         await gateway.store.create()
         if args.action == "export":
-            crosswalk = await read_crosswalk(gateway.store)
+            try:
+                crosswalk = await read_crosswalk(gateway.store)
+            except BackupError as error:
+                raise CliError(f"identity export: {error}") from error
             lines = export_lines(crosswalk, gateway.keys, dt.datetime.now(dt.UTC))
             if args.file == "-":
                 sys.stdout.buffer.writelines(lines)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,3 +278,30 @@ def test_the_commands_have_help(capsys: pytest.CaptureFixture[str]) -> None:
             build_parser().parse_args(["identity", action, "--help"])
         assert exited.value.code == 0
     assert "--replace" in capsys.readouterr().out
+
+
+async def test_an_export_is_of_one_moment_or_refused(tmp_path: Path) -> None:
+    """A crosswalk changed while its parts are read is read again; one that never stops
+    changing is refused, never written half old, half new."""
+    store = CrosswalkStore(f"sqlite+aiosqlite:///{tmp_path}/moving.db")
+    try:
+        await store.create()
+        epoch = store.epoch
+        numbers = iter([1, 2, 2, 2])  # changed during the first read, not the second
+
+        async def moving() -> int:
+            return next(numbers)
+
+        store.epoch = moving  # type: ignore[method-assign]
+        assert (await read_crosswalk(store)).links == []
+        assert next(numbers, None) is None  # read twice
+
+        async def always_moving() -> int:
+            return await epoch() + next(counter)
+
+        counter = itertools.count()
+        store.epoch = always_moving  # type: ignore[method-assign]
+        with pytest.raises(BackupError, match="kept changing"):
+            await read_crosswalk(store)
+    finally:
+        await store.close()

@@ -76,7 +76,20 @@ class Crosswalk:
         )
 
 
-async def read_crosswalk(store: CrosswalkStore) -> Crosswalk:
+async def read_crosswalk(store: CrosswalkStore, attempts: int = 5) -> Crosswalk:
+    """The whole crosswalk as of one moment: its parts are read one after the other, so
+    a change made meanwhile (an erasure's links gone but its tombstones not yet read)
+    would give a file that restores a person the store no longer links; the store's
+    change number before and after tells, and the read starts again."""
+    for _ in range(attempts):
+        before = await store.epoch()
+        crosswalk = await _read_parts(store)
+        if await store.epoch() == before:
+            return crosswalk
+    raise BackupError("the crosswalk kept changing while it was read: export it again")
+
+
+async def _read_parts(store: CrosswalkStore) -> Crosswalk:
     stones = tables.tombstones
     async with store.engine.connect() as connection:
         erased = (
