@@ -13,10 +13,11 @@ Two steps, as the engine (policies/engine.py) has them:
   slowest system first, and what is refused. `static_rule` is the same for a policy named
   directly (a write's `edit` rules, the console's pages). Loading, planning ahead,
   lookups, writes and the console read these; none asks the engine itself.
-- `FieldGuard.decide_record` (resolvers/guard.py) finishes a rule for one customer: a
-  person who restricted processing first, then the rule's record conditions. Plain
-  fields settled in bulk, fields with arguments, a field resolved on its own and a write's
-  edit decisions all end there.
+- `FieldGuard.finish` (resolvers/guard.py) finishes a rule with one record's facts;
+  `FieldGuard.decide_record` calls it for a customer, a person who restricted processing
+  first. Plain fields settled in bulk, fields with arguments and a field resolved on its
+  own go through `decide_record`; a write checks the restriction and calls `finish` with
+  the facts it reads fresh from the owning system.
 """
 
 from __future__ import annotations
