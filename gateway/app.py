@@ -348,8 +348,8 @@ class Gateway:
     async def start(self) -> None:
         """Open what the gateway serves from (the access log, the crosswalk) and start its
         background work. ConfigError for what the configuration makes impossible (a key
-        file that does not load, a log that cannot be written): `c360 serve` starts the
-        gateway before it listens, so that is one line and an exit, not a traceback."""
+        file that does not load, a crosswalk store out of reach): `c360 serve` starts the
+        gateway before it serves, so that is one line and an exit, not a traceback."""
         if self.started:
             return
         self.started = True
