@@ -30,6 +30,7 @@ from connectors.identity.sync import SyncReport, sync_identity
 from connectors.registry import build_connector
 from gateway.admission import Admission
 from gateway.audit.alerts import AlertStoreMetrics
+from gateway.audit.encryption import LineCodec
 from gateway.audit.log import AccessLog
 from gateway.audit.recorder import now_iso
 from gateway.audit.sinks import AccessQuery, AccessSink
@@ -354,13 +355,7 @@ class Gateway:
             return
         self.started = True
         await self.access_log.start()
-        try:
-            await self.store.create()
-        except (SQLAlchemyError, OSError) as error:
-            reason = str(getattr(error, "orig", None) or error).splitlines()[0]
-            raise ConfigError(
-                f"identity.dsn: the crosswalk store cannot be opened: {reason}"
-            ) from error
+        await open_crosswalk(self.store)
         if self.config.identity.sync_on_start:
             await self.sync()  # the crosswalk's gauges too
         await self.reload_identity()
@@ -531,6 +526,29 @@ class Gateway:
             session=state.session,
             audit=AuditReaderAdapter(self.config.audit_sink, self.access_log, self.quality_runs),
         )
+
+
+async def open_crosswalk(store: CrosswalkStore) -> None:
+    """The crosswalk's tables, made if missing; ConfigError naming `identity.dsn` when the
+    store cannot be reached or opened."""
+    try:
+        await store.create()
+    except (SQLAlchemyError, OSError) as error:
+        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+        message = f"identity.dsn: the crosswalk store cannot be opened: {reason}"
+        raise ConfigError(message) from error
+
+
+async def preflight(config: Config) -> None:
+    """What every worker's start would find wrong in the configuration, found once before
+    `serve --workers` starts them (their lifespan failing is uvicorn's traceback, once per
+    worker): the access log's key ring, the crosswalk store."""
+    await asyncio.to_thread(LineCodec.of(config.audit.encryption).load_keys)
+    store = CrosswalkStore(config.identity.dsn)
+    try:
+        await open_crosswalk(store)
+    finally:
+        await store.close()
 
 
 def _json(body: Any, status: int = 200) -> Response:

@@ -317,9 +317,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         import uvicorn
 
+        from gateway.app import preflight
         from gateway.audit.writers import WORKERS_ENV
         from gateway.serving import GatewayHttpProtocol, uvicorn_tls_options
 
+        async def checked() -> int:
+            await preflight(config)  # ConfigError: one line, before any worker starts
+            return 0
+
+        run_fast(checked())
         # Each worker process builds its own app from the same file, and writes an access
         # log chain of its own (`<chain>-w<k>`: gateway/audit/writers.py).
         os.environ["C360_CONFIG"] = str(Path(args.config).resolve())

@@ -101,21 +101,25 @@ async def test_otel_variables_turn_on_tracing(demo_systems: DemoSystems, tmp_pat
     assert secret not in exported
 
 
+BAD_KEY = {"audit.encrypt": True, "audit.encryption_key_dir": "keys"}
+UNREACHABLE_STORE = {"identity.dsn": "postgresql+asyncpg://postgres@127.0.0.1:9/none"}
+
+
 @pytest.mark.parametrize(
-    ("overrides", "named"),
+    ("overrides", "named", "flags"),
     [
-        (
-            {"audit.encrypt": True, "audit.encryption_key_dir": "keys"},
-            "k1.json is not a key file",
-        ),
-        (
-            {"identity.dsn": "postgresql+asyncpg://postgres@127.0.0.1:9/none"},
-            "identity.dsn: the crosswalk store cannot be opened",
-        ),
+        (BAD_KEY, "k1.json is not a key file", ()),
+        (UNREACHABLE_STORE, "identity.dsn: the crosswalk store cannot be opened", ()),
+        # Found once, before any worker starts (each worker's lifespan would traceback).
+        (BAD_KEY, "k1.json is not a key file", ("--workers", "2")),
     ],
 )
 async def test_a_start_up_the_configuration_makes_impossible_is_one_line(
-    demo_systems: DemoSystems, tmp_path: Path, overrides: dict[str, object], named: str
+    demo_systems: DemoSystems,
+    tmp_path: Path,
+    overrides: dict[str, object],
+    named: str,
+    flags: tuple[str, ...],
 ) -> None:
     """What only the gateway's start finds (a key file that does not load, a crosswalk
     store that cannot be reached): `c360 serve` exits 1 with one line naming it, and no
@@ -126,7 +130,7 @@ async def test_a_start_up_the_configuration_makes_impossible_is_one_line(
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "k1.json").write_text("{not json")
     process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path)),
+        *(sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path), *flags),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
