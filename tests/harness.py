@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import ssl
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import orjson
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.types import ASGIApp
 
 from demo.systems import DemoSystems
 from gateway.app import Gateway, build_app
+from gateway.audit.log import AccessLog
+from gateway.audit.settings import parse_audit
 from gateway.auth import AuthConfig, mint_token
 from gateway.config import parse_config
 from gateway.demo import demo_config, to_toml
@@ -281,3 +286,34 @@ async def own_database(postgres_dsn: str, prefix: str = "c360_test") -> AsyncIte
         async with admin.connect() as connection:
             await connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         await admin.dispose()
+
+
+def unavailable(reason: str) -> NoReturn:
+    """What a test needs is not on this machine: skip, with the reason; on CI (CI=true)
+    every test must run, so fail instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI=true requires it")
+    pytest.skip(reason)
+
+
+def node_and_npm() -> tuple[str, str]:
+    """The node and npm executables, for the test systems served by Node packages."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        unavailable("node and npm are not installed")
+    return node, npm
+
+
+async def write_records(
+    tmp_path: Path, audit: dict[str, Any], records: Sequence[dict[str, Any]]
+) -> AccessLog:
+    """Records through the real writer (sealed, written, checkpointed when configured),
+    a batch each, as requests come."""
+    settings, sink = parse_audit(audit, tmp_path)
+    access_log = AccessLog(settings, sink)
+    await access_log.start()
+    for item in records:
+        access_log.record(item)
+        await access_log.flush()
+    await access_log.stop()
+    return access_log

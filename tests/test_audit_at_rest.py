@@ -10,7 +10,7 @@ import base64
 import dataclasses
 import logging
 import shutil
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,10 @@ from gateway.audit.encryption import LogKeyMissing
 from gateway.audit.log import AccessLog
 from gateway.audit.settings import parse_audit
 from gateway.audit.sinks import AccessQuery, JsonlSink, SinkUnavailable
-from gateway.cli import main
 from gateway.console.jsonl_views import JsonlViews
 from gateway.demo import to_toml
 from gateway.errors import ConfigError
-from harness import running_gateway
+from harness import running_gateway, write_records
 
 PAGE = """query Page($n: Int) { customers(first: $n) { edges { node { id name email } } } }"""
 
@@ -80,35 +79,6 @@ def record(n: int, subject: str = "zhang.wei@example.com") -> dict[str, Any]:
         "customers": [customer],
         "fields": {customer: {"email": "allow"}},
     }
-
-
-async def write_records(
-    tmp_path: Path, audit: dict[str, Any], records: Sequence[dict[str, Any]]
-) -> AccessLog:
-    settings, sink = parse_audit(audit, tmp_path)
-    access_log = AccessLog(settings, sink)
-    await access_log.start()
-    for item in records:
-        access_log.record(item)
-        await access_log.flush()
-    await access_log.stop()
-    return access_log
-
-
-@pytest.fixture
-def c360(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
-    """`c360 …` in process (on a thread: it runs its own event loop); (exit, out, err)."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-
-    async def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = await asyncio.to_thread(main, list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    root.handlers[:], root.level = handlers, level
 
 
 def envelopes(path: Path) -> list[dict[str, Any]]:

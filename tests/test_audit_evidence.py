@@ -31,10 +31,9 @@ from gateway.audit.checkpoint import content_digest
 from gateway.audit.log import AccessLog
 from gateway.audit.settings import parse_audit
 from gateway.audit.writers import claim_chain
-from gateway.cli import main
 from gateway.demo import to_toml
 from gateway.errors import ConfigError
-from harness import sales_token, start_serve, write_config
+from harness import sales_token, start_serve, write_config, write_records
 
 ROOT = Path(__file__).resolve().parent.parent
 VERIFIER = ROOT / "tools" / "verify_proof.py"
@@ -95,36 +94,6 @@ def record(n: int, ts: str | None = None) -> dict[str, Any]:
         "customers": [f"cus_{n:016d}"],
         "fields": {f"cus_{n:016d}": {"email": "allow"}},
     }
-
-
-async def write_records(
-    tmp_path: Path, audit: dict[str, Any], records: list[dict[str, Any]]
-) -> AccessLog:
-    """Records through the real writer (sealed, written, checkpointed when configured)."""
-    settings, sink = parse_audit(audit, tmp_path)
-    access_log = AccessLog(settings, sink)
-    await access_log.start()
-    for item in records:
-        access_log.record(item)
-        await access_log.flush()  # a batch each, as requests come
-    await access_log.stop()
-    return access_log
-
-
-@pytest.fixture
-def c360(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
-    """`c360 …` in process (on a thread: it runs its own event loop); (exit, out, err)."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-
-    async def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = await asyncio.to_thread(main, list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    root.handlers[:], root.level = handlers, level
 
 
 def lines_of(path: Path) -> list[dict[str, Any]]:

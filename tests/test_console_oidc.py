@@ -17,7 +17,6 @@ import html
 import json
 import os
 import re
-import shutil
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -42,7 +41,7 @@ from gateway.config import ConfigError
 from gateway.console.oidc import ConsoleSignIn, OIDCSettings
 from gateway.console.report import REPORT
 from gateway.tls import ServerTLS
-from harness import RunningGateway, running_gateway
+from harness import RunningGateway, node_and_npm, running_gateway, unavailable
 
 OIDC_DIR = Path(__file__).parent / "systems" / "oidc"
 CLIENT_ID = "c360-console"
@@ -60,11 +59,7 @@ EXPORT = """mutation ConsoleExport { recordConsoleExport(view: OVERVIEW, table: 
 async def _node() -> str:
     """node, with the provider's package installed once (skip without node/npm; CI=true
     fails instead)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        if os.environ.get("CI") == "true":
-            pytest.fail("node and npm are needed for the OIDC provider (CI=true)")
-        pytest.skip("node/npm not installed")
+    node, npm = node_and_npm()
     if not (OIDC_DIR / "node_modules" / "oidc-provider").exists():
         process = await asyncio.create_subprocess_exec(
             npm,
@@ -551,10 +546,7 @@ def _require_browser() -> None:
     absent = missing_browser()
     if absent is None:
         return
-    reason = f"{absent} (make test installs chromium and chromium-driver)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; CI=true requires it")
-    pytest.skip(reason)
+    unavailable(f"{absent} (make test installs chromium and chromium-driver)")
 
 
 def _browser() -> Any:

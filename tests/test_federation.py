@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import aiohttp
 import pytest
 
 from demo.systems import DemoSystems
-from harness import RunningGateway, running_gateway
+from harness import RunningGateway, node_and_npm, running_gateway
 
 ROUTER_DIR = Path(__file__).parent / "systems" / "federation"
 ENTITIES = """query($r: [_Any!]!) {
@@ -80,11 +79,7 @@ async def test_entities_resolve_in_one_batched_load_under_the_tokens_policies(
 
 
 async def _node_ready() -> str:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        if os.environ.get("CI") == "true":
-            pytest.fail("node and npm are needed for the federation test (CI=true)")
-        pytest.skip("node/npm not installed")
+    node, npm = node_and_npm()
     if not (ROUTER_DIR / "node_modules" / "@apollo" / "gateway").exists():
         process = await asyncio.create_subprocess_exec(
             npm,

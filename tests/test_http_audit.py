@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from pathlib import Path
 
 import orjson
 import pytest
 
-from harness import RunningGateway
+from harness import RunningGateway, node_and_npm
 
 AUDIT_DIR = Path(__file__).with_name("http_audit")
 
@@ -29,11 +28,7 @@ async def _run(*command: str, limit_s: float, token: str = "") -> tuple[int, byt
 
 @pytest.fixture(scope="session")
 async def audit_tool() -> Path:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        if os.environ.get("CI") == "true":
-            pytest.fail("node and npm are needed for the graphql-http audit")
-        pytest.skip("node/npm not installed")
+    node, npm = node_and_npm()
     if not (AUDIT_DIR / "node_modules" / "graphql-http").exists():
         code, output = await _run(npm, "install", "--no-audit", "--no-fund", limit_s=300)
         assert code == 0, output.decode(errors="replace")

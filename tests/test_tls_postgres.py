@@ -26,6 +26,7 @@ from connectors.base import SourceUnavailable
 from connectors.registry import build_connector
 from demo.ca import DemoCA, IssuedCertificate
 from gateway.tls import pin_postgres
+from harness import unavailable
 
 
 @dataclass
@@ -70,7 +71,7 @@ def _free_port() -> int:
 def tls_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsPostgres]:
     bin_dir, prefix = _postgres_bin(), _as_postgres()
     if bin_dir is None or prefix is None:
-        _skip_unless_ci("needs the PostgreSQL server binaries and root or the postgres user")
+        unavailable("needs the PostgreSQL server binaries and root or the postgres user")
     ca = DemoCA.create(tmp_path_factory.mktemp("pg-ca"))
     server = ca.issue("sales-db")
     client = ca.issue("gateway-client", client=True)
@@ -104,7 +105,7 @@ def tls_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsPostgr
             str(base / "log"), "start")  # fmt: skip
     except subprocess.CalledProcessError as error:
         shutil.rmtree(base, ignore_errors=True)
-        _skip_unless_ci(f"could not start a private PostgreSQL: {error.stderr.decode()[-200:]}")
+        unavailable(f"could not start a private PostgreSQL: {error.stderr.decode()[-200:]}")
     try:
         yield TlsPostgres(port, ca, client)
     finally:
@@ -188,10 +189,3 @@ async def test_the_demo_pins_a_postgres_certificate_and_verifies_against_it(
     tls = {**table, "client_cert": str(client.cert_file), "client_key": str(client.key_file)}
     found = await _session(_settings(tls_postgres.dsn, tls))
     assert found["1"]["ssl"] is True
-
-
-def _skip_unless_ci(reason: str) -> None:
-    """Skip on a laptop without a local PostgreSQL; on CI (CI=true) this test must run."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; CI=true requires it")
-    pytest.skip(reason)

@@ -14,16 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shutil
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from demo.people import DemoWorld
+from harness import node_and_npm
 from tests.systems.data import LoyaltyMember, loyalty_members, store_shoppers
 from tests.systems.stores import StoresSystem
 
@@ -56,11 +54,7 @@ async def _run(*command: str, limit_s: float) -> tuple[int, str]:
 async def loyalty_node() -> str:
     """The node executable, with the loyalty system's packages installed (once, by npm).
     Without node or npm the test is skipped, or failed when CI=true."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        if os.environ.get("CI") == "true":
-            pytest.fail("node and npm are needed for the loyalty system (CI=true)")
-        pytest.skip("node/npm not installed")
+    node, npm = node_and_npm()
     if not (LOYALTY_DIR / "node_modules" / "@apollo" / "subgraph").exists():
         code, output = await _run(npm, "install", "--no-audit", "--no-fund", limit_s=300)
         assert code == 0, output
