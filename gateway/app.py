@@ -33,7 +33,7 @@ from gateway.audit.alerts import AlertStoreMetrics
 from gateway.audit.encryption import LineCodec
 from gateway.audit.log import AccessLog
 from gateway.audit.recorder import now_iso
-from gateway.audit.sinks import AccessQuery, AccessSink
+from gateway.audit.sinks import AccessQuery
 from gateway.auth import Authenticator
 from gateway.cache import RecordStore
 from gateway.config import Config, ConfigError, load_config
@@ -121,14 +121,6 @@ def graph_of(config: Config) -> Graph:
 class AuditReaderAdapter(ConsoleReader):
     """The access-log sink as the `accessLog` resolver and the console's queries read it
     (and the access log, for the records a reviewer's actions add)."""
-
-    def __init__(
-        self,
-        sink: AccessSink,
-        access_log: AccessLog | None = None,
-        quality: QualityRuns | None = None,
-    ) -> None:
-        super().__init__(sink, access_log, quality)
 
     async def search(self, query: AuditQuery) -> list[Mapping[str, Any]]:
         return list(await self.sink.search(AccessQuery(**dataclasses.asdict(query))))

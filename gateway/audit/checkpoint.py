@@ -22,7 +22,6 @@ import base64
 import datetime as dt
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from gateway.audit import merkle
 from gateway.audit.chain import GENESIS, ChainReport, Cut
+from gateway.audit.files import replace_file
 from gateway.errors import ConfigError
 
 TYPE = "c360.checkpoint.v1"
@@ -289,28 +289,8 @@ def load_trusted(path: Path, settings: CheckpointSettings | None) -> dict[str, A
 def _write_file(directory: Path, name: str, data: bytes) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
-    partial = directory / f".{name}.partial"
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(partial, target)
-    with _directory(directory) as dir_fd:
-        os.fsync(dir_fd)
+    replace_file(target, data, 0o644)  # a checkpoint is public: anyone may verify with it
     return target
-
-
-class _directory:
-    def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDONLY)
-
-    def __enter__(self) -> int:
-        return self.fd
-
-    def __exit__(self, *_: object) -> None:
-        os.close(self.fd)
 
 
 def file_name(checkpoint: Mapping[str, Any]) -> str:

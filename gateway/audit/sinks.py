@@ -47,6 +47,7 @@ from gateway.audit import checkpoint as checkpoints
 from gateway.audit import reach
 from gateway.audit.chain import GENESIS, TORN_TAIL, ChainHead, Cut, TornTail
 from gateway.audit.encryption import PLAIN, LineCodec, Unreadable, place
+from gateway.audit.files import replace_file
 
 log = logging.getLogger("c360.audit")
 
@@ -134,23 +135,6 @@ class AccessSink(Protocol):
 
 
 _ROTATED = re.compile(r"\.(\d{5})\.jsonl$")
-
-
-def _replace_file(path: Path, data: bytes) -> None:
-    """Write a file whole or not at all: a temporary file, fsynced, renamed over it."""
-    partial = path.with_name(f".{path.name}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(partial, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 class JsonlSink:
@@ -406,7 +390,7 @@ class JsonlSink:
 
     async def write_cut(self, checkpoint: Mapping[str, Any]) -> None:
         data = orjson.dumps(checkpoint, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-        await asyncio.to_thread(_replace_file, self.cut_path, data + b"\n")
+        await asyncio.to_thread(replace_file, self.cut_path, data + b"\n")
 
     async def scan(self) -> AsyncIterator[Item]:
         items: list[Item] = await asyncio.to_thread(lambda: [*self.cut_items(), *self.entries()])
@@ -457,7 +441,7 @@ class JsonlSink:
                 continue
             removed += len(lines) - len(kept)
             if kept:
-                _replace_file(path, b"".join(kept))
+                replace_file(path, b"".join(kept))
             else:
                 path.unlink()
         return removed
